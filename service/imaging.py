@@ -1,0 +1,266 @@
+"""The image -> model-input path, written once and torch-free.
+
+Training's evaluation, the export parity check and both servers call these functions, so a
+model's recorded validation accuracy and what the service answers cannot drift apart.
+Training's *random* augmentation is training's own (torch, on the device); everything
+deterministic lives here.
+
+Input contract of every exported model: float32, NCHW, RGB, values in [0, 1]; normalisation
+(mean/std) is inside the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb guard warns at ~89 Mpx; we refuse explicitly, with a message that says why.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+TTA_VIEWS = (
+    "center",  # the plain evaluation view
+    "hflip",  # center, mirrored left-right
+    "vflip",  # center, mirrored top-bottom
+    "zoom_center",  # center crop of the image resized larger by zoom_ratio
+    "top_left",  # corner crops of the zoomed image
+    "top_right",
+    "bottom_left",
+    "bottom_right",
+)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can read."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than the configured limit."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The deterministic evaluation transform: resize the shorter side, then center crop.
+
+    size: side of the square model input, pixels.
+    resize_ratio: the shorter side is resized to round(size * resize_ratio) before the crop
+        (1.0 keeps the whole short side; torchvision's presets use 256/224 ~= 1.14).
+    """
+
+    size: int
+    resize_ratio: float = 1.0
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"eval size must be >= 1 pixel, got {self.size}")
+        if self.resize_ratio < 1.0:
+            raise ValueError(f"resize_ratio must be >= 1.0, got {self.resize_ratio}")
+        if self.interpolation not in _RESAMPLING:
+            raise ValueError(
+                f"interpolation {self.interpolation!r} unknown; use one of {sorted(_RESAMPLING)}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalSpec:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TTASpec:
+    """A fixed set of deterministic views and how their probabilities are combined.
+
+    combine="mean": p = beta * p(center) + (1 - beta) * mean(p(other views)), as fastai's
+    ``tta(beta=0.25)``; beta=None averages all views equally.
+    combine="max": element-wise max over all views, renormalised to sum to 1.
+    """
+
+    views: tuple[str, ...] = ("center", "zoom_center", "top_left", "top_right",
+                              "bottom_left", "bottom_right")
+    zoom_ratio: float = 1.15
+    combine: str = "mean"
+    beta: float | None = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "views", tuple(self.views))
+        unknown = [v for v in self.views if v not in TTA_VIEWS]
+        if unknown:
+            raise ValueError(f"unknown TTA view(s) {unknown}; known views are {list(TTA_VIEWS)}")
+        if len(self.views) < 2:
+            raise ValueError("TTA needs at least two views")
+        if self.combine not in ("mean", "max"):
+            raise ValueError(f"TTA combine must be 'mean' or 'max', got {self.combine!r}")
+        if self.combine == "mean" and self.beta is not None:
+            if "center" not in self.views:
+                raise ValueError("TTA with beta weights the 'center' view; add it to views")
+            if not 0.0 <= self.beta <= 1.0:
+                raise ValueError(f"TTA beta must be in [0, 1], got {self.beta}")
+        if self.zoom_ratio < 1.0:
+            raise ValueError(f"TTA zoom_ratio must be >= 1.0, got {self.zoom_ratio}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TTASpec:
+        return cls(**{**d, "views": tuple(d["views"])})
+
+
+def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode JPEG/PNG/WebP/BMP/GIF (first frame)/TIFF into an upright RGB image.
+
+    EXIF orientation is applied; alpha is composited over white; grayscale, palette, CMYK
+    and 16-bit images become 8-bit RGB. The pixel limit is checked before pixels are decoded.
+    """
+    name = str(source) if isinstance(source, str | Path) else "image bytes"
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            if len(source) == 0:
+                raise ImageDecodeError("image is empty (0 bytes)")
+            img = Image.open(io.BytesIO(source))
+        else:
+            img = Image.open(source)
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{name} is {width}x{height} = {width * height:,} pixels; the limit is "
+                f"{max_pixels:,} pixels (raise it with --max-pixels)"
+            )
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (ImageDecodeError, ImageTooLargeError):
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(
+            f"{name} is not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
+        ) from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"{name} could not be decoded: {e}") from e
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_shorter_side(img: Image.Image, target: int, interpolation: str = "bilinear") -> Image.Image:
+    """Resize so the shorter side is ``target`` pixels, keeping the aspect ratio."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = target, max(target, round(h * target / w))
+    else:
+        new_w, new_h = max(target, round(w * target / h)), target
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), _RESAMPLING[interpolation])
+
+
+def _crop(img: Image.Image, size: int, where: str) -> np.ndarray:
+    w, h = img.size
+    left = {"left": 0, "center": (w - size) // 2, "right": w - size}
+    top = {"top": 0, "center": (h - size) // 2, "bottom": h - size}
+    if where == "center":
+        x, y = left["center"], top["center"]
+    else:
+        vert, horiz = where.split("_")
+        x, y = left[horiz], top[vert]
+    return np.asarray(img.crop((x, y, x + size, y + size)), dtype=np.uint8)
+
+
+def resize_center_crop(img: Image.Image, resize_to: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Shorter side to ``resize_to`` then a centered ``crop`` square: HxWx3 uint8."""
+    return _crop(resize_shorter_side(img, resize_to, interpolation), crop, "center")
+
+
+def eval_view(img: Image.Image, spec: EvalSpec) -> np.ndarray:
+    """The evaluation view of one image: (size, size, 3) uint8."""
+    resize_to = round(spec.size * spec.resize_ratio)
+    return resize_center_crop(img, resize_to, spec.size, spec.interpolation)
+
+
+def tta_views(img: Image.Image, spec: EvalSpec, tta: TTASpec) -> np.ndarray:
+    """All TTA views of one image, in ``tta.views`` order: (V, size, size, 3) uint8."""
+    center = eval_view(img, spec)
+    zoomed: Image.Image | None = None
+    out = []
+    for view in tta.views:
+        if view == "center":
+            out.append(center)
+        elif view == "hflip":
+            out.append(center[:, ::-1])
+        elif view == "vflip":
+            out.append(center[::-1, :])
+        else:
+            if zoomed is None:
+                zoom_to = max(round(spec.size * spec.resize_ratio * tta.zoom_ratio), spec.size)
+                zoomed = resize_shorter_side(img, zoom_to, spec.interpolation)
+            out.append(_crop(zoomed, spec.size, "center" if view == "zoom_center" else view))
+    return np.ascontiguousarray(np.stack(out))
+
+
+def to_model_input(batch_hwc: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: the ONNX input contract."""
+    if batch_hwc.ndim == 3:
+        batch_hwc = batch_hwc[None]
+    return np.ascontiguousarray(batch_hwc.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+def combine_tta(probs: np.ndarray, tta: TTASpec) -> np.ndarray:
+    """Combine per-view probabilities (N, V, C) -> (N, C) by the recorded rule."""
+    if probs.ndim != 3 or probs.shape[1] != len(tta.views):
+        raise ValueError(f"expected (N, {len(tta.views)}, C) view probabilities, got {probs.shape}")
+    probs = probs.astype(np.float64)
+    if tta.combine == "max":
+        out = probs.max(axis=1)
+        return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+    if tta.beta is None:
+        return probs.mean(axis=1).astype(np.float32)
+    center = tta.views.index("center")
+    others = [i for i in range(len(tta.views)) if i != center]
+    combined = tta.beta * probs[:, center] + (1.0 - tta.beta) * probs[:, others].mean(axis=1)
+    return combined.astype(np.float32)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def stack_views(images: Sequence[Image.Image], spec: EvalSpec, tta: TTASpec | None) -> np.ndarray:
+    """Model input for several images: (N*V, 3, H, W) float32, views of an image adjacent."""
+    if tta is None:
+        hwc = np.stack([eval_view(im, spec) for im in images])
+    else:
+        hwc = np.concatenate([tta_views(im, spec, tta) for im in images])
+    return to_model_input(hwc)

@@ -1,0 +1,1 @@
+"""tta-serve training: the fastbook chapter-7 recipe in plain PyTorch + torchvision."""

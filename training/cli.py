@@ -1,0 +1,56 @@
+"""`training`: one sub-command per module in training/commands (each has register() and run())."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# sub-command name -> module in training.commands; imported lazily so `training --help` is fast.
+COMMANDS = {
+    "make-digits": "make_digits",
+    "data-summary": "data_summary",
+    "show-batch": "show_batch",
+    "fit": "fit",
+    "lr-find": "lr_find",
+    "evaluate": "evaluate",
+    "export": "export",
+    "ablation": "ablation",
+}
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"training.commands.{module}")
+        mod.register(sub.add_parser(name, help=mod.__doc__.strip().splitlines()[0]))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    mod = importlib.import_module(f"training.commands.{COMMANDS[args.command]}")
+    try:
+        return mod.run(args) or 0
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # Clear-error types raised by our own modules carry user-facing messages.
+        if type(e).__name__ in {"DataError", "ConfigError", "ModelRepositoryError",
+                                "InvalidModelError", "ModelNotFoundError", "ExportError",
+                                "FileExistsError"}:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
