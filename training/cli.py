@@ -7,6 +7,9 @@ import importlib
 import logging
 import sys
 
+from service.model_repository import ModelRepositoryError
+from training.errors import TrainingError
+
 # sub-command name -> module in training.commands; imported lazily so `training --help` is fast.
 COMMANDS = {
     "make-digits": "make_digits",
@@ -18,10 +21,6 @@ COMMANDS = {
     "export": "export",
     "ablation": "ablation",
 }
-
-
-class CLIError(Exception):
-    """A problem the user can fix; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(f"training.commands.{COMMANDS[args.command]}")
     try:
         return mod.run(args) or 0
-    except CLIError as e:
+    except (TrainingError, ModelRepositoryError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        # Clear-error types raised by our own modules carry user-facing messages.
-        if type(e).__name__ in {"DataError", "ConfigError", "ModelRepositoryError",
-                                "InvalidModelError", "ModelNotFoundError", "ExportError",
-                                "FileExistsError"}:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
