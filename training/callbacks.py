@@ -1,0 +1,131 @@
+"""The callbacks every fit uses: progress display, history, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from training.learner import Callback, Learner
+
+log = logging.getLogger(__name__)
+
+
+class ProgressCallback(Callback):
+    """A progress bar per epoch and one table row per epoch, as fastai prints them."""
+
+    order = 50
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+        self.header_done = False
+        self.smooth: float | None = None
+
+    def before_epoch(self, learn: Learner) -> None:
+        if not self.header_done:
+            self._write(f"{'phase':<16}{'epoch':>6}{'train_loss':>12}{'valid_loss':>12}"
+                        f"{'accuracy':>10}{'time':>8}")
+            self.header_done = True
+        s = learn.state
+        self.bar = tqdm(total=len(learn.train_dl), leave=False, disable=not self.enabled,
+                        desc=f"{s.phase} {s.epoch + 1}/{s.n_epochs}", dynamic_ncols=True)
+
+    def after_batch(self, learn: Learner) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if learn.state.iteration % 10 == 0:  # .item() syncs the device: not every batch
+                loss = learn.state.loss.item()
+                self.smooth = loss if self.smooth is None else 0.9 * self.smooth + 0.1 * loss
+                self.bar.set_postfix(loss=f"{self.smooth:.4f}")
+
+    def after_epoch(self, learn: Learner) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        s = learn.state
+        self._write(f"{s.phase:<16}{s.epoch + 1:>6}{s.train_loss:>12.4f}"
+                    f"{s.metrics['valid_loss']:>12.4f}{s.metrics['accuracy']:>10.4f}"
+                    f"{time.perf_counter() - s.epoch_start:>7.1f}s")
+
+    def _write(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line)
+
+
+class HistoryCallback(Callback):
+    """Appends one row per epoch to ``history``; the runner writes it to metrics.json."""
+
+    order = 40
+
+    def __init__(self, history: list[dict[str, Any]]) -> None:
+        self.history = history
+
+    def after_epoch(self, learn: Learner) -> None:
+        s = learn.state
+        self.history.append({"phase": s.phase, "epoch": s.epoch + 1, "train_loss": s.train_loss,
+                             **s.metrics, "seconds": time.perf_counter() - s.epoch_start})
+
+
+class CheckpointCallback(Callback):
+    """Saves ``last.pt`` every epoch (to resume) and ``best.pt`` when the metric improves.
+
+    ``describe`` returns the run-level fields (arch, classes, eval spec, progress...) that the
+    runner owns; this callback only decides when to write.
+    """
+
+    order = 60
+
+    def __init__(self, out_dir: Path, metric: str, describe: Callable[[Learner], dict[str, Any]],
+                 best: float | None = None, enabled: bool = True) -> None:
+        self.out_dir, self.metric, self.describe = Path(out_dir), metric, describe
+        self.higher_is_better = metric != "valid_loss"
+        self.best = best if best is not None else (-math.inf if self.higher_is_better else math.inf)
+        self.enabled = enabled
+
+    def improved(self, value: float) -> bool:
+        return value > self.best if self.higher_is_better else value < self.best
+
+    def after_epoch(self, learn: Learner) -> None:
+        value = learn.state.metrics[self.metric]
+        is_best = self.improved(value)
+        if is_best:
+            self.best = value
+        if not self.enabled:
+            return
+        meta = self.describe(learn)
+        meta["best_metric"] = self.best
+        if is_best:
+            atomic_save({**meta, "model": learn.eval_model.state_dict(),
+                         "metrics": dict(learn.state.metrics)}, self.out_dir / "best.pt")
+            log.info("best %s %.4f: saved %s", self.metric, value, self.out_dir / "best.pt")
+        atomic_save({**meta, **learn.state_dict(), "metrics": dict(learn.state.metrics)},
+                    self.out_dir / "last.pt")
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Write then rename: an interrupted save never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        from training.errors import ConfigError
+
+        raise ConfigError(f"checkpoint {path} not found")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float))

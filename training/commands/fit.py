@@ -1,0 +1,29 @@
+"""Train a recipe (stages, fine-tune, checkpoints), then evaluate the best epoch with TTA."""
+
+from __future__ import annotations
+
+import argparse
+
+from training.commands._recipe_args import add_recipe_args, recipe_from_args
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add_recipe_args(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from OUTPUT/last.pt")
+    parser.add_argument("--init-from", help="start from an earlier run's checkpoint (retraining)")
+    parser.add_argument("--no-tta", action="store_true", help="skip the final TTA evaluation")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.run import fit_and_report
+
+    if args.init_from:
+        args.set.append(f'model.init_from="{args.init_from}"')
+    recipe = recipe_from_args(args)
+    summary = fit_and_report(recipe, resume=args.resume, tta=not args.no_tta)
+    tta = summary.get("tta_accuracy")
+    print(f"best valid accuracy {summary['accuracy']:.4f}"
+          + (f" (TTA {tta:.4f})" if tta is not None else "")
+          + f"; best checkpoint: {summary['checkpoint']}")
+    return 0

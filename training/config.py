@@ -1,0 +1,251 @@
+"""Recipes: a TOML file read into typed dataclasses, overridden from the command line, and saved
+resolved into every run folder (as timm saves args.yaml) so a run can be reproduced exactly.
+
+Unknown keys and wrong types are errors that name the key (``stages[1].size``), before anything
+trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from training.augment import AugmentConfig
+from training.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/digits"  # image folder (class sub-folders, optional train/ + valid/)
+    csv: str = ""  # optional `path,label[,is_valid]` file; paths relative to it
+    valid_pct: float = 0.2  # fraction held out when the folder has no valid/ split
+    seed: int = 42  # seed of the random splitter
+    presize: int = 0  # item-stage size in pixels (0: 1.25 x the largest stage size)
+    num_workers: int = 0  # DataLoader worker processes for decoding
+    normalize: str = "imagenet"  # "imagenet" | "dataset" (stats from the training data) | "none"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "xresnet_tiny"
+    pretrained: str = ""  # local weights file for the body; nothing is ever downloaded
+    init_from: str = ""  # an earlier run's checkpoint to start from (retraining)
+
+
+@dataclass
+class StageConfig:
+    """One progressive-resizing stage, trained with one one-cycle schedule."""
+
+    size: int  # training and evaluation size, pixels
+    batch_size: int  # images per step, per device
+    epochs: int
+    lr: float  # peak learning rate of the one-cycle schedule (per batch_size above)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    output: str = "runs/run"
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    weight_decay: float = 0.01  # AdamW, decoupled
+    label_smoothing: float = 0.0  # eps; 0 is plain cross-entropy (fastai's default eps is 0.1)
+    mixup: float = 0.0  # Beta(alpha, alpha) for MixUp; 0 turns it off (fastai uses 0.4)
+    cutmix: float = 0.0  # Beta(alpha, alpha) for CutMix; 0 turns it off (usually 1.0)
+    mixed_precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU) | "bf16" | "fp16" | "off"
+    channels_last: str = "auto"  # "auto" (on GPU) | "on" | "off"
+    ema: float = 0.0  # decay of a weight EMA used for evaluation; 0 turns it off
+    freeze_epochs: int = 0  # fine-tune: epochs training only the head (BN too) before unfreezing
+    train_bn: bool = True  # BatchNorm stays trainable while the body is frozen
+    lr_mult: float = 1.0  # discriminative LRs: groups get lr/lr_mult ... lr, geometrically
+    pct_start: float = 0.25  # one-cycle warm-up fraction
+    metric: str = "accuracy"  # "accuracy" (higher is better) or "valid_loss" (lower is better)
+
+
+@dataclass
+class EvalConfig:
+    resize_ratio: float = 1.0  # shorter side resized to size * ratio before the center crop
+
+
+@dataclass
+class TTAConfig:
+    views: list[str] = field(
+        default_factory=lambda: ["center", "zoom_center", "top_left", "top_right",
+                                 "bottom_left", "bottom_right"])
+    zoom_ratio: float = 1.15
+    combine: str = "mean"  # "mean" (beta-weighted) | "max"
+    beta: float = 0.25  # weight of the plain view in "mean"; negative averages all views equally
+
+
+@dataclass
+class Recipe:
+    stages: list[StageConfig]
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def presize(self) -> int:
+        return self.data.presize or round(max(s.size for s in self.stages) * 1.25)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} has the wrong type: {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check_type(value, hints[name], key)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key(s) {missing} in [{prefix or 'recipe'}]")
+    return cls(**kwargs)
+
+
+def recipe_from_dict(d: dict[str, Any]) -> Recipe:
+    recipe = _from_dict(Recipe, d)
+    validate(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a TOML recipe and apply ``key=value`` overrides (``train.mixup=0.4``, ``stages.0.lr=1e-3``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found")
+    try:
+        d = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    for item in overrides or []:
+        apply_override(d, item)
+    return recipe_from_dict(d)
+
+
+def apply_override(d: dict[str, Any], item: str) -> None:
+    """Set one dotted key in the raw recipe dict; the value is parsed as a TOML value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. train.mixup=0.4")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as a path
+    parts = key.strip().split(".")
+    node: Any = d
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key}: {'.'.join(parts[:i + 1])} is not a stage index")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        raise ConfigError(f"override {key}: name a field of the stage, e.g. stages.0.lr")
+    node[last] = value
+
+
+def validate(recipe: Recipe) -> None:
+    if not recipe.stages:
+        raise ConfigError("the recipe needs at least one [[stages]] entry")
+    for i, s in enumerate(recipe.stages):
+        for name in ("size", "batch_size"):
+            if getattr(s, name) < 1:
+                raise ConfigError(f"stages[{i}].{name} must be >= 1, got {getattr(s, name)}")
+        if s.epochs < 0:
+            raise ConfigError(f"stages[{i}].epochs must be >= 0, got {s.epochs}")
+        if s.lr <= 0:
+            raise ConfigError(f"stages[{i}].lr must be > 0, got {s.lr}")
+    if recipe.presize < max(s.size for s in recipe.stages):
+        raise ConfigError(f"data.presize ({recipe.data.presize}) must be >= the largest stage size")
+    choices = {
+        "data.normalize": (recipe.data.normalize, ("imagenet", "dataset", "none")),
+        "train.device": (recipe.train.device, ("auto", "cpu", "cuda")),
+        "train.mixed_precision": (recipe.train.mixed_precision, ("auto", "bf16", "fp16", "off")),
+        "train.channels_last": (recipe.train.channels_last, ("auto", "on", "off")),
+        "train.metric": (recipe.train.metric, ("accuracy", "valid_loss")),
+        "tta.combine": (recipe.tta.combine, ("mean", "max")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} is {value!r}; choose one of {list(allowed)}")
+    if not 0 <= recipe.train.label_smoothing < 1:
+        raise ConfigError("train.label_smoothing must be in [0, 1)")
+    if recipe.train.lr_mult < 1:
+        raise ConfigError("train.lr_mult must be >= 1")
+    if not 0 <= recipe.train.ema < 1:
+        raise ConfigError("train.ema must be in [0, 1)")
+    try:
+        tta_spec(recipe)
+        eval_spec(recipe, recipe.stages[-1].size)
+    except ValueError as e:
+        raise ConfigError(f"[tta]/[eval]: {e}") from e
+
+
+def eval_spec(recipe: Recipe, size: int):
+    from service.imaging import EvalSpec
+
+    return EvalSpec(size=size, resize_ratio=recipe.eval.resize_ratio)
+
+
+def tta_spec(recipe: Recipe):
+    from service.imaging import TTASpec
+
+    t = recipe.tta
+    return TTASpec(views=tuple(t.views), zoom_ratio=t.zoom_ratio, combine=t.combine,
+                   beta=None if t.beta < 0 else t.beta)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(tomli_w.dumps(recipe.to_dict()))

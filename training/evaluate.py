@@ -1,0 +1,98 @@
+"""Predictions of a trained model, plain and with test-time augmentation.
+
+Views come from ``service.imaging.tta_views`` and are combined by ``service.imaging.combine_tta``
+- the very functions the service uses - so the TTA accuracy recorded here is what the service
+reproduces. All views of a batch go through the model in one forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from service.imaging import EvalSpec, TTASpec, combine_tta
+from training.augment import to_float_nchw
+from training.callbacks import load_checkpoint
+from training.data import Items, make_eval_loader
+from training.models import Classifier, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    targets: np.ndarray  # (N,) int
+    probs: np.ndarray  # (N, C) plain (center view)
+    tta_probs: np.ndarray | None  # (N, C) combined views, or None
+    losses: np.ndarray  # (N,) cross-entropy of the plain prediction
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.probs.argmax(1) == self.targets).mean())
+
+    @property
+    def tta_accuracy(self) -> float | None:
+        if self.tta_probs is None:
+            return None
+        return float((self.tta_probs.argmax(1) == self.targets).mean())
+
+
+def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Classifier, dict[str, Any]]:
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt["arch"], len(ckpt["classes"]), mean=ckpt["mean"], std=ckpt["std"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: TTASpec | None,
+            device: torch.device, batch_size: int = 64, num_workers: int = 0,
+            progress: bool = True) -> Predictions:
+    """Plain predictions, and TTA ones when ``tta`` is given (one forward pass per batch)."""
+    model.eval()
+    plain_from_views = tta is not None and "center" in tta.views
+    loader = make_eval_loader(items, eval_spec=eval_spec, tta=tta if plain_from_views else None,
+                              batch_size=batch_size, num_workers=num_workers)
+    probs, view_probs, targets = [], [], []
+    for xb, yb in tqdm(loader, desc="evaluate" + (" (TTA)" if tta else ""), leave=False,
+                       disable=not progress):
+        n = len(yb)
+        out = torch.softmax(model(to_float_nchw(xb.to(device))).float(), dim=1).cpu().numpy()
+        if plain_from_views:
+            per_view = out.reshape(n, len(tta.views), -1)
+            view_probs.append(per_view)
+            probs.append(per_view[:, tta.views.index("center")])
+        else:
+            probs.append(out)
+        targets.append(yb.numpy())
+    plain = np.concatenate(probs)
+    y = np.concatenate(targets)
+    tta_probs = None
+    if tta is not None:
+        if not plain_from_views:  # views without 'center': a second pass over the views alone
+            views = predict_views(model, items, eval_spec=eval_spec, tta=tta, device=device,
+                                  batch_size=batch_size, num_workers=num_workers)
+        else:
+            views = np.concatenate(view_probs)
+        tta_probs = combine_tta(views, tta)
+    losses = -np.log(np.clip(plain[np.arange(len(y)), y], 1e-12, None))
+    return Predictions(y, plain, tta_probs, losses)
+
+
+@torch.no_grad()
+def predict_views(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: TTASpec,
+                  device: torch.device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+    """Per-view probabilities (N, V, C)."""
+    loader = make_eval_loader(items, eval_spec=eval_spec, tta=tta, batch_size=batch_size,
+                              num_workers=num_workers)
+    chunks = []
+    for xb, yb in loader:
+        out = torch.softmax(model(to_float_nchw(xb.to(device))).float(), dim=1).cpu().numpy()
+        chunks.append(out.reshape(len(yb), len(tta.views), -1))
+    return np.concatenate(chunks)

@@ -1,0 +1,233 @@
+"""Walk a recipe: stages (progressive resizing) of one-cycle phases (fine-tune: frozen, then
+unfrozen with discriminative LRs), checkpointing every epoch and resuming where it stopped.
+
+Split the way timm's train script should have been: build_data, build_model, build_learner,
+plan_phases, fit — each short enough to read at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.augment import BatchAugment, to_float_nchw
+from training.callbacks import (
+    CheckpointCallback,
+    HistoryCallback,
+    ProgressCallback,
+    load_checkpoint,
+    write_json,
+)
+from training.config import Recipe, eval_spec, save_recipe, tta_spec
+from training.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataLoaders,
+    DataSplit,
+    build_dataloaders,
+    compute_stats,
+    load_items,
+)
+from training.device import select_device, select_precision, use_channels_last
+from training.errors import ConfigError
+from training.learner import Callback, Learner
+from training.mixing import build_mixer
+from training.models import Classifier, build_model
+from training.schedule import build_optimizer, discriminative_lrs, one_cycle
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "tta-serve-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One one-cycle run: a stage's frozen warm-up, or its main (unfrozen) training."""
+
+    name: str
+    stage: int
+    epochs: int
+    lr: float
+    lr_mult: float
+    frozen: bool
+
+
+@dataclass
+class FitResult:
+    best_checkpoint: Path
+    best_metric: float
+    metric: str
+    history: list[dict[str, Any]]
+    output: Path
+    split: DataSplit
+
+
+def plan_phases(recipe: Recipe) -> list[Phase]:
+    """fastai's fine_tune on the first stage (freeze, then halve the LR and unfreeze)."""
+    phases = []
+    for i, stage in enumerate(recipe.stages):
+        lr = stage.lr
+        if i == 0 and recipe.train.freeze_epochs > 0:
+            phases.append(Phase(f"stage{i + 1}-frozen", i, recipe.train.freeze_epochs, lr, 1.0,
+                                frozen=True))
+            lr /= 2
+        phases.append(Phase(f"stage{i + 1}", i, stage.epochs, lr, recipe.train.lr_mult,
+                            frozen=False))
+    return [p for p in phases if p.epochs > 0]
+
+
+def build_data(recipe: Recipe) -> tuple[DataSplit, tuple[float, ...], tuple[float, ...]]:
+    d = recipe.data
+    split = load_items(d.path, csv=d.csv or None, valid_pct=d.valid_pct, seed=d.seed)
+    log.info("data: %s, %d classes, %d train / %d valid images", split.source,
+             len(split.classes), len(split.train.paths), len(split.valid.paths))
+    if d.normalize == "dataset":
+        mean, std = compute_stats(split, presize=recipe.presize)
+        log.info("normalisation from the training data: mean %s std %s",
+                 [round(m, 4) for m in mean], [round(s, 4) for s in std])
+    elif d.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return split, tuple(mean), tuple(std)
+
+
+def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...],
+                     std: tuple[float, ...]) -> Classifier:
+    """The recipe's architecture; ``init_from`` keeps an earlier run's body (and head if it fits)."""
+    m = recipe.model
+    if not m.init_from:
+        return build_model(m.arch, len(classes), mean=mean, std=std,
+                           pretrained=m.pretrained or None)
+    ckpt = load_checkpoint(m.init_from)
+    model = build_model(ckpt["arch"], len(ckpt["classes"]), mean=ckpt["mean"], std=ckpt["std"])
+    model.load_state_dict(ckpt["model"])
+    if list(ckpt["classes"]) != list(classes):
+        log.warning("init_from %s: its %d classes differ from the data's %d; kept the body, "
+                    "rebuilt the head", m.init_from, len(ckpt["classes"]), len(classes))
+        model.reset_head(len(classes))
+    else:
+        log.info("init_from %s: same %d classes, starting from all its weights", m.init_from,
+                 len(classes))
+    return model
+
+
+def build_learner(recipe: Recipe, model: nn.Module, dls: DataLoaders, size: int,
+                  device: torch.device, callbacks: list[Callback]) -> Learner:
+    t = recipe.train
+    ema = None
+    if t.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema), use_buffers=True)
+    return Learner(
+        model, dls.train, dls.valid,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        augment=BatchAugment(recipe.augment, size),
+        prepare_valid=to_float_nchw,
+        device=device,
+        precision=select_precision(t.mixed_precision, device),
+        mixer=build_mixer(t.mixup, t.cutmix),
+        ema=ema,
+        channels_last=use_channels_last(t.channels_last, device),
+        callbacks=callbacks,
+        seed=t.seed,
+    )
+
+
+def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe) -> None:
+    """Freeze or unfreeze, then a fresh AdamW + one-cycle over the phase's steps."""
+    if phase.frozen:
+        model.freeze_body(train_bn=recipe.train.train_bn)
+    else:
+        model.unfreeze()
+    groups = model.layer_groups()
+    lrs = discriminative_lrs(phase.lr, len(groups), phase.lr_mult)
+    learn.opt = build_optimizer(groups, lrs, recipe.train.weight_decay)
+    learn.sched = one_cycle(learn.opt, phase.epochs * len(learn.train_dl),
+                            pct_start=recipe.train.pct_start)
+
+
+def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train the recipe; with ``resume``, continue from ``output/last.pt`` exactly."""
+    out = Path(recipe.train.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.train.seed)
+    device = select_device(recipe.train.device)
+    split, mean, std = build_data(recipe)
+    model = build_classifier(recipe, split.classes, mean, std)
+    if recipe.model.init_from:  # keep the normalisation its weights were trained with
+        ckpt_meta = load_checkpoint(recipe.model.init_from)
+        mean, std = tuple(ckpt_meta["mean"]), tuple(ckpt_meta["std"])
+    model.to(device)
+    if use_channels_last(recipe.train.channels_last, device):
+        model.to(memory_format=torch.channels_last)
+
+    phases = plan_phases(recipe)
+    state = load_checkpoint(out / "last.pt") if resume else None
+    if resume and state is None:
+        raise ConfigError(f"--resume: {out / 'last.pt'} not found")
+    start_index, start_epoch = (state["progress"]["phase"], state["progress"]["epoch"]) \
+        if state else (0, 0)
+    history: list[dict[str, Any]] = list(state["history"]) if state else []
+    save_recipe(recipe, out / "recipe.toml")
+
+    current: dict[str, Any] = {}
+
+    def describe(learn: Learner) -> dict[str, Any]:
+        phase_index = current["index"]
+        epoch_done = learn.state.epoch + 1
+        return {
+            "format": CHECKPOINT_FORMAT, "arch": recipe.model.arch, "classes": split.classes,
+            "mean": list(mean), "std": list(std),
+            "eval_spec": eval_spec(recipe, current["size"]).to_dict(),
+            "tta": tta_spec(recipe).to_dict(), "recipe": recipe.to_dict(),
+            "progress": {"phase": phase_index, "epoch": epoch_done},
+            "history": history,
+        }
+
+    checkpoints = CheckpointCallback(out, recipe.train.metric, describe,
+                                     best=state["best_metric"] if state else None)
+    callbacks = [ProgressCallback(progress), HistoryCallback(history), checkpoints]
+    learn: Learner | None = None
+    loaded_stage = -1
+    for index, phase in enumerate(phases):
+        if index < start_index:
+            continue
+        first_epoch = start_epoch if index == start_index else 0
+        if first_epoch >= phase.epochs:
+            continue
+        stage = recipe.stages[phase.stage]
+        if phase.stage != loaded_stage:
+            dls = build_dataloaders(
+                split, size=stage.size, batch_size=stage.batch_size, presize=recipe.presize,
+                eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
+                seed=recipe.train.seed)
+            if learn is None:
+                learn = build_learner(recipe, model, dls, stage.size, device, callbacks)
+            else:
+                learn.train_dl, learn.valid_dl = dls.train, dls.valid
+                learn.augment = BatchAugment(recipe.augment, stage.size)
+            loaded_stage = phase.stage
+            log.info("stage %d: size %d px, batch %d, %d epochs, lr %.2e", phase.stage + 1,
+                     stage.size, stage.batch_size, stage.epochs, stage.lr)
+        current.update(index=index, size=stage.size)
+        start_phase(learn, model, phase, recipe)
+        if state is not None:
+            # Mid-phase: weights, optimiser and schedule position; at a phase boundary: weights.
+            mid_phase = index == start_index
+            learn.load_state_dict(state if mid_phase else {"model": state["model"],
+                                                           "ema": state.get("ema")})
+            log.info("resumed %s at epoch %d of %d", phase.name, first_epoch + 1, phase.epochs)
+            state = None
+        learn.fit(phase.epochs, phase=phase.name, start_epoch=first_epoch)
+
+    write_json({"history": history, "best": {recipe.train.metric: checkpoints.best},
+                "seconds": time.perf_counter() - t0}, out / "metrics.json")
+    return FitResult(out / "best.pt", checkpoints.best, recipe.train.metric, history, out, split)

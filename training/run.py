@@ -1,0 +1,98 @@
+"""What the commands do end to end: fit then report, the LR finder, evaluating a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from service.imaging import EvalSpec, TTASpec
+from training.callbacks import atomic_save, load_checkpoint
+from training.config import Recipe, eval_spec
+from training.data import DataSplit, Items, build_dataloaders, load_items
+from training.device import select_device
+from training.errors import DataError
+from training.evaluate import load_model, predict
+from training.fit import build_classifier, build_data, build_learner, fit
+from training.interpret import write_interpretation
+from training.lr_find import LRFindResult, lr_find, plot_lr_find
+
+log = logging.getLogger(__name__)
+
+
+def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train, then evaluate the best checkpoint (plain + TTA) and record it in the checkpoint."""
+    result = fit(recipe, resume=resume, progress=progress)
+    summary = evaluate_checkpoint(result.best_checkpoint, output=result.output / "report",
+                                  tta=tta, device_name=recipe.train.device, split=result.split,
+                                  progress=progress)
+    ckpt = load_checkpoint(result.best_checkpoint)
+    ckpt["metrics"] = {**ckpt.get("metrics", {}), "accuracy": summary["accuracy"],
+                       "tta_accuracy": summary.get("tta_accuracy"), "n_valid": summary["n"],
+                       "valid_set": result.split.source}
+    atomic_save(ckpt, result.best_checkpoint)
+    metrics_path = result.output / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["final"] = ckpt["metrics"]
+    metrics_path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return {**summary, "checkpoint": str(result.best_checkpoint)}
+
+
+def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
+                end_lr: float = 10.0) -> tuple[LRFindResult, Path]:
+    """The finder on the recipe's first stage; writes OUTPUT/lr_find.png."""
+    device = select_device(recipe.train.device)
+    split, mean, std = build_data(recipe)
+    model = build_classifier(recipe, split.classes, mean, std).to(device)
+    stage = recipe.stages[0]
+    dls = build_dataloaders(split, size=stage.size, batch_size=stage.batch_size,
+                            presize=recipe.presize, eval_spec=eval_spec(recipe, stage.size),
+                            num_workers=recipe.data.num_workers, seed=recipe.train.seed)
+    learn = build_learner(recipe, model, dls, stage.size, device, callbacks=[])
+    result = lr_find(learn, num_it=num_it, start_lr=start_lr, end_lr=end_lr,
+                     weight_decay=recipe.train.weight_decay)
+    png = plot_lr_find(result, Path(recipe.train.output) / "lr_find.png")
+    return result, png
+
+
+def labeled_items(folder: str | Path, classes: list[str]) -> Items:
+    """Every image of a labeled folder (its valid/ split if it has one), labels in ``classes``."""
+    folder = Path(folder)
+    has_split = any((folder / name).is_dir() for name in ("valid", "val"))
+    split = load_items(folder, valid_pct=0.0 if not has_split else 0.2)
+    items = split.valid if has_split else split.train
+    unknown = sorted(set(split.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{folder} has classes the model does not know: {unknown}; "
+                        f"the model's classes are {classes}")
+    index = {name: i for i, name in enumerate(classes)}
+    return Items(list(items.paths), [index[split.classes[y]] for y in items.labels])
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Path | None = None,
+                        tta: bool = False, batch_size: int = 64, min_confused: int = 1,
+                        device_name: str = "auto", split: DataSplit | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluate on the run's validation set (or a labeled folder) and write the reports."""
+    device = select_device(device_name)
+    model, ckpt = load_model(checkpoint, device)
+    classes = list(ckpt["classes"])
+    if data is not None:
+        items = labeled_items(data, classes)
+    else:
+        if split is None:
+            d = ckpt["recipe"]["data"]
+            split = load_items(d["path"], csv=d["csv"] or None, valid_pct=d["valid_pct"],
+                               seed=d["seed"])
+        items = split.valid
+    spec = EvalSpec.from_dict(ckpt["eval_spec"])
+    tta_spec = TTASpec.from_dict(ckpt["tta"]) if tta else None
+    preds = predict(model, items, eval_spec=spec, tta=tta_spec, device=device,
+                    batch_size=batch_size, progress=progress)
+    summary = write_interpretation(preds, items, classes, Path(output), eval_spec=spec,
+                                   min_confused=min_confused)
+    log.info("evaluated %d images: accuracy %.4f%s", summary["n"], summary["accuracy"],
+             f", TTA {summary['tta_accuracy']:.4f}" if "tta_accuracy" in summary else "")
+    return summary
