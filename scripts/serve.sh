@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: install (first run only) and serve the bundled default model over gRPC (:50051)
+# and HTTP (:3000). Extra arguments go to `tta-serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/tta-serve "$@"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install everything (first run only: torch + dev tools) and run the test suite. Extra arguments go
+# to pytest, e.g. scripts/test.sh -k grpc
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh "train,dev"
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"
