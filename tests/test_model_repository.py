@@ -1,0 +1,214 @@
+"""service.model_repository: what the service refuses to load, and publishing that is atomic.
+
+Torch-free: the graphs are built with onnx.helper, the way the serving image would see them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from service.imaging import EvalSpec, TTASpec
+from service.model_repository import (
+    CARD_FILE,
+    MODEL_FILE,
+    InvalidModelError,
+    ModelCard,
+    ModelNotFoundError,
+    ModelRepository,
+    sha256_file,
+    validate_version_dir,
+)
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def tiny_graph(path: Path, n_classes: int, *, size: int = 4, seed: int = 0) -> Path:
+    """pixels (N,3,S,S) -> global average pool -> linear -> softmax -> probabilities (N,C)."""
+    w = np.random.default_rng(seed).normal(size=(3, n_classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                       ["batch", n_classes])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_card(name: str, version: int, sha: str, classes=CLASSES) -> ModelCard:
+    return ModelCard(
+        name=name, version=version, classes=tuple(classes), eval_spec=EvalSpec(size=4),
+        tta=TTASpec(), sha256=sha, metrics={"accuracy": 0.9, "tta_accuracy": 0.92},
+        recipe={"model": {"arch": "tiny"}}, created_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def fill(folder: Path, name: str = "pets", version: int = 1, *, n_out: int = len(CLASSES),
+         classes=CLASSES, seed: int = 0) -> Path:
+    """A complete version folder: model.onnx + model.json with the right sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_graph(folder / MODEL_FILE, n_out, seed=seed)
+    card = make_card(name, version, sha256_file(folder / MODEL_FILE), classes)
+    (folder / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2))
+    return folder
+
+
+def publish(repo: ModelRepository, name: str, version: int, *, seed: int = 0, force=False):
+    staging = fill(repo.staging_dir(name), name, version, seed=seed)
+    return repo.publish(staging, name, version, force=force)
+
+
+def visible_entries(repo: ModelRepository, name: str) -> list[str]:
+    return sorted(p.name for p in (repo.root / name).iterdir())
+
+
+# ----------------------------------------------------------------------------- card
+
+
+def test_card_round_trip() -> None:
+    card = make_card("pets", 3, "ab" * 32)
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again.to_dict() == card.to_dict()
+    # optional dicts come back as {} (not None): equal once given explicitly
+    explicit = ModelCard(**{**card.__dict__, "variants": {"int8": {"file": "model.int8.onnx"}}})
+    assert ModelCard.from_dict(explicit.to_dict()) == explicit
+    assert again.input_size == 4 and again.tta == TTASpec()
+
+
+def test_card_rejects_other_format_and_missing_keys() -> None:
+    d = make_card("pets", 1, "00").to_dict()
+    with pytest.raises(ValueError, match="format_version"):
+        ModelCard.from_dict({**d, "format_version": 99})
+    del d["classes"]
+    with pytest.raises(ValueError, match="'classes'"):
+        ModelCard.from_dict(d)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_valid_folder_loads(tmp_path) -> None:
+    card = validate_version_dir(fill(tmp_path / "pets" / "1"))
+    assert card.classes == CLASSES and card.metrics["tta_accuracy"] == 0.92
+
+
+def test_tampered_model_fails_with_folder_and_sha(tmp_path) -> None:
+    folder = fill(tmp_path / "pets" / "1")
+    with open(folder / MODEL_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(InvalidModelError) as e:
+        validate_version_dir(folder)
+    assert str(folder) in str(e.value) and "sha256" in str(e.value)
+    assert "changed or truncated" in str(e.value)
+
+
+def test_missing_card_fails_with_folder(tmp_path) -> None:
+    folder = fill(tmp_path / "pets" / "1")
+    (folder / CARD_FILE).unlink()
+    with pytest.raises(InvalidModelError, match="model.json is missing") as e:
+        validate_version_dir(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_missing_model_fails_with_folder(tmp_path) -> None:
+    folder = fill(tmp_path / "pets" / "1")
+    (folder / MODEL_FILE).unlink()
+    with pytest.raises(InvalidModelError, match="model.onnx is missing") as e:
+        validate_version_dir(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_class_count_mismatch_fails_with_folder(tmp_path) -> None:
+    folder = fill(tmp_path / "pets" / "1", n_out=4)  # graph outputs 4, card lists 3
+    with pytest.raises(InvalidModelError) as e:
+        validate_version_dir(folder)
+    msg = str(e.value)
+    assert str(folder) in msg and "outputs 4 classes" in msg and "lists 3" in msg
+
+
+def test_corrupt_card_and_graph_fail_clearly(tmp_path) -> None:
+    folder = fill(tmp_path / "pets" / "1")
+    (folder / CARD_FILE).write_text("{not json")
+    with pytest.raises(InvalidModelError, match="model.json is not valid") as e:
+        validate_version_dir(folder)
+    assert str(folder) in str(e.value)
+
+    folder2 = tmp_path / "pets" / "2"
+    folder2.mkdir()
+    (folder2 / MODEL_FILE).write_bytes(b"not a protobuf at all" * 10)
+    card = make_card("pets", 2, sha256_file(folder2 / MODEL_FILE))
+    (folder2 / CARD_FILE).write_text(json.dumps(card.to_dict()))
+    with pytest.raises(InvalidModelError, match="not a readable ONNX graph") as e:
+        validate_version_dir(folder2)
+    assert str(folder2) in str(e.value)
+
+
+# ----------------------------------------------------------------------------- repository
+
+
+def test_resolve_latest_and_numeric_order(tmp_path) -> None:
+    repo = ModelRepository(tmp_path)
+    for v in (1, 2, 10):
+        publish(repo, "pets", v)
+    (tmp_path / "pets" / ".staging-abandoned").mkdir()  # hidden: never listed
+    (tmp_path / "pets" / "notes").mkdir()  # not a version number
+    assert repo.versions("pets") == [1, 2, 10]
+    assert repo.latest("pets") == 10 and repo.next_version("pets") == 11
+    assert repo.resolve("pets").version == 10
+    assert repo.resolve("pets", 2).card.version == 2
+    assert repo.list_models() == {"pets": [1, 2, 10]}
+
+
+def test_unknown_model_and_version(tmp_path) -> None:
+    repo = ModelRepository(tmp_path)
+    assert repo.versions("nope") == [] and repo.next_version("nope") == 1
+    with pytest.raises(ModelNotFoundError, match="'nope' not found"):
+        repo.resolve("nope")
+    publish(repo, "pets", 1)
+    with pytest.raises(ModelNotFoundError, match="no version 7"):
+        repo.resolve("pets", 7)
+
+
+def test_resolve_refuses_a_tampered_version(tmp_path) -> None:
+    repo = ModelRepository(tmp_path)
+    mv = publish(repo, "pets", 1)
+    mv.onnx_path.write_bytes(mv.onnx_path.read_bytes()[:-1])
+    with pytest.raises(InvalidModelError, match=str(mv.path)):
+        repo.resolve("pets", 1)
+
+
+def test_publish_is_a_rename_and_never_overwrites_without_force(tmp_path) -> None:
+    repo = ModelRepository(tmp_path)
+    first = publish(repo, "pets", 1, seed=0)
+    staging = fill(repo.staging_dir("pets"), "pets", 1, seed=1)
+    with pytest.raises(FileExistsError, match="--force"):
+        repo.publish(staging, "pets", 1)
+    assert repo.resolve("pets", 1).card.sha256 == first.card.sha256
+    replaced = repo.publish(staging, "pets", 1, force=True)
+    assert replaced.card.sha256 != first.card.sha256
+    assert not staging.exists()
+    assert visible_entries(repo, "pets") == ["1"]  # no staging or retired folder left
+
+
+def test_publish_refuses_an_invalid_staging_folder(tmp_path) -> None:
+    repo = ModelRepository(tmp_path)
+    staging = fill(repo.staging_dir("pets"), "pets", 1, n_out=5)
+    with pytest.raises(InvalidModelError, match="outputs 5 classes"):
+        repo.publish(staging, "pets", 1)
+    assert repo.versions("pets") == []
