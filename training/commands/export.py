@@ -1,0 +1,58 @@
+"""Export a checkpoint to ONNX, verify it against PyTorch and publish it as a model version.
+
+  training export runs/digits/best.pt --name digits [--version N] [--models-dir models] [--force]
+                  [--data DIR] [--fp16] [--int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("checkpoint", type=Path, help="training checkpoint (e.g. runs/x/best.pt)")
+    parser.add_argument("--name", required=True, help="model name in the repository")
+    parser.add_argument("--version", type=int, default=None,
+                        help="version number (default: the next integer)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+                        help="model repository root (default: models)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the version if it already exists")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="image folder for the parity check (default: the recipe's data "
+                             "path; its valid/ split when it has one)")
+    parser.add_argument("--check-images", type=int, default=512, metavar="N",
+                        help="at most N real images in the check (default: 512)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="also write model.fp16.onnx (float32 in/out) and measure it")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write model.int8.onnx (dynamic int8, for CPU) and measure it")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint
+
+    mv = export_checkpoint(args.checkpoint, name=args.name, models_dir=args.models_dir,
+                           version=args.version, force=args.force, data=args.data,
+                           fp16=args.fp16, int8=args.int8,
+                           max_images=args.check_images)
+    card = mv.card
+    check = (card.metrics or {}).get("export_check", {})
+    print(f"published {mv.name} version {mv.version} at {mv.path}")
+    print(f"  classes: {len(card.classes)}, input 3x{card.input_size}x{card.input_size}, "
+          f"opset {card.opset}, sha256 {card.sha256[:12]}...")
+    print(f"  parity: max |p_onnx - p_torch| = {check.get('max_abs_diff', float('nan')):.2e} "
+          f"(tolerance {check.get('tolerance', float('nan')):.0e}) on "
+          f"{check.get('n_random', 0)} random + {check.get('n_images', 0)} real images, "
+          f"top-1 mismatches {check.get('top1_mismatches', 0)}")
+    if check.get("accuracy_onnx") is not None:
+        print(f"  accuracy on the check images: {check['accuracy_onnx']:.4f}")
+    for kind, v in (card.variants or {}).items():
+        acc = "n/a" if v.get("accuracy") is None else f"{v['accuracy']:.4f}"
+        delta = "" if v.get("delta_accuracy") is None else f" ({v['delta_accuracy']:+.4f})"
+        print(f"  {kind}: {v['file']} {v['bytes'] / 1e6:.2f} MB, accuracy {acc}{delta}, "
+              f"max |p - p_fp32| = {v['max_abs_diff_vs_fp32']:.2e}")
+    return 0
