@@ -149,7 +149,10 @@ def _from_dict(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"missing key(s) {missing} in [{prefix or 'recipe'}]")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own checks (e.g. AugmentConfig's ranges)
+        raise ConfigError(f"[{prefix or 'recipe'}]: {e}") from e
 
 
 def recipe_from_dict(d: dict[str, Any]) -> Recipe:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,12 @@ def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe)
                             pct_start=recipe.train.pct_start)
 
 
-def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FitResult:
-    """Train the recipe; with ``resume``, continue from ``output/last.pt`` exactly."""
+def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train the recipe; with ``resume``, continue from ``output/last.pt`` exactly.
+
+    ``callbacks`` are added to the built-in ones (progress, history, checkpoints).
+    """
     out = Path(recipe.train.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -194,7 +199,8 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FitRe
 
     checkpoints = CheckpointCallback(out, recipe.train.metric, describe,
                                      best=state["best_metric"] if state else None)
-    callbacks = [ProgressCallback(progress), HistoryCallback(history), checkpoints]
+    all_callbacks = [ProgressCallback(progress), HistoryCallback(history), checkpoints,
+                     *callbacks]
     learn: Learner | None = None
     loaded_stage = -1
     for index, phase in enumerate(phases):
@@ -210,7 +216,7 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> FitRe
                 eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
                 seed=recipe.train.seed)
             if learn is None:
-                learn = build_learner(recipe, model, dls, stage.size, device, callbacks)
+                learn = build_learner(recipe, model, dls, stage.size, device, all_callbacks)
             else:
                 learn.train_dl, learn.valid_dl = dls.train, dls.valid
                 learn.augment = BatchAugment(recipe.augment, stage.size)

@@ -76,6 +76,8 @@ class EpochState:
     n_epochs: int = 0
     iteration: int = 0  # batch within the epoch
     n_iter: int = 0
+    xb: Tensor | None = None  # the (augmented) input batch, set before before_batch
+    yb: Tensor | None = None
     loss: Tensor | None = None
     train_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
@@ -167,6 +169,7 @@ class Learner:
             xb = self.augment(xb.to(self.device, non_blocking=True), gen)
             xb = xb.contiguous(memory_format=self.memory_format)
             yb = yb.to(self.device, non_blocking=True)
+            self.state.xb, self.state.yb = xb, yb
             self._hook("before_batch")
             loss = self._train_step(xb, yb, gen)
             total += loss.detach() * len(yb)

@@ -1,0 +1,228 @@
+"""The recipe end to end on real data (scikit-learn's handwritten digits), on the CPU.
+
+One short fit of recipes/digits.toml is shared by the assertions that need a trained model;
+the resume and fine-tune tests run their own tiny recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from service.imaging import TTASpec
+from training.callbacks import load_checkpoint
+from training.config import load_recipe
+from training.data import load_items
+from training.evaluate import load_model, predict
+from training.fit import build_classifier, fit, plan_phases, start_phase
+from training.learner import Callback, Learner, Precision
+from training.run import evaluate_checkpoint, fit_and_report, run_lr_find
+from training.schedule import discriminative_lrs
+
+RECIPE = Path(__file__).parents[2] / "recipes" / "digits.toml"
+
+
+def recipe_for(digits_dir: Path, out: Path, *overrides: str):
+    return load_recipe(RECIPE, [f'data.path="{digits_dir}"', f'train.output="{out}"', *overrides])
+
+
+@pytest.fixture(scope="session")
+def trained(digits_dir, tmp_path_factory):
+    """The digits recipe as committed, trained once for the session."""
+    out = tmp_path_factory.mktemp("run")
+    recipe = recipe_for(digits_dir, out)
+    summary = fit_and_report(recipe, progress=False)
+    return recipe, summary, out
+
+
+def test_digits_recipe_reaches_95_percent_on_cpu(trained):
+    _, summary, out = trained
+    assert summary["accuracy"] >= 0.95, summary
+    assert summary["tta_accuracy"] is not None
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["metrics"]["accuracy"] == pytest.approx(summary["accuracy"])
+    assert ckpt["metrics"]["tta_accuracy"] == pytest.approx(summary["tta_accuracy"])
+    assert (out / "recipe.toml").is_file() and (out / "last.pt").is_file()
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    recipe = trained[0]
+    expected = [f"stage{i + 1}" for i, s in enumerate(recipe.stages) for _ in range(s.epochs)]
+    assert [h["phase"] for h in history] == expected
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+def test_report_files_are_real_and_totals_match(trained):
+    _, summary, out = trained
+    report = out / "report"
+    matrix = json.loads((report / "confusion_matrix.json").read_text())
+    n_valid = load_checkpoint(out / "best.pt")["metrics"]["n_valid"]
+    assert sum(map(sum, matrix["confusion"])) == n_valid == summary["n"]
+    supports = {c["name"]: c["support"]
+                for c in json.loads((report / "classification_report.json").read_text())["per_class"]}
+    for i, name in enumerate(matrix["classes"]):
+        assert sum(matrix["confusion"][i]) == supports[name]
+    for png in ("confusion_matrix.png", "tta_confusion_matrix.png", "top_losses.png"):
+        with Image.open(report / png) as im:
+            im.verify()
+
+
+def test_tta_runs_all_views_in_batched_passes_and_reproduces_from_saved_spec(trained, digits_dir):
+    recipe, summary, out = trained
+    model, ckpt = load_model(out / "best.pt", torch.device("cpu"))
+    tta = TTASpec.from_dict(ckpt["tta"])
+    from service.imaging import EvalSpec
+
+    spec = EvalSpec.from_dict(ckpt["eval_spec"])
+    split = load_items(digits_dir, valid_pct=recipe.data.valid_pct, seed=recipe.data.seed)
+    batch_sizes: list[int] = []
+    handle = model.register_forward_hook(lambda m, i, o: batch_sizes.append(i[0].shape[0]))
+    preds = predict(model, split.valid, eval_spec=spec, tta=tta, device=torch.device("cpu"),
+                    batch_size=64, progress=False)
+    handle.remove()
+    n, v = len(split.valid.paths), len(tta.views)
+    assert batch_sizes == [min(64, n - i) * v for i in range(0, n, 64)]  # one pass per batch
+    assert preds.tta_accuracy == pytest.approx(summary["tta_accuracy"])
+    assert preds.accuracy == pytest.approx(summary["accuracy"])
+
+
+def test_evaluate_on_any_labeled_folder(trained, digits_dir, tmp_path):
+    _, _, out = trained
+    folder = tmp_path / "labeled"
+    for cls in ("3", "7"):
+        (folder / cls).mkdir(parents=True)
+        for p in sorted((digits_dir / cls).iterdir())[:12]:
+            (folder / cls / p.name).write_bytes(p.read_bytes())
+    summary = evaluate_checkpoint(out / "best.pt", data=folder, output=tmp_path / "ev", tta=True,
+                                  progress=False)
+    assert summary["n"] == 24
+    matrix = json.loads((tmp_path / "ev" / "confusion_matrix.json").read_text())
+    assert len(matrix["classes"]) == 10  # reported in the model's class space
+    assert sum(map(sum, matrix["confusion"])) == 24
+
+
+class _StopAfter(Callback):
+    """Simulates a crash (Ctrl-C) after an epoch has been checkpointed."""
+
+    order = 100
+
+    def __init__(self, phase: str, epoch: int) -> None:
+        self.phase, self.epoch = phase, epoch
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.state.phase == self.phase and learn.state.epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+SMALL = ("stages.0.epochs=2", "stages.1.epochs=1", "stages.0.size=12", "stages.1.size=16",
+         "data.presize=20", "train.mixup=0.4")
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(digits_dir, tmp_path):
+    straight = fit(recipe_for(digits_dir, tmp_path / "a", *SMALL), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe_for(digits_dir, tmp_path / "b", *SMALL), progress=False,
+            callbacks=[_StopAfter("stage1", 1)])
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["progress"] == {"phase": 0, "epoch": 1}
+    resumed = fit(recipe_for(digits_dir, tmp_path / "b", *SMALL), resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert [h["accuracy"] for h in straight.history] == [h["accuracy"] for h in resumed.history]
+    assert resumed.best_metric == straight.best_metric
+
+
+class _Record(Callback):
+    def __init__(self) -> None:
+        self.sizes: dict[str, set] = {}
+        self.weights_at: dict[str, dict] = {}
+
+    def before_fit(self, learn: Learner) -> None:
+        self.weights_at[f"start {learn.state.phase}"] = {
+            k: v.clone() for k, v in learn.model.state_dict().items()}
+
+    def before_batch(self, learn: Learner) -> None:
+        self.sizes.setdefault(learn.state.phase, set()).add(tuple(learn.state.xb.shape[-2:]))
+
+    def after_fit(self, learn: Learner) -> None:
+        self.weights_at[f"end {learn.state.phase}"] = {
+            k: v.clone() for k, v in learn.model.state_dict().items()}
+
+
+def test_progressive_resizing_grows_size_and_continues_weights(digits_dir, tmp_path):
+    rec = _Record()
+    fit(recipe_for(digits_dir, tmp_path, "stages.0.epochs=1", "stages.1.epochs=1",
+                   "stages.0.size=12", "stages.1.size=20", "data.presize=24"),
+        progress=False, callbacks=[rec])
+    assert rec.sizes == {"stage1": {(12, 12)}, "stage2": {(20, 20)}}
+    end1, start2 = rec.weights_at["end stage1"], rec.weights_at["start stage2"]
+    assert all(torch.equal(end1[k], start2[k]) for k in end1)
+
+
+@pytest.mark.parametrize("train_bn", [True, False])
+def test_frozen_phase_trains_only_head_and_bn(digits_dir, tmp_path, train_bn):
+    rec = _Record()
+    fit(recipe_for(digits_dir, tmp_path, "train.freeze_epochs=1", "stages.0.epochs=0",
+                   "stages.1.epochs=0", "stages.0.size=12", f"train.train_bn={str(train_bn).lower()}"),
+        progress=False, callbacks=[rec])
+    before, after = rec.weights_at["start stage1-frozen"], rec.weights_at["end stage1-frozen"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    conv = {k for k in before if k.startswith("body") and before[k].ndim == 4}
+    assert conv and not (conv & changed), "frozen convolution weights changed"
+    assert any(k.startswith("head") for k in changed), "the head did not train"
+    bn_params = {k for k in before if k.startswith("body") and before[k].ndim == 1
+                 and k.endswith(("weight", "bias"))}
+    assert bn_params
+    if train_bn:
+        assert bn_params & changed
+    else:
+        assert not (bn_params & changed)
+
+
+def test_unfrozen_phase_uses_discriminative_lrs(digits_dir, tmp_path):
+    recipe = recipe_for(digits_dir, tmp_path, "train.freeze_epochs=1", "train.lr_mult=100")
+    phases = plan_phases(recipe)
+    assert [p.name for p in phases] == ["stage1-frozen", "stage1", "stage2"]
+    assert phases[1].lr == pytest.approx(recipe.stages[0].lr / 2)  # halved after the frozen phase
+    split = load_items(digits_dir, valid_pct=0.2, seed=42)
+    model = build_classifier(recipe, split.classes, (0.5,) * 3, (0.25,) * 3)
+    ten_batches = [None] * 10  # start_phase only needs len(train_dl)
+    learn = Learner(model, ten_batches, [], loss_fn=torch.nn.CrossEntropyLoss(),
+                    augment=lambda x, g: x, prepare_valid=lambda x: x,
+                    device=torch.device("cpu"), precision=Precision("cpu"))
+    start_phase(learn, model, phases[1], recipe)
+    groups = model.layer_groups()
+    expected = discriminative_lrs(phases[1].lr, len(groups), 100)
+    assert [g["max_lr"] for g in learn.opt.param_groups] == pytest.approx(expected)
+    assert all(p.requires_grad for p in model.parameters())
+    start_phase(learn, model, phases[0], recipe)
+    assert [g["max_lr"] for g in learn.opt.param_groups] == pytest.approx(
+        [recipe.stages[0].lr] * len(groups))
+
+
+def test_init_from_with_other_classes_keeps_body_and_rebuilds_head(trained, digits_dir, caplog):
+    _, _, out = trained
+    recipe = recipe_for(digits_dir, out / "retrain", f'model.init_from="{out / "best.pt"}"')
+    ckpt = load_checkpoint(out / "best.pt")
+    model = build_classifier(recipe, ["0", "1", "2"], (0.5,) * 3, (0.25,) * 3)
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+    body = {k: v for k, v in ckpt["model"].items() if k.startswith("body")}
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in body.items())
+    assert "rebuilt the head" in caplog.text
+
+
+def test_lr_find_gives_finite_suggestions_in_range_and_a_png(digits_dir, tmp_path):
+    recipe = recipe_for(digits_dir, tmp_path, "stages.0.size=12", "data.presize=20")
+    result, png = run_lr_find(recipe, num_it=40, start_lr=1e-6, end_lr=1.0)
+    assert set(result.suggestions) == {"minimum", "steep", "valley", "slide"}
+    for name, lr in result.suggestions.items():
+        assert math.isfinite(lr)
+        low = 1e-7 if name == "minimum" else 1e-6  # minimum/10 may sit one decade lower
+        assert low <= lr <= 1.0, (name, lr)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 100
