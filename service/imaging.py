@@ -122,7 +122,8 @@ class TTASpec:
         return cls(**{**d, "views": tuple(d["views"])})
 
 
-def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(source: bytes | str | Path, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode JPEG/PNG/WebP/BMP/GIF (first frame)/TIFF into an upright RGB image.
 
     EXIF orientation is applied; alpha is composited over white; grayscale, palette, CMYK
@@ -173,7 +174,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_shorter_side(img: Image.Image, target: int, interpolation: str = "bilinear") -> Image.Image:
+def resize_shorter_side(img: Image.Image, target: int,
+                        interpolation: str = "bilinear") -> Image.Image:
     """Resize so the shorter side is ``target`` pixels, keeping the aspect ratio."""
     w, h = img.size
     if w <= h:
@@ -197,7 +199,8 @@ def _crop(img: Image.Image, size: int, where: str) -> np.ndarray:
     return np.asarray(img.crop((x, y, x + size, y + size)), dtype=np.uint8)
 
 
-def resize_center_crop(img: Image.Image, resize_to: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+def resize_center_crop(img: Image.Image, resize_to: int, crop: int,
+                       interpolation: str = "bilinear") -> np.ndarray:
     """Shorter side to ``resize_to`` then a centered ``crop`` square: HxWx3 uint8."""
     return _crop(resize_shorter_side(img, resize_to, interpolation), crop, "center")
 
@@ -232,7 +235,8 @@ def to_model_input(batch_hwc: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: the ONNX input contract."""
     if batch_hwc.ndim == 3:
         batch_hwc = batch_hwc[None]
-    return np.ascontiguousarray(batch_hwc.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+    chw = np.ascontiguousarray(batch_hwc.transpose(0, 3, 1, 2), dtype=np.float32)
+    return chw / np.float32(255.0)
 
 
 def combine_tta(probs: np.ndarray, tta: TTASpec) -> np.ndarray:

@@ -193,7 +193,8 @@ class ModelRepository:
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / name
@@ -234,7 +235,8 @@ class ModelRepository:
         folder.mkdir(parents=True)
         return folder
 
-    def publish(self, staging: Path, name: str, version: int, *, force: bool = False) -> ModelVersion:
+    def publish(self, staging: Path, name: str, version: int, *,
+                force: bool = False) -> ModelVersion:
         """Validate a filled staging folder and rename it into place as NAME/VERSION."""
         staging = Path(staging)
         validate_version_dir(staging)

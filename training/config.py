@@ -58,7 +58,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # eps; 0 is plain cross-entropy (fastai's default eps is 0.1)
     mixup: float = 0.0  # Beta(alpha, alpha) for MixUp; 0 turns it off (fastai uses 0.4)
     cutmix: float = 0.0  # Beta(alpha, alpha) for CutMix; 0 turns it off (usually 1.0)
-    mixed_precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU) | "bf16" | "fp16" | "off"
+    # "auto" (bf16, or fp16 + GradScaler, on the GPU; fp32 on the CPU) | "bf16" | "fp16" | "off"
+    mixed_precision: str = "auto"
     channels_last: str = "auto"  # "auto" (on GPU) | "on" | "off"
     ema: float = 0.0  # decay of a weight EMA used for evaluation; 0 turns it off
     freeze_epochs: int = 0  # fine-tune: epochs training only the head (BN too) before unfreezing
@@ -162,7 +163,7 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a TOML recipe and apply ``key=value`` overrides (``train.mixup=0.4``, ``stages.0.lr=1e-3``)."""
+    """Read a TOML recipe, then apply ``key=value`` overrides (``stages.0.lr=1e-3``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} not found")

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 def select_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
+        raise ConfigError("train.device is 'cuda' but no CUDA GPU is available; "
+                          "use 'auto' or 'cpu'")
     if name != "cpu" and torch.cuda.is_available():
         device = torch.device("cuda")
         log.info("training on GPU: %s", torch.cuda.get_device_name(device))

@@ -101,7 +101,7 @@ def build_data(recipe: Recipe) -> tuple[DataSplit, tuple[float, ...], tuple[floa
 
 def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...],
                      std: tuple[float, ...]) -> Classifier:
-    """The recipe's architecture; ``init_from`` keeps an earlier run's body (and head if it fits)."""
+    """The recipe's architecture; ``init_from`` keeps an earlier run's body (head if it fits)."""
     m = recipe.model
     if not m.init_from:
         return build_model(m.arch, len(classes), mean=mean, std=std,

@@ -131,7 +131,7 @@ class Learner:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, n_epochs: int, *, phase: str = "fit", start_epoch: int = 0) -> None:
-        """Train ``n_epochs`` with the current optimiser/scheduler, from ``start_epoch`` (resume)."""
+        """Train ``n_epochs`` with the current optimiser and schedule, from ``start_epoch``."""
         assert self.opt is not None and self.sched is not None, "set opt and sched first"
         self.state = EpochState(phase=phase, n_epochs=n_epochs)
         self._hook("before_fit")

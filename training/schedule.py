@@ -27,7 +27,7 @@ def discriminative_lrs(lr: float, n_groups: int, lr_mult: float) -> list[float]:
 
 def build_optimizer(groups: list[list[nn.Parameter]], lrs: list[float],
                     weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with one parameter group per layer group (frozen parameters get no grad, so no step)."""
+    """AdamW, one parameter group per layer group (frozen parameters get no grad: no step)."""
     param_groups = [{"params": g, "lr": lr} for g, lr in zip(groups, lrs, strict=True) if g]
     return torch.optim.AdamW(param_groups, betas=(MOMS[0], 0.99), eps=1e-5,
                              weight_decay=weight_decay)

@@ -61,8 +61,8 @@ def test_report_files_are_real_and_totals_match(trained):
     matrix = json.loads((report / "confusion_matrix.json").read_text())
     n_valid = load_checkpoint(out / "best.pt")["metrics"]["n_valid"]
     assert sum(map(sum, matrix["confusion"])) == n_valid == summary["n"]
-    supports = {c["name"]: c["support"]
-                for c in json.loads((report / "classification_report.json").read_text())["per_class"]}
+    per_class = json.loads((report / "classification_report.json").read_text())["per_class"]
+    supports = {c["name"]: c["support"] for c in per_class}
     for i, name in enumerate(matrix["classes"]):
         assert sum(matrix["confusion"][i]) == supports[name]
     for png in ("confusion_matrix.png", "tta_confusion_matrix.png", "top_losses.png"):
@@ -167,7 +167,8 @@ def test_progressive_resizing_grows_size_and_continues_weights(digits_dir, tmp_p
 def test_frozen_phase_trains_only_head_and_bn(digits_dir, tmp_path, train_bn):
     rec = _Record()
     fit(recipe_for(digits_dir, tmp_path, "train.freeze_epochs=1", "stages.0.epochs=0",
-                   "stages.1.epochs=0", "stages.0.size=12", f"train.train_bn={str(train_bn).lower()}"),
+                   "stages.1.epochs=0", "stages.0.size=12",
+                   f"train.train_bn={str(train_bn).lower()}"),
         progress=False, callbacks=[rec])
     before, after = rec.weights_at["start stage1-frozen"], rec.weights_at["end stage1-frozen"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -10,7 +10,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--tta", action="store_true", help="also evaluate with the recorded TTA")
     parser.add_argument("--data", help="a labeled image folder (default: the run's validation set)")
-    parser.add_argument("--output", type=Path, help="report folder (default: beside the checkpoint)")
+    parser.add_argument("--output", type=Path,
+                        help="report folder (default: CHECKPOINT_DIR/evaluation)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--min-confused", type=int, default=1)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
