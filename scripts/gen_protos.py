@@ -1,14 +1,15 @@
 """Generate service/_proto from protos/: the one step that writes the committed gRPC code.
 
-    .venv/bin/python scripts/gen_protos.py            # regenerate in place (run after editing protos/)
+    .venv/bin/python scripts/gen_protos.py            # regenerate in place, after editing protos/
     .venv/bin/python scripts/gen_protos.py --out DIR  # write the tree under DIR instead
 
 Every ``protos/**/*.proto`` is compiled with the virtual include path ``service/_proto=protos``,
-so ``protos/tta_serve/v1/classifier.proto`` becomes ``service/_proto/tta_serve/v1/classifier_pb2.py``
-and the generated imports are package-absolute (``from service._proto.tta_serve.v1 import ...``).
-Empty ``__init__.py`` files make every generated folder a package. The generated code is never
-edited by hand; tests/service/test_protos.py regenerates into a temp dir and fails when the
-committed copy differs.
+so ``protos/tta_serve/v1/classifier.proto`` becomes
+``service/_proto/tta_serve/v1/classifier_pb2.py`` and the generated imports are
+package-absolute (``from service._proto.tta_serve.v1 import ...``). Empty ``__init__.py``
+files make every generated folder a package. The generated code is never edited by hand;
+tests/service/test_protos.py regenerates into a temp dir and fails when the committed copy
+differs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,164 @@
+"""``tta-serve``: one console script, one sub-command per front end.
+
+    tta-serve grpc                                   # bundled models/, default model "digits"
+    tta-serve grpc --models-dir models --port 50051 --device cpu --max-batch-size 16
+
+Every sub-command shares the core options (``add_core_options`` -> ``core_config_from_args``).
+To add a front end, write ``_add_NAME(subparsers, common)`` that registers a sub-parser with
+``parents=[common]`` and ``set_defaults(run=...)`` (a function ``args -> exit code``) and list
+it in ``SUBCOMMANDS``. Start-up problems (no model, ``--device cuda`` without a GPU) end with
+a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from service.core import CoreConfig, CoreError, VersionPolicy
+from service.core.config import DEVICES, default_threads
+from service.imaging import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "TTA_SERVE_MODELS_DIR"
+
+
+def default_models_dir() -> Path:
+    """$TTA_SERVE_MODELS_DIR, else the repository's models/ beside the package, else ./models."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return Path(os.environ[MODELS_DIR_ENV])
+    beside_package = Path(__file__).resolve().parents[1] / "models"
+    return beside_package if beside_package.is_dir() else Path("models")
+
+
+def _version_policy(text: str) -> VersionPolicy:
+    try:
+        return VersionPolicy.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def add_core_options(parser: argparse.ArgumentParser) -> None:
+    """The options every front end shares; they map one-to-one onto CoreConfig."""
+    d = CoreConfig(models_dir=Path("."))  # the defaults, in one place
+    g = parser.add_argument_group("models and inference")
+    g.add_argument("--models-dir", type=Path, default=None,
+                   help=f"model repository, NAME/VERSION/{{model.onnx,model.json}} (default: "
+                        f"${MODELS_DIR_ENV} or the repository's models/)")
+    g.add_argument("--model", default=d.default_model,
+                   help="default model, used when a request names none (default: %(default)s)")
+    g.add_argument("--version-policy", type=_version_policy, default=VersionPolicy(),
+                   metavar="latest|pinned:N",
+                   help="serve the newest valid version (hot-reloading new ones) or one pinned "
+                        "version (default: latest)")
+    g.add_argument("--device", choices=DEVICES, default=d.device,
+                   help="auto = CUDA when usable, else CPU; cuda refuses to start without a "
+                        "GPU (default: %(default)s)")
+    g.add_argument("--intra-op-threads", type=int, default=default_threads(),
+                   help="ONNX Runtime threads per model (default: %(default)s)")
+    g.add_argument("--poll-interval-s", type=float, default=d.poll_interval_s,
+                   help="seconds between model repository scans for new versions; 0 = off "
+                        "(default: %(default)s)")
+    b = parser.add_argument_group("batching and limits")
+    b.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="images per forward pass; 1 = batching off (default: %(default)s)")
+    b.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long a batch waits for more images (default: %(default)s)")
+    b.add_argument("--max-pending", type=int, default=d.max_pending,
+                   help="requests in flight before new ones get 'overloaded' "
+                        "(default: %(default)s)")
+    b.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="threads decoding images (default: %(default)s)")
+    b.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes,
+                   help="largest encoded image accepted, bytes (default: %(default)s)")
+    b.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest image accepted, width x height (default: %(default)s)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def core_config_from_args(args: argparse.Namespace) -> CoreConfig:
+    return CoreConfig(
+        models_dir=args.models_dir or default_models_dir(),
+        default_model=args.model,
+        version_policy=args.version_policy,
+        device=args.device,
+        intra_op_threads=args.intra_op_threads,
+        poll_interval_s=args.poll_interval_s,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_pending=args.max_pending,
+        decode_threads=args.decode_threads,
+        max_image_bytes=args.max_image_bytes,
+        max_pixels=args.max_pixels,
+    )
+
+
+# ---- sub-commands
+
+
+def _add_grpc(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("grpc", parents=[common], help="serve tta_serve.v1.Classifier",
+                              description="Serve the Classifier gRPC API (with health checking "
+                                          "and reflection) until SIGTERM/SIGINT.")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=50051, help="(default: %(default)s)")
+    p.add_argument("--max-message-bytes", type=int, default=None,
+                   help="largest gRPC message (default: --max-image-bytes + 1 MiB)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                   help="RPCs handled at once; more are refused (default: unlimited)")
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="on SIGTERM, seconds in-flight requests get to finish "
+                        "(default: %(default)s)")
+    p.set_defaults(run=_run_grpc)
+
+
+def _run_grpc(args: argparse.Namespace) -> int:
+    from service.grpc_server import GrpcConfig, serve
+
+    grpc_config = GrpcConfig(host=args.host, port=args.port,
+                             max_message_bytes=args.max_message_bytes,
+                             max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
+    asyncio.run(serve(core_config_from_args(args), grpc_config))
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
+    _add_grpc,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_core_options(common)
+    parser = argparse.ArgumentParser(
+        prog="tta-serve", description="Serve image classifiers (ONNX, with test-time "
+                                      "augmentation) from a model repository.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (CoreError, OSError, ValueError) as e:
+        print(f"tta-serve: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The inference core shared by every front end (gRPC, HTTP, KServe v2); torch-free.
+
+Public API (details in ``service.core.inference``)::
+
+    from service.core import CoreConfig, InferenceCore, VersionPolicy
+    core = InferenceCore.create(CoreConfig(models_dir="models")).start()
+    await core.predict(image_bytes, model=None, version=None, tta=False, top_k=5) -> Prediction
+    await core.predict_batch([bytes, ...], ...) -> list[Prediction | CoreError]
+    await core.evaluate([(bytes, label), ...], tta=True) -> EvaluationResult
+    core.list_models() -> list[ModelInfo]; core.get_model(name, version) -> ModelInfo
+    core.provider -> ProviderInfo; core.stats -> CoreStats; core.reload(); core.stop()
+
+Errors are ``service.core.errors`` classes (all ``CoreError``); front ends map them.
+"""
+
+from service.core.config import CoreConfig, VersionPolicy
+from service.core.errors import (
+    CoreError,
+    DeviceUnavailable,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+)
+from service.core.inference import ClassScore, InferenceCore, PinnedModel, Prediction
+from service.core.models import ModelInfo
+from service.core.runtime import ProviderInfo
+from service.core.stats import CoreStats
+
+__all__ = [
+    "ClassScore",
+    "CoreConfig",
+    "CoreError",
+    "CoreStats",
+    "DeviceUnavailable",
+    "ImageTooLarge",
+    "InferenceCore",
+    "InvalidImage",
+    "InvalidRequest",
+    "ModelInfo",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "Overloaded",
+    "PinnedModel",
+    "Prediction",
+    "ProviderInfo",
+    "VersionPolicy",
+]

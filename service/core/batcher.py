@@ -1,0 +1,131 @@
+"""Dynamic batching: concurrent requests to one model version share one forward pass.
+
+Each served model version owns one ``DynamicBatcher`` and its worker thread (ONNX Runtime
+releases the GIL, so the event loops stay free). A request submits its model-input rows -- one
+row, or all its TTA views -- and gets a ``concurrent.futures.Future`` of exactly those rows'
+outputs; asyncio callers await it with ``asyncio.wrap_future``. The worker takes the first
+waiting request, then gathers more until ``max_batch_size`` requests or ``max_wait_ms`` after
+the first, runs one forward pass and hands each request its own slice. A request's rows are
+never split across passes, so TTA views always run together. ``max_batch_size=1`` turns
+batching off (one request per pass, no waiting), for benchmarks.
+
+The queue itself is unbounded: the core admits at most ``max_pending`` requests (its
+back-pressure), so at most that many can ever be queued here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from service.core.errors import ModelUnavailable
+from service.core.stats import CoreStats
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class DynamicBatcher:
+    """Gathers submitted row blocks into forward passes of ``run`` on one worker thread."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        name: str,
+        max_batch_size: int,
+        max_wait_ms: float,
+        stats: CoreStats | None = None,
+        stats_key: str | None = None,
+    ) -> None:
+        self._run = run
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0 if max_batch_size > 1 else 0.0
+        self._stats = stats
+        self._stats_key = stats_key or name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+
+    def start(self) -> DynamicBatcher:
+        self._thread.start()
+        return self
+
+    def submit(self, rows: np.ndarray) -> Future:
+        """Queue (R, ...) model-input rows; the future resolves to their (R, C) outputs."""
+        future: Future = Future()
+        with self._close_lock:
+            if self._closed:
+                raise ModelUnavailable(f"{self.name} is shutting down; retry the request")
+            self._queue.put((rows, future))
+        return future
+
+    def close(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Stop after the requests already queued have been answered."""
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
+        if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else \
+                        self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+        log.debug("batcher %s stopped", self.name)
+
+    def _run_batch(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+        # Requests whose caller gave up (cancelled) are dropped before the pass.
+        live = [(rows, fut) for rows, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        x = live[0][0] if len(live) == 1 else np.concatenate([rows for rows, _ in live])
+        start = time.perf_counter()
+        try:
+            out = self._run(x)
+        except Exception as e:
+            log.exception("forward pass of %s failed (%d requests, %d rows)",
+                          self.name, len(live), len(x))
+            error = ModelUnavailable(f"the forward pass of {self.name} failed: {e}")
+            for _, fut in live:
+                fut.set_exception(error)
+            return
+        seconds = time.perf_counter() - start
+        if self._stats is not None:
+            self._stats.record_batch(self._stats_key, len(live), len(x), seconds)
+        log.debug("%s: batch of %d requests (%d rows) in %.1f ms",
+                  self.name, len(live), len(x), seconds * 1000)
+        offset = 0
+        for rows, fut in live:
+            fut.set_result(out[offset:offset + len(rows)])
+            offset += len(rows)

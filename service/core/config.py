@@ -1,0 +1,96 @@
+"""The core's settings in one typed place; every front end builds one ``CoreConfig``.
+
+The CLI maps its flags one-to-one onto these fields (``--max-batch-size`` -> max_batch_size),
+which is why error messages name the flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.imaging import DEFAULT_MAX_PIXELS
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which version of each model is served: the newest valid one, or one pinned number."""
+
+    pinned: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """'latest' or 'pinned:N' (the --version-policy syntax)."""
+        text = text.strip().lower()
+        if text == "latest":
+            return cls()
+        if text.startswith("pinned:") and text[len("pinned:"):].isdigit():
+            version = int(text[len("pinned:"):])
+            if version >= 1:
+                return cls(pinned=version)
+        raise ValueError(f"version policy {text!r} not understood; use 'latest' or 'pinned:N' "
+                         "with N >= 1")
+
+    def __str__(self) -> str:
+        return "latest" if self.pinned is None else f"pinned:{self.pinned}"
+
+
+def default_threads() -> int:
+    """ONNX Runtime intra-op threads: the cores we may use, capped (more rarely helps)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Everything the inference core needs to start.
+
+    Units are in the names: bytes, pixels (width x height), milliseconds, seconds.
+    """
+
+    models_dir: Path
+    default_model: str = "digits"
+    # Serve only these models (None: every model in the repository, including ones added later).
+    models: tuple[str, ...] | None = None
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    device: str = "auto"  # auto | cpu | cuda; "cuda" refuses to start without a usable GPU
+    intra_op_threads: int = field(default_factory=default_threads)  # per model session
+    # Dynamic batching: a forward pass takes up to max_batch_size images (each with all its TTA
+    # views) and waits at most max_wait_ms for more to arrive. max_batch_size=1 turns it off.
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    # Back-pressure: requests admitted at once (decoding, queued or running) before Overloaded.
+    max_pending: int = 256
+    decode_threads: int = field(default_factory=lambda: max(2, min(os.cpu_count() or 1, 8)))
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Hot reload: seconds between model repository scans (0 = never; reload() still works).
+    poll_interval_s: float = 10.0
+    default_top_k: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models_dir", Path(self.models_dir))
+        if self.models is not None:
+            object.__setattr__(self, "models", tuple(self.models))
+        problems = []
+        if self.device not in DEVICES:
+            problems.append(f"device {self.device!r} is not one of {list(DEVICES)}")
+        for name in ("max_batch_size", "max_pending", "decode_threads", "max_image_bytes",
+                     "max_pixels", "intra_op_threads", "default_top_k"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_wait_ms", "poll_interval_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid core configuration: " + "; ".join(problems))
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1

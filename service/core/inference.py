@@ -1,0 +1,353 @@
+"""InferenceCore: the one place where an image becomes a prediction; front ends are adapters.
+
+The gRPC server, the HTTP (BentoML) service and the KServe v2 adapter only translate their wire
+format into these calls and map ``service.core.errors`` to status codes::
+
+    core = InferenceCore.create(CoreConfig(models_dir="models"))
+    core.start()                       # blocking: loads models; DeviceUnavailable/ModelNotFound
+    pred = await core.predict(png_bytes, tta=True, top_k=3)
+    pred.label, pred.top[0].probability, pred.model, pred.version, pred.probabilities
+    results = await core.predict_batch([a, b, c])      # Prediction | CoreError per image
+    result = await core.evaluate(labelled_items, tta=True)  # EvaluationResult(report, png, ...)
+    core.list_models(); core.get_model("digits"); core.provider; core.stats; core.reload()
+    core.stop()                        # blocking: finishes queued work
+
+Request path: the byte limit is checked on the event loop, decoding and the model's evaluation
+transform (``service.imaging``, with the EvalSpec/TTASpec of the leased version's model.json)
+run in a thread pool, the rows -- one, or every TTA view -- go to that version's dynamic batcher
+as one unit, and TTA views are combined by the recorded rule. At most ``max_pending`` requests
+are admitted at once; beyond that, Overloaded.
+
+The async methods may be awaited from any event loop (no loop is captured); start/stop/reload
+block and should run before serving or via ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.core.config import CoreConfig
+from service.core.errors import (
+    CoreError,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    ModelUnavailable,
+    Overloaded,
+)
+from service.core.models import LoadedModel, ModelInfo, ModelRegistry
+from service.core.runtime import ProviderInfo, plan_device
+from service.core.stats import CoreStats
+from service.imaging import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    combine_tta,
+    decode_image,
+    eval_view,
+    to_model_input,
+    tta_views,
+)
+from service.model_repository import ModelCard, ModelRepository
+
+if TYPE_CHECKING:
+    from service.evaluation import EvaluationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """One image's answer: top-k classes, the full probability vector, and who answered."""
+
+    model: str
+    version: int
+    tta: bool
+    tta_views: int  # views combined (1 without TTA)
+    top: tuple[ClassScore, ...]  # most probable first
+    probabilities: np.ndarray  # float32 (n_classes,), in the model's class order
+
+    @property
+    def label(self) -> str:
+        return self.top[0].label
+
+
+class PinnedModel:
+    """One leased model version: every call runs on exactly this version (see core.pin())."""
+
+    def __init__(self, core: InferenceCore, model: LoadedModel) -> None:
+        self._core = core
+        self._model = model
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    @property
+    def version(self) -> int:
+        return self._model.version
+
+    @property
+    def card(self) -> ModelCard:
+        return self._model.card
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self._model.card.classes
+
+    async def predict(self, image: bytes, *, tta: bool = False,
+                      top_k: int | None = None) -> Prediction:
+        k = self._core._check_top_k(top_k)
+        return await self._core._predict_one(self._model, image, tta, k)
+
+    async def predict_batch(self, images: Sequence[bytes], *, tta: bool = False,
+                            top_k: int | None = None) -> list[Prediction | CoreError]:
+        k = self._core._check_top_k(top_k)
+        return list(await asyncio.gather(
+            *(self._core._predict_or_error(self._model, im, tta, k) for im in images)))
+
+
+class InferenceCore:
+    """Models, batching, TTA and evaluation behind one async API; see the module docstring."""
+
+    def __init__(self, config: CoreConfig, repository: ModelRepository | None = None) -> None:
+        self.config = config
+        self.repository = repository or ModelRepository(config.models_dir)
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self.stats = CoreStats(pending=lambda: self._pending)
+        self._registry: ModelRegistry | None = None
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self._provider: ProviderInfo | None = None
+
+    @classmethod
+    def create(cls, config: CoreConfig) -> InferenceCore:
+        """A core for ``config``; nothing is loaded until start()."""
+        return cls(config)
+
+    # ---- lifecycle
+
+    def start(self) -> InferenceCore:
+        """Choose the device, load the models, start polling for new versions.
+
+        Raises DeviceUnavailable (``device="cuda"`` without a usable GPU), ModelNotFound or
+        ModelUnavailable (the default model cannot be served); nothing is left running then.
+        """
+        plan = plan_device(self.config.device)
+        if plan.reason:
+            log.info("running on the CPU: %s", plan.reason)
+        self._decode_pool = ThreadPoolExecutor(self.config.decode_threads,
+                                               thread_name_prefix="tta-decode")
+        registry = ModelRegistry(self.repository, self.config, plan, self.stats)
+        try:
+            registry.start()
+        except BaseException:
+            self._decode_pool.shutdown(wait=False)
+            raise
+        self._registry = registry
+        served = registry.served()
+        self._provider = served[0].provider if served else plan
+        return self
+
+    def stop(self) -> None:
+        """Stop polling; finish queued requests; release sessions and threads."""
+        if self._registry is not None:
+            self._registry.stop()
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> InferenceCore:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reload(self) -> list[str]:
+        """Rescan the model repository now (the poller does this every poll_interval_s)."""
+        return self._require_registry().reload()
+
+    # ---- queries
+
+    @property
+    def provider(self) -> ProviderInfo:
+        """The execution provider the default model's session runs on."""
+        if self._provider is None:
+            raise ModelUnavailable("the inference core is not started; call start() first")
+        default = next((m for m in self._require_registry().served()
+                        if m.name == self.config.default_model), None)
+        return default.provider if default else self._provider
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._pending
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every served model (its served version), default model first."""
+        registry = self._require_registry()
+        infos = [registry.info(m) for m in registry.served()]
+        return sorted(infos, key=lambda i: (not i.is_default, i.name))
+
+    def get_model(self, name: str | None = None, version: int | None = None) -> ModelInfo:
+        """One served model version; ModelNotFound when it is not served."""
+        with self._lease(name, version) as model:
+            return self._require_registry().info(model)
+
+    # ---- inference
+
+    @contextlib.contextmanager
+    def pin(self, model: str | None = None, version: int | None = None) -> Iterator[PinnedModel]:
+        """Hold one version for several calls (an evaluation), even across a hot reload."""
+        with self._lease(model, version) as loaded:
+            yield PinnedModel(self, loaded)
+
+    async def predict(self, image: bytes, *, model: str | None = None,
+                      version: int | None = None, tta: bool = False,
+                      top_k: int | None = None) -> Prediction:
+        """Classify one encoded image.
+
+        model/version: None = the default model / the served version. top_k: None or 0 = the
+        configured default (5); more than the class count returns every class.
+        """
+        k = self._check_top_k(top_k)
+        with self._lease(model, version) as loaded:
+            return await self._predict_one(loaded, image, tta, k)
+
+    async def predict_batch(self, images: Sequence[bytes], *, model: str | None = None,
+                            version: int | None = None, tta: bool = False,
+                            top_k: int | None = None) -> list[Prediction | CoreError]:
+        """Classify several images on one version; a bad image's CoreError takes its place.
+
+        Request-level problems (unknown model, bad top_k) raise instead.
+        """
+        with self.pin(model, version) as pinned:
+            return await pinned.predict_batch(images, tta=tta, top_k=top_k)
+
+    async def evaluate(
+        self,
+        items: Iterable[tuple[bytes, str]] | AsyncIterable[tuple[bytes, str]],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        tta: bool = False,
+        min_confused: int = 1,
+    ) -> EvaluationResult:
+        """Evaluate (image bytes, label) pairs on one version -> report + confusion PNG."""
+        from service.evaluation import evaluate_items  # evaluation sits on top of the core
+
+        return await evaluate_items(self, items, model=model, version=version, tta=tta,
+                                    min_confused=min_confused)
+
+    # ---- internals shared with PinnedModel
+
+    def _require_registry(self) -> ModelRegistry:
+        if self._registry is None:
+            raise ModelUnavailable("the inference core is not started; call start() first")
+        return self._registry
+
+    @contextlib.contextmanager
+    def _lease(self, name: str | None, version: int | None) -> Iterator[LoadedModel]:
+        registry = self._require_registry()
+        loaded = registry.acquire(name, version)
+        try:
+            yield loaded
+        finally:
+            registry.release(loaded)
+
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        with self._pending_lock:
+            if self._pending >= self.config.max_pending:
+                raise Overloaded(
+                    f"the server is overloaded: {self._pending} requests are in flight (limit "
+                    f"{self.config.max_pending}, --max-pending); retry with backoff")
+            self._pending += 1
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
+    def _check_top_k(self, top_k: int | None) -> int:
+        if top_k is None or top_k == 0:
+            return self.config.default_top_k
+        if top_k < 0:
+            raise InvalidRequest(f"top_k must be >= 0 (0 = the default, "
+                                 f"{self.config.default_top_k}); got {top_k}")
+        return int(top_k)
+
+    async def _predict_or_error(self, model: LoadedModel, image: bytes, tta: bool,
+                                top_k: int) -> Prediction | CoreError:
+        try:
+            return await self._predict_one(model, image, tta, top_k)
+        except CoreError as e:
+            return e
+
+    async def _predict_one(self, model: LoadedModel, image: bytes, tta: bool,
+                           top_k: int) -> Prediction:
+        try:
+            with self._admit():
+                prediction = await self._run(model, image, tta, top_k)
+        except CoreError as e:
+            self.stats.record_request(model.name, e.kind)
+            raise
+        self.stats.record_request(model.name, "ok")
+        return prediction
+
+    async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int) -> Prediction:
+        if self._decode_pool is None:
+            raise ModelUnavailable("the inference core is not started; call start() first")
+        if len(image) > self.config.max_image_bytes:
+            raise ImageTooLarge(
+                f"image is {len(image):,} bytes; the limit is {self.config.max_image_bytes:,} "
+                "bytes (raise it with --max-image-bytes)")
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(self._decode_pool, self._preprocess, image,
+                                              model.card, tta)
+        except RuntimeError as e:  # the pool was shut down under us
+            raise ModelUnavailable("the inference core is stopping; retry") from e
+        out = await asyncio.wrap_future(model.batcher.submit(rows))
+        card = model.card
+        probs = combine_tta(out[None], card.tta)[0] if tta else out[0]
+        return _prediction(model, probs, tta, len(rows), top_k)
+
+    def _preprocess(self, image: bytes, card: ModelCard, tta: bool) -> np.ndarray:
+        """Bytes -> (V, 3, H, W) float32 model input; V = 1, or the TTA views. Runs in the pool."""
+        if len(image) == 0:
+            raise InvalidImage("image is empty (0 bytes); send the encoded file's bytes "
+                               "(JPEG, PNG, WebP, BMP, GIF, TIFF)")
+        try:
+            img = decode_image(bytes(image), max_pixels=self.config.max_pixels)
+        except ImageTooLargeError as e:
+            raise ImageTooLarge(str(e).replace("image bytes is", "image is", 1)) from e
+        except ImageDecodeError as e:
+            raise InvalidImage(str(e).replace("image bytes", "image", 1)) from e
+        if tta:
+            return to_model_input(tta_views(img, card.eval_spec, card.tta))
+        return to_model_input(eval_view(img, card.eval_spec))
+
+
+def _prediction(model: LoadedModel, probs: np.ndarray, tta: bool, views: int,
+                top_k: int) -> Prediction:
+    classes = model.card.classes
+    k = min(top_k, len(classes))
+    order = np.argsort(-probs, kind="stable")[:k]
+    top = tuple(ClassScore(classes[i], int(i), float(probs[i])) for i in order)
+    return Prediction(model=model.name, version=model.version, tta=tta, tta_views=views,
+                      top=top, probabilities=np.asarray(probs, dtype=np.float32))

@@ -1,0 +1,136 @@
+"""Counters the core keeps about itself: batch sizes formed, forward-pass time, request outcomes.
+
+Plain thread-safe counters (the batchers run in their own threads), readable with
+``snapshot()``; ``prometheus_collector()`` exposes the same numbers to prometheus_client without
+touching its global registry, so several cores (tests) can live in one process. A front end
+registers it where it serves /metrics::
+
+    registry.register(core.stats.prometheus_collector())
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# Images per forward pass (each image with all its TTA views).
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FORWARD_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _Histogram:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last = above the largest bound
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((repr(float(bound)), running))
+        out.append(("+Inf", self.n))
+        return out
+
+
+class CoreStats:
+    """What the core has done since it started; safe to update from any thread."""
+
+    def __init__(self, pending: Callable[[], int] = lambda: 0) -> None:
+        self._lock = threading.Lock()
+        self._pending = pending
+        self._batch_sizes: dict[str, Counter[int]] = defaultdict(Counter)  # exact sizes
+        self._batch_hist: dict[str, _Histogram] = {}
+        self._forward_hist: dict[str, _Histogram] = {}
+        self._rows: Counter[str] = Counter()
+        self._requests: Counter[tuple[str, str]] = Counter()
+
+    def record_batch(self, model: str, images: int, rows: int, seconds: float) -> None:
+        """One forward pass of ``images`` requests = ``rows`` model-input rows."""
+        with self._lock:
+            self._batch_sizes[model][images] += 1
+            self._batch_hist.setdefault(model, _Histogram(BATCH_SIZE_BUCKETS)).observe(images)
+            self._forward_hist.setdefault(model, _Histogram(FORWARD_SECONDS_BUCKETS)).observe(
+                seconds)
+            self._rows[model] += rows
+
+    def record_request(self, model: str, outcome: str) -> None:
+        """outcome: "ok" or a CoreError kind."""
+        with self._lock:
+            self._requests[(model, outcome)] += 1
+
+    def batch_sizes(self, model: str | None = None) -> Counter[int]:
+        """How many forward passes had each batch size (images), for one model or all."""
+        with self._lock:
+            out: Counter[int] = Counter()
+            for name, sizes in self._batch_sizes.items():
+                if model is None or name == model:
+                    out.update(sizes)
+            return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready numbers: batches per size, rows, forward time, requests by outcome."""
+        with self._lock:
+            return {
+                "pending": self._pending(),
+                "models": {
+                    name: {
+                        "batch_sizes": dict(sorted(sizes.items())),
+                        "batches": sum(sizes.values()),
+                        "rows": self._rows[name],
+                        "forward_seconds": self._forward_hist[name].total,
+                    }
+                    for name, sizes in self._batch_sizes.items()
+                },
+                "requests": {f"{m}/{o}": n for (m, o), n in sorted(self._requests.items())},
+            }
+
+    def prometheus_collector(self) -> Any:
+        """A prometheus_client collector over these counters (register it on a registry)."""
+        return _PrometheusCollector(self)
+
+
+class _PrometheusCollector:
+    def __init__(self, stats: CoreStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        s = self.stats
+        batch = HistogramMetricFamily("tta_serve_batch_size",
+                                      "Images per forward pass (dynamic batching)",
+                                      labels=["model"])
+        forward = HistogramMetricFamily("tta_serve_forward_seconds",
+                                        "Forward-pass (session.run) time", labels=["model"])
+        rows = CounterMetricFamily("tta_serve_model_input_rows",
+                                   "Model-input rows run (images x TTA views)", labels=["model"])
+        requests = CounterMetricFamily("tta_serve_requests", "Requests by outcome",
+                                       labels=["model", "outcome"])
+        with s._lock:
+            for name, hist in s._batch_hist.items():
+                batch.add_metric([name], hist.cumulative(), sum_value=hist.total)
+                fwd = s._forward_hist[name]
+                forward.add_metric([name], fwd.cumulative(), sum_value=fwd.total)
+                rows.add_metric([name], s._rows[name])
+            for (name, outcome), n in s._requests.items():
+                requests.add_metric([name, outcome], n)
+        yield batch
+        yield forward
+        yield rows
+        yield requests
+        yield GaugeMetricFamily("tta_serve_pending_requests",
+                                "Requests admitted and not yet answered", value=s._pending())

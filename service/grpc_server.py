@@ -1,0 +1,344 @@
+"""The gRPC front end: ``tta_serve.v1.Classifier`` over the inference core.
+
+Shape of grpc's asyncio route_guide example: pure conversion helpers, a thin servicer that only
+parses, calls the core and maps its errors, then ``serve()``. Health checking
+(``grpc.health.v1``) and server reflection are enabled. Error mapping:
+
+    InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND
+    ImageTooLarge -> RESOURCE_EXHAUSTED                 Overloaded, ModelUnavailable -> UNAVAILABLE
+
+A failing request only ever ends its own RPC (or, in PredictStream, its own item).
+SIGTERM/SIGINT: health turns NOT_SERVING, new RPCs are refused, in-flight ones get
+``grace_s`` seconds to finish, then the core drains and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.tta_serve.v1 import classifier_pb2 as pb
+from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
+from service.core import (
+    CoreConfig,
+    CoreError,
+    ImageTooLarge,
+    InferenceCore,
+    InvalidImage,
+    InvalidRequest,
+    ModelInfo,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+    Prediction,
+    ProviderInfo,
+)
+from service.evaluation import EvaluationResult
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
+
+STATUS_CODES: dict[type[CoreError], grpc.StatusCode] = {
+    InvalidImage: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ImageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.UNAVAILABLE,
+    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051  # 0 = any free port (tests)
+    # Largest gRPC message, bytes; None = max_image_bytes + 1 MiB so the core's own image-size
+    # check (whose message names --max-image-bytes) is what a client sees.
+    max_message_bytes: int | None = None
+    max_concurrent_rpcs: int | None = None  # None = unlimited (the core's max_pending bounds work)
+    stream_window: int = 64  # PredictStream items in flight per stream
+    grace_s: float = 10.0  # on SIGTERM: time in-flight RPCs get to finish
+
+
+# ---- pure helpers: core objects <-> protobuf
+
+
+def status_code(error: CoreError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS_CODES:
+            return STATUS_CODES[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.PredictResponse:
+    return pb.PredictResponse(
+        request_id=request_id,
+        classes=[pb.ClassScore(label=s.label, index=s.index, probability=s.probability)
+                 for s in prediction.top],
+        model=prediction.model,
+        model_version=prediction.version,
+        tta=prediction.tta,
+        tta_views=prediction.tta_views,
+    )
+
+
+def error_to_proto(error: CoreError, request_id: str = "") -> pb.PredictResponse:
+    return pb.PredictResponse(request_id=request_id, status=pb.Status(
+        code=status_code(error).value[0], message=str(error)))
+
+
+def provider_to_proto(provider: ProviderInfo) -> pb.ExecutionProvider:
+    return pb.ExecutionProvider(name=provider.name, device=provider.device,
+                                requested=provider.requested)
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    json_format.ParseDict(json_format_safe(values), out)
+    return out
+
+
+def json_format_safe(value: Any) -> Any:
+    """model.json metrics as Struct-compatible values (tuples to lists, NaN/None kept)."""
+    if isinstance(value, dict):
+        return {str(k): json_format_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_format_safe(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
+
+
+def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
+    message = pb.ModelInfo(
+        name=info.name,
+        version=info.version,
+        repository_versions=list(info.repository_versions),
+        classes=list(info.classes),
+        input_size=info.input_size,
+        tta_views=list(info.tta.views),
+        tta_combine=info.tta.combine,
+        metrics=_struct(info.metrics),
+        is_default=info.is_default,
+        created_at=info.created_at,
+        provider=provider_to_proto(info.provider),
+    )
+    if info.tta.beta is not None and info.tta.combine == "mean":
+        message.tta_beta = info.tta.beta
+    return message
+
+
+def evaluation_to_proto(result: EvaluationResult) -> pb.EvaluateResponse:
+    report = result.report
+    return pb.EvaluateResponse(
+        model=result.model,
+        model_version=result.version,
+        tta=result.tta,
+        n=report.n,
+        accuracy=report.accuracy,
+        per_class=[pb.ClassMetrics(name=m.name, precision=m.precision, recall=m.recall,
+                                   f1=m.f1, support=m.support) for m in report.per_class],
+        confusion=pb.ConfusionMatrix(classes=list(report.classes),
+                                     counts=report.confusion.astype(int).ravel().tolist()),
+        most_confused=[pb.ConfusedPair(actual=a, predicted=p, count=c)
+                       for a, p, c in report.most_confused],
+        confusion_png=result.png,
+    )
+
+
+# ---- the servicer
+
+
+def _maps_core_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turn a CoreError raised by a unary-response handler into its status code."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: ClassifierServicer, request: Any, context: Any) -> Any:
+        try:
+            return await handler(self, request, context)
+        except CoreError as e:
+            await context.abort(status_code(e), str(e))
+
+    return wrapper
+
+
+class ClassifierServicer(pb_grpc.ClassifierServicer):
+    """Parse, call the core, map errors; no behaviour of its own."""
+
+    def __init__(self, core: InferenceCore, *, stream_window: int = 64) -> None:
+        self.core = core
+        self.stream_window = stream_window
+
+    async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        prediction = await self.core.predict(
+            request.image, model=request.model or None, version=request.version or None,
+            tta=request.tta, top_k=request.top_k)
+        return prediction_to_proto(prediction, request.request_id)
+
+    @_maps_core_errors
+    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        return await self._predict(request)
+
+    async def PredictStream(self, request_iterator: AsyncIterator[pb.PredictRequest],
+                            context: Any) -> AsyncIterator[pb.PredictResponse]:
+        # Items run concurrently (so they batch together), at most stream_window at a time; a
+        # slot frees when its response has been written, so a slow reader slows the stream.
+        window = asyncio.Semaphore(self.stream_window)
+        responses: asyncio.Queue[pb.PredictResponse | None] = asyncio.Queue()
+        in_flight: set[asyncio.Task] = set()
+
+        async def answer(request: pb.PredictRequest) -> None:
+            try:
+                response = await self._predict(request)
+            except CoreError as e:
+                response = error_to_proto(e, request.request_id)
+            except Exception as e:
+                log.exception("PredictStream item %r failed", request.request_id)
+                response = pb.PredictResponse(request_id=request.request_id, status=pb.Status(
+                    code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error: {e}"))
+            await responses.put(response)
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(answer(request))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if in_flight:
+                    await asyncio.gather(*in_flight)
+            finally:
+                await responses.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+                window.release()
+            await reader  # re-raises a failure reading the request stream
+        finally:
+            reader.cancel()
+            for task in list(in_flight):
+                task.cancel()
+
+    @_maps_core_errors
+    async def Evaluate(self, request_iterator: AsyncIterator[pb.EvaluateRequest],
+                       context: Any) -> pb.EvaluateResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            raise InvalidRequest("no labelled images were sent; an evaluation needs at least one")
+        options = first.options
+
+        async def items() -> AsyncIterator[tuple[bytes, str]]:
+            if first.image or first.label:
+                yield first.image, first.label
+            async for request in requests:
+                if request.HasField("options"):
+                    raise InvalidRequest("EvaluateRequest.options may only be set on the first "
+                                         "message of the stream")
+                yield request.image, request.label
+
+        result = await self.core.evaluate(
+            items(), model=options.model or None, version=options.version or None,
+            tta=options.tta, min_confused=options.min_confused or 1)
+        return evaluation_to_proto(result)
+
+    @_maps_core_errors
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: Any) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[model_info_to_proto(info) for info in self.core.list_models()],
+            default_model=self.core.config.default_model,
+            provider=provider_to_proto(self.core.provider),
+        )
+
+    @_maps_core_errors
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
+        return model_info_to_proto(
+            self.core.get_model(request.name or None, request.version or None))
+
+
+# ---- the server
+
+
+class GrpcServer:
+    """A grpc.aio server around a *started* core: Classifier + health + reflection."""
+
+    def __init__(self, core: InferenceCore, config: GrpcConfig) -> None:
+        self.core = core
+        self.config = config
+        limit = config.max_message_bytes or core.config.max_image_bytes + (1 << 20)
+        self.server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit),
+                     ("grpc.max_send_message_length", limit)],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        pb_grpc.add_ClassifierServicer_to_server(
+            ClassifierServicer(core, stream_window=config.stream_window), self.server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind, start serving and report SERVING; returns the bound port."""
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}; is the port in use? (choose --port)")
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new RPCs, give in-flight ones ``grace_s`` seconds, then cancel the rest."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+
+
+def startup_message(core: InferenceCore, host: str, port: int) -> str:
+    models = ", ".join(f"{m.name} v{m.version}" for m in core.list_models())
+    c = core.config
+    batching = (f"batches of up to {c.max_batch_size} images, {c.max_wait_ms:g} ms wait"
+                if c.batching else "batching off")
+    return (f"serving {models} on {core.provider} (version policy {c.version_policy}; "
+            f"{batching}); gRPC listening on {host}:{port}")
+
+
+async def serve(core_config: CoreConfig, grpc_config: GrpcConfig) -> None:
+    """Start the core and the server; run until SIGTERM/SIGINT, then shut down gracefully."""
+    core = InferenceCore.create(core_config)
+    core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
+    server = GrpcServer(core, grpc_config)
+    try:
+        port = await server.start()
+        log.info(startup_message(core, grpc_config.host, port))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal ends the process at once
+            loop.remove_signal_handler(sig)
+        log.info("shutting down: finishing in-flight requests (grace %.0f s)",
+                 grpc_config.grace_s)
+        await server.stop()
+    finally:
+        await asyncio.to_thread(core.stop)
+    log.info("stopped")
