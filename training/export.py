@@ -178,6 +178,19 @@ def _quiet_exporter_logs() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def _quiet_root_info() -> Iterator[None]:
+    """onnxruntime.quantization logs a line per tensor on the *root* logger at INFO."""
+    root = logging.getLogger()
+    level = root.level
+    if not log.isEnabledFor(logging.DEBUG) and root.getEffectiveLevel() < logging.WARNING:
+        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def export_onnx(module: nn.Module, path: Path, *, size: int, opset: int = OPSET,
                 metadata: dict[str, str] | None = None) -> int:
     """Write ``module`` as one self-contained ONNX file; returns the ai.onnx opset it uses."""
@@ -323,9 +336,13 @@ def find_check_images(data: Path | None, recipe: dict[str, Any] | None, classes:
                       spec: EvalSpec, *, limit: int = MAX_CHECK_IMAGES) -> CheckImages | None:
     """Real images for the check, through service.imaging exactly as the service reads them.
 
-    ``data`` given: that folder (it must hold images of the model's classes). Otherwise the
-    run's validation split from the recorded recipe, when its data folder is here.
+    ``data`` given: that folder (it must hold images of the model's classes), unless it is the
+    recipe's own data folder. Otherwise the run's validation split, rebuilt from the recorded
+    recipe when its data folder is here: the images training's accuracy was measured on.
     """
+    recipe_data = ((recipe or {}).get("data") or {}).get("path")
+    if data is not None and recipe_data and Path(data).resolve() == Path(recipe_data).resolve():
+        data = None  # the training data itself: check on its validation split, not on all of it
     if data is not None:
         data = Path(data)
         if not data.is_dir():
@@ -409,7 +426,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     # The documented pre-processing (shape inference + graph optimisation) first; without it
     # the quantiser's own shape inference rejects the exporter's value_info once it rewrites
     # Gemm ("Inferred shape and existing shape differ", onnxruntime 1.31).
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_root_info():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(src, prepared)
         quantize_dynamic(prepared, dst, weight_type=QuantType.QInt8)
@@ -478,10 +495,8 @@ def _metrics(ckpt: dict[str, Any], parity: ParityResult, checkpoint: Path) -> di
     """The checkpoint's metrics (plain and TTA accuracy, ...) plus what the export measured."""
     metrics: dict[str, Any] = {}
     for key, value in (ckpt.get("metrics") or {}).items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = float(value.item())
-        elif isinstance(value, np.generic | np.ndarray) and value.size == 1:
-            value = float(value.item())
+        if isinstance(value, torch.Tensor | np.generic | np.ndarray) and np.prod(value.shape) == 1:
+            value = float(value.item())  # a 0-d tensor or numpy scalar
         try:
             json.dumps(value)
         except (TypeError, ValueError):
@@ -497,6 +512,17 @@ def _metrics(ckpt: dict[str, Any], parity: ParityResult, checkpoint: Path) -> di
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def _compare_with_recorded(recorded: dict[str, Any], parity: ParityResult) -> None:
+    """When the check saw the whole validation set, its accuracy should be training's."""
+    acc, n = recorded.get("accuracy"), recorded.get("n_valid")
+    if parity.accuracy_onnx is None or not isinstance(acc, float) or n != parity.n_images:
+        return
+    if abs(parity.accuracy_onnx - acc) > 0.5 / max(n, 1):
+        log.warning("ONNX accuracy on the %d validation images is %.4f but the checkpoint records "
+                    "%.4f: training evaluated something else (another split, EMA weights?)",
+                    n, parity.accuracy_onnx, acc)
 
 
 def _check_target(repo: ModelRepository, name: str, version: int | None, force: bool) -> int:
@@ -557,6 +583,7 @@ def export_checkpoint(
         log.info("parity: max |p_onnx - p_torch| = %.3g (tolerance %.0e) on %d random + %d "
                  "real images; top-1 mismatches %d", parity.max_abs_diff, tolerance,
                  parity.n_random, parity.n_images, parity.top1_mismatches)
+        _compare_with_recorded(ckpt.get("metrics") or {}, parity)
         if not parity.ok:
             raise ExportError(
                 f"ONNX Runtime does not reproduce PyTorch: max |p_onnx - p_torch| = "

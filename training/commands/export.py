@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
           f"{check.get('n_random', 0)} random + {check.get('n_images', 0)} real images, "
           f"top-1 mismatches {check.get('top1_mismatches', 0)}")
     if check.get("accuracy_onnx") is not None:
-        print(f"  accuracy on the check images: {check['accuracy_onnx']:.4f}")
+        print(f"  accuracy on the {check['n_images']} check images "
+              f"({check.get('images_source')}): {check['accuracy_onnx']:.4f}")
     for kind, v in (card.variants or {}).items():
         acc = "n/a" if v.get("accuracy") is None else f"{v['accuracy']:.4f}"
         delta = "" if v.get("delta_accuracy") is None else f" ({v['delta_accuracy']:+.4f})"
