@@ -6,7 +6,8 @@
 Every sub-command shares the core options (``add_core_options`` -> ``core_config_from_args``).
 To add a front end, write ``_add_NAME(subparsers, common)`` that registers a sub-parser with
 ``parents=[common]`` and ``set_defaults(run=...)`` (a function ``args -> exit code``) and list
-it in ``SUBCOMMANDS``. Start-up problems (no model, ``--device cuda`` without a GPU) end with
+it in ``SUBCOMMANDS``. Without a sub-command, ``DEFAULT_COMMAND`` runs (``scripts/serve.sh``
+calls plain ``tta-serve``). Start-up problems (no model, ``--device cuda`` without a GPU) end with
 a one-line error and exit code 2.
 """
 
@@ -129,6 +130,9 @@ def _run_grpc(args: argparse.Namespace) -> int:
     return 0
 
 
+# What plain `tta-serve [options]` runs (scripts/serve.sh); "all" once the HTTP front end exists.
+DEFAULT_COMMAND = "grpc"
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
     _add_grpc,
 ]
@@ -148,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = [DEFAULT_COMMAND, *argv]
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
     except (CoreError, OSError, ValueError) as e:
+        log.debug("start-up failed", exc_info=True)
         print(f"tta-serve: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

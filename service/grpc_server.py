@@ -45,6 +45,7 @@ from service.core import (
     ProviderInfo,
 )
 from service.evaluation import EvaluationResult
+from service.oip import grpc_servicer as oip_grpc
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
 
 class GrpcServer:
-    """A grpc.aio server around a *started* core: Classifier + health + reflection."""
+    """A grpc.aio server around a *started* core: Classifier + KServe v2 + health + reflection."""
 
     def __init__(self, core: InferenceCore, config: GrpcConfig) -> None:
         self.core = core
@@ -288,10 +289,11 @@ class GrpcServer:
         )
         pb_grpc.add_ClassifierServicer_to_server(
             ClassifierServicer(core, stream_window=config.stream_window), self.server)
+        oip_service = oip_grpc.add_to_server(core, self.server)  # KServe v2, same port
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE_NAME, oip_service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         self.port: int | None = None
 
@@ -341,4 +343,6 @@ async def serve(core_config: CoreConfig, grpc_config: GrpcConfig) -> None:
         await server.stop()
     finally:
         await asyncio.to_thread(core.stop)
+    for name, numbers in core.stats.snapshot()["models"].items():
+        log.info("%s: forward passes by batch size (images): %s", name, numbers["batch_sizes"])
     log.info("stopped")

@@ -9,7 +9,8 @@ format into these calls and map ``service.core.errors`` to status codes::
     pred.label, pred.top[0].probability, pred.model, pred.version, pred.probabilities
     results = await core.predict_batch([a, b, c])      # Prediction | CoreError per image
     result = await core.evaluate(labelled_items, tta=True)  # EvaluationResult(report, png, ...)
-    core.list_models(); core.get_model("digits"); core.provider; core.stats; core.reload()
+    core.list_models(); core.get_model("digits"); core.provider; core.stats; core.ready
+    core.reload()                      # blocking: rescan the repository now (also polled)
     core.stop()                        # blocking: finishes queued work
 
 Request path: the byte limit is checked on the event loop, decoding and the model's evaluation
@@ -193,6 +194,13 @@ class InferenceCore:
         return default.provider if default else self._provider
 
     @property
+    def ready(self) -> bool:
+        """Started, not stopped, and serving the default model (for readiness probes)."""
+        registry = self._registry
+        return registry is not None and any(
+            m.name == self.config.default_model for m in registry.served())
+
+    @property
     def pending(self) -> int:
         """Requests admitted and not yet answered."""
         return self._pending
@@ -318,10 +326,11 @@ class InferenceCore:
                 "bytes (raise it with --max-image-bytes)")
         loop = asyncio.get_running_loop()
         try:
-            rows = await loop.run_in_executor(self._decode_pool, self._preprocess, image,
-                                              model.card, tta)
-        except RuntimeError as e:  # the pool was shut down under us
+            decoding = loop.run_in_executor(self._decode_pool, self._preprocess, image,
+                                            model.card, tta)
+        except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
             raise ModelUnavailable("the inference core is stopping; retry") from e
+        rows = await decoding
         out = await asyncio.wrap_future(model.batcher.submit(rows))
         card = model.card
         probs = combine_tta(out[None], card.tta)[0] if tta else out[0]

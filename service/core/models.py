@@ -319,8 +319,11 @@ class ModelRegistry:
                 return self._swap(loaded, current)
             return None
 
-    def _swap(self, loaded: LoadedModel, old: LoadedModel | None) -> str:
+    def _swap(self, loaded: LoadedModel, old: LoadedModel | None) -> str | None:
         with self._lock:
+            if self._stop.is_set():  # stop() ran while this version was loading
+                loaded.close()
+                return None
             self._served[loaded.name] = loaded
             if old is not None:
                 old.retired = True
@@ -354,7 +357,8 @@ class ModelRegistry:
         _check_io(session, card)
         _smoke_test(session, card)
         if provider.name != self.plan.name:
-            log.warning("%s v%d runs on %s, not %s", name, version, provider, self.plan.name)
+            log.warning("%s v%d runs on %s, not %s: %s", name, version, provider.name,
+                        self.plan.name, provider.reason)
         feed_name, output_name = card.input_name, card.output_name
 
         def run(x: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ class ProviderInfo:
     reason: str = ""  # why not CUDA, when requested was auto
 
     def __str__(self) -> str:
-        return self.name + (f" ({self.reason})" if self.reason else "")
+        return self.name
 
 
 def cuda_problem() -> str | None:
@@ -115,8 +115,8 @@ def create_session(
     )
     active = session.get_providers()[0]
     if plan.device == "cuda" and active != CUDA:
-        reason = ("onnxruntime could not load its CUDA provider (missing CUDA 12 / cuDNN 9 "
-                  "libraries?)")
+        reason = ("onnxruntime could not load its CUDA provider (are the CUDA and cuDNN "
+                  "libraries this onnxruntime build needs installed?)")
         if plan.requested == "cuda":
             raise DeviceUnavailable(f"--device cuda was requested but {reason}; run with "
                                     "--device cpu or install the CUDA libraries")

@@ -178,6 +178,15 @@ def test_pinned_policy_ignores_newer_versions(repo_copy: Path, digits_model: Fix
             repo_copy, version_policy=VersionPolicy.parse("pinned:5"))).start()
 
 
+def test_ready_follows_the_lifecycle(digits_model: FixtureModel):
+    core = InferenceCore.create(core_config(digits_model.repo_root))
+    assert not core.ready
+    core.start()
+    assert core.ready
+    core.stop()
+    assert not core.ready
+
+
 def test_missing_default_model_refuses_to_start(tmp_path: Path):
     with pytest.raises(ModelNotFound, match="no versions in"):
         InferenceCore.create(core_config(tmp_path)).start()
