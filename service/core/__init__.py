@@ -8,7 +8,9 @@ Public API (details in ``service.core.inference``)::
     await core.predict_batch([bytes, ...], ...) -> list[Prediction | CoreError]
     await core.evaluate([(bytes, label), ...], tta=True) -> EvaluationResult
     core.list_models() -> list[ModelInfo]; core.get_model(name, version) -> ModelInfo
-    core.provider -> ProviderInfo; core.stats -> CoreStats; core.reload(); core.stop()
+    with core.pin(model, version) as pinned: await pinned.predict(...)  # one version throughout
+    core.provider -> ProviderInfo; core.stats -> CoreStats; core.ready -> bool
+    core.reload() -> list[str]; core.stop()
 
 Errors are ``service.core.errors`` classes (all ``CoreError``); front ends map them.
 """

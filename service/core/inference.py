@@ -89,7 +89,10 @@ class Prediction:
 
 
 class PinnedModel:
-    """One leased model version: every call runs on exactly this version (see core.pin())."""
+    """One leased model version: every call runs on exactly this version (see core.pin()).
+
+    Valid only inside its ``with core.pin(...)`` block; the lease ends with the block.
+    """
 
     def __init__(self, core: InferenceCore, model: LoadedModel) -> None:
         self._core = core
