@@ -65,8 +65,8 @@ def test_console_script_serves_and_stops_on_sigterm(digits_model: FixtureModel):
     script = Path(sys.executable).with_name("tta-serve")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
     process = subprocess.Popen(
-        [*command, "--models-dir", str(digits_model.repo_root), "--host", "127.0.0.1",
-         "--port", "0", "--device", "cpu", "--grace-s", "5"],  # no sub-command: the default
+        [*command, "grpc", "--models-dir", str(digits_model.repo_root), "--host", "127.0.0.1",
+         "--port", "0", "--device", "cpu", "--grace-s", "5"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         match, log = _read_until(process.stderr, r"gRPC listening on 127\.0\.0\.1:(\d+)", 60)
