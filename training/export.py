@@ -30,6 +30,8 @@ training's; int8: same accuracy, max |p - p_fp32| = 0.042; fp16: same accuracy, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import logging
 import re
@@ -149,12 +151,22 @@ def _build_model(arch: str, n_classes: int, mean: list[float], std: list[float])
     return build_model(arch, n_classes, mean=mean, std=std)
 
 
+def _weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The weights training evaluated: the EMA copy when last.pt carries one (best.pt's
+    "model" already is the evaluated model)."""
+    ema = ckpt.get("ema")
+    if isinstance(ema, dict) and any(k.startswith("module.") for k in ema):
+        log.info("exporting the EMA weights (the ones training evaluated)")
+        return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    return ckpt["model"]
+
+
 def build_export_module(ckpt: dict[str, Any]) -> ProbabilityModel:
     """Rebuild the Classifier from a checkpoint, fp32 and in eval mode, softmax appended."""
     try:
         model = _build_model(ckpt["arch"], len(ckpt["classes"]), list(ckpt["mean"]),
                              list(ckpt["std"]))
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(_weights(ckpt))
     except (KeyError, ValueError, RuntimeError, TypeError, ConfigError) as e:
         raise ExportError(
             f"could not rebuild arch {ckpt['arch']!r} with {len(ckpt['classes'])} classes from "
@@ -478,8 +490,18 @@ def _random_pixels(size: int, n: int = 32) -> np.ndarray:
 # ----------------------------------------------------------------------------- report files
 
 
+RUN_FOLDER_MARKERS = ("report", "metrics.json", "recipe.toml")  # what `training fit` leaves
+
+
 def copy_run_report(run_dir: Path, dest: Path) -> list[str]:
-    """Copy the run's report files (a report/ folder, metrics JSON, plots) into ``dest``."""
+    """Copy the run's report files (its report/ folder, metrics JSON, plots) into ``dest``.
+
+    Only from a run folder as ``training fit`` writes it, so a checkpoint kept elsewhere does
+    not sweep unrelated files into the published version.
+    """
+    if not any((run_dir / marker).exists() for marker in RUN_FOLDER_MARKERS):
+        log.info("%s is not a training run folder; no report files copied", run_dir)
+        return []
     copied: list[str] = []
     if (run_dir / "report").is_dir():
         shutil.copytree(run_dir / "report", dest, dirs_exist_ok=True)
@@ -578,6 +600,31 @@ def build_variants(folder: Path, kinds: list[str], images: CheckImages | None,
             for kind in kinds}
 
 
+def publish_staged(repo: ModelRepository, staging: Path, card: ModelCard, *, force: bool,
+                   auto_version: bool, attempts: int = 5) -> ModelVersion:
+    """Write model.json and rename the staging folder into place.
+
+    An automatically chosen version taken meanwhile by a concurrent export moves on to the
+    next free one; an explicitly requested version never does.
+    """
+    for _ in range(attempts):
+        (staging / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        try:
+            return repo.publish(staging, card.name, card.version, force=force)
+        except ModelRepositoryError as e:
+            raise ExportError(f"the staged version did not validate: {e}") from e
+        except OSError as e:
+            taken = isinstance(e, FileExistsError) or e.errno in (errno.EEXIST, errno.ENOTEMPTY)
+            if not taken:
+                raise
+            if not auto_version:
+                raise ExportError(f"{repo.root / card.name / str(card.version)} was published "
+                                  "by someone else meanwhile; nothing was overwritten") from e
+            log.warning("version %d was taken meanwhile; trying the next one", card.version)
+            card = dataclasses.replace(card, version=repo.next_version(card.name))
+    raise ExportError(f"could not find a free version of {card.name} in {attempts} attempts")
+
+
 def export_checkpoint(
     checkpoint: Path,
     *,
@@ -599,6 +646,7 @@ def export_checkpoint(
     """
     checkpoint = Path(checkpoint)
     repo = ModelRepository(models_dir)
+    auto_version = version is None
     version = _check_target(repo, name, version, force)
     ckpt = read_checkpoint(checkpoint)
     classes = [str(c) for c in ckpt["classes"]]
@@ -628,14 +676,8 @@ def export_checkpoint(
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             variants=variants,
         )
-        (staging / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-        log.info("staged %s version %d (%d report file(s))", name, version, len(report))
-        try:
-            return repo.publish(staging, name, version, force=force)
-        except FileExistsError as e:
-            raise ExportError(f"{e} (another export published it meanwhile)") from e
-        except ModelRepositoryError as e:
-            raise ExportError(f"the staged version did not validate: {e}") from e
+        log.info("staged %s (%d report file(s))", staging, len(report))
+        return publish_staged(repo, staging, card, force=force, auto_version=auto_version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

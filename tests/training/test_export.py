@@ -348,6 +348,33 @@ def test_without_images_checks_random_inputs(tmp_path, trained, fast_export) -> 
     check = mv.card.metrics["export_check"]
     assert check["n_images"] == 0 and check["n_random"] == 8
     assert check["accuracy_onnx"] is None and check["max_abs_diff"] <= 1e-4
+    assert not (mv.path / "report").exists()  # not a run folder: nothing swept in
+
+
+def test_ema_weights_are_the_ones_exported(tmp_path, trained, fast_export) -> None:
+    """last.pt keeps the raw model and the EMA separately; training evaluated the EMA."""
+    raw = tiny_classifier(10, MEAN, STD).state_dict()  # untrained: would fail the parity check
+    ema = {f"module.{k}": v for k, v in trained.ckpt["model"].items()}
+    ckpt = save_variant(trained, tmp_path / "run", model=raw,
+                        ema={**ema, "n_averaged": torch.tensor(40)})
+    mv = export.export_checkpoint(ckpt, name="d", models_dir=tmp_path / "models")
+    assert mv.card.metrics["export_check"]["max_abs_diff"] <= 1e-4
+
+
+def test_auto_version_taken_meanwhile_moves_on(tmp_path, trained, fast_export,
+                                              monkeypatch) -> None:
+    repo = ModelRepository(tmp_path)
+    export.export_checkpoint(trained.checkpoint, name="digits", models_dir=tmp_path)
+    real_next = ModelRepository.next_version
+    stale = iter([1])  # a concurrent export's view: version 1 looked free
+
+    def next_version(self, name):
+        return next(stale, None) or real_next(self, name)
+
+    monkeypatch.setattr(ModelRepository, "next_version", next_version)
+    mv = export.export_checkpoint(trained.checkpoint, name="digits", models_dir=tmp_path)
+    assert mv.version == 2 and mv.card.version == 2
+    assert repo.versions("digits") == [1, 2] and entries(tmp_path, "digits") == ["1", "2"]
 
 
 # ----------------------------------------------------------------------------- variants, CLI
