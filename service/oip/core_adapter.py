@@ -1,0 +1,470 @@
+"""Open Inference Protocol (KServe v2) <-> the inference core, independent of the wire.
+
+The gRPC servicer and the HTTP routes only move bytes: they parse their wire into the tensors
+and requests below, call ``OipAdapter`` and write its answer back. Which inputs a model accepts,
+the classification extension, the TTA switch and the error mapping therefore exist once, here,
+and both wires behave the same.
+
+What a model accepts (``OipAdapter.model_metadata`` advertises both):
+
+- ``image``: BYTES, shape [N] (or [N, 1]), one encoded image (JPEG, PNG, ...) per element;
+  decoded and preprocessed on the server by the model's recorded evaluation transform.
+- ``pixels`` (the model's input name): FP32, shape [N, 3, S, S], already preprocessed to the
+  model input contract (NCHW RGB in [0, 1], S = model.json ``input.size``).
+
+The input's datatype picks the path. Request parameter ``tta`` (bool) turns test-time
+augmentation on (BYTES only: the views are cut from the image). A requested output with
+parameter ``classification: k`` returns k ``"score:index:label"`` strings per image, as Triton.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from service.core import (
+    CoreError,
+    ImageTooLarge,
+    InferenceCore,
+    InvalidImage,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+    PinnedModel,
+    Prediction,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "tta-serve"
+EXTENSIONS = ("classification", "binary_tensor_data")
+PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX models
+IMAGE_INPUT = "image"
+IMAGE_DATATYPE = "BYTES"
+PIXELS_DATATYPE = "FP32"
+TTA_PARAMETER = "tta"
+CLASSIFICATION_PARAMETER = "classification"
+
+# The protocol's numeric datatypes; BYTES is a list of byte strings (object array).
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(dtype).newbyteorder("<")
+    for name, dtype in {
+        "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+        "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+        "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    }.items()
+}
+DATATYPES = (*NUMPY_DTYPES, "BYTES")
+
+
+class Status(enum.Enum):
+    """Protocol outcome; the member name is the gRPC status code, the value the HTTP status."""
+
+    INVALID_ARGUMENT = 400
+    NOT_FOUND = 404
+    RESOURCE_EXHAUSTED = 413
+    INTERNAL = 500
+    UNIMPLEMENTED = 501
+    UNAVAILABLE = 503
+
+    @property
+    def http_status(self) -> int:
+        return self.value
+
+
+class OipError(Exception):
+    """A request the protocol answers with an error; ``str()`` is safe to send to the client."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# The core's typed errors -> protocol status (the table in service.core.errors).
+CORE_ERROR_STATUS: dict[type[CoreError], Status] = {
+    InvalidImage: Status.INVALID_ARGUMENT,
+    InvalidRequest: Status.INVALID_ARGUMENT,
+    ImageTooLarge: Status.RESOURCE_EXHAUSTED,
+    ModelNotFound: Status.NOT_FOUND,
+    Overloaded: Status.UNAVAILABLE,
+    ModelUnavailable: Status.UNAVAILABLE,
+}
+
+
+def from_core_error(error: CoreError, context: str = "") -> OipError:
+    """The protocol error for a core error; ``context`` (e.g. "image 2 of 4") prefixes it."""
+    status = next((CORE_ERROR_STATUS[k] for k in type(error).__mro__ if k in CORE_ERROR_STATUS),
+                  Status.INTERNAL)
+    return OipError(status, f"{context}: {error}" if context else str(error))
+
+
+def invalid(message: str) -> OipError:
+    return OipError(Status.INVALID_ARGUMENT, message)
+
+
+# ---- tensors
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One named tensor. ``data`` has ``shape``; BYTES data is an object array of ``bytes``."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+def element_count(name: str, shape: Sequence[int]) -> int:
+    if any(int(d) < 0 for d in shape):
+        raise invalid(f"input {name!r} has shape {list(shape)}; a request's shape must be "
+                      "concrete (no -1)")
+    return math.prod(int(d) for d in shape)
+
+
+def check_datatype(name: str, datatype: str) -> None:
+    if datatype not in DATATYPES:
+        raise invalid(f"input {name!r} has datatype {datatype!r}, which the protocol does not "
+                      f"define; use one of {list(DATATYPES)}")
+
+
+def split_bytes_elements(name: str, raw: bytes) -> list[bytes]:
+    """A serialized BYTES tensor: each element a 4-byte little-endian length, then its bytes."""
+    view, out, offset = memoryview(raw), [], 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise invalid(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise invalid(f"input {name!r}: a BYTES element claims {length} bytes but only "
+                          f"{len(view) - offset} remain")
+        out.append(bytes(view[offset:offset + length]))
+        offset += length
+    return out
+
+
+def join_bytes_elements(elements: Sequence[bytes]) -> bytes:
+    """The inverse of ``split_bytes_elements``."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes,
+                    parameters: Mapping[str, Any] | None = None) -> Tensor:
+    """A tensor from the protocol's raw (binary) encoding: row-major little-endian elements."""
+    check_datatype(name, datatype)
+    count = element_count(name, shape)
+    shape = tuple(int(d) for d in shape)
+    if datatype == "BYTES":
+        elements = split_bytes_elements(name, raw)
+        if len(elements) != count:
+            raise invalid(f"input {name!r} has shape {list(shape)} ({count} elements) but its "
+                          f"data holds {len(elements)} BYTES elements")
+        data = np.empty(count, dtype=object)
+        data[:] = elements
+        return Tensor(name, datatype, shape, data.reshape(shape), parameters or {})
+    dtype = NUMPY_DTYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise invalid(f"input {name!r} has shape {list(shape)} and datatype {datatype}, i.e. "
+                      f"{count * dtype.itemsize} bytes, but its data is {len(raw)} bytes")
+    data = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
+    return Tensor(name, datatype, shape, data.reshape(shape), parameters or {})
+
+
+def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Any,
+                       parameters: Mapping[str, Any] | None = None) -> Tensor:
+    """A tensor from typed values (gRPC typed contents, JSON ``data``; nested or flat)."""
+    check_datatype(name, datatype)
+    count = element_count(name, shape)
+    shape = tuple(int(d) for d in shape)
+    if datatype == "BYTES":
+        elements = list(_flatten(values))
+        if len(elements) != count:
+            raise invalid(f"input {name!r} has shape {list(shape)} ({count} elements) but "
+                          f"{len(elements)} BYTES elements were sent")
+        data = np.empty(count, dtype=object)
+        data[:] = [e.encode() if isinstance(e, str) else bytes(e) for e in elements]
+        return Tensor(name, datatype, shape, data.reshape(shape), parameters or {})
+    try:
+        flat = np.asarray(values, dtype=NUMPY_DTYPES[datatype].newbyteorder("=")).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise invalid(f"input {name!r}: the data is not {datatype} values: {e}") from e
+    if flat.size != count:
+        raise invalid(f"input {name!r} has shape {list(shape)} ({count} elements) but "
+                      f"{flat.size} values were sent")
+    return Tensor(name, datatype, shape, flat.reshape(shape), parameters or {})
+
+
+def _flatten(values: Any) -> Any:
+    if isinstance(values, list | tuple):
+        for v in values:
+            yield from _flatten(v)
+    else:
+        yield values
+
+
+def raw_contents(tensor: Tensor) -> bytes:
+    """The tensor in the protocol's raw (binary) encoding."""
+    if tensor.datatype == "BYTES":
+        return join_bytes_elements(list(tensor.data.reshape(-1)))
+    return np.ascontiguousarray(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype]).tobytes()
+
+
+# ---- requests and answers
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the client asked for; ``classification`` > 0 asks for top-k strings."""
+
+    name: str
+    classification: int = 0
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    version: str = ""  # "" = the served version
+    inputs: Sequence[Tensor] = ()
+    outputs: Sequence[RequestedOutput] = ()  # empty = every output
+    id: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model: str
+    version: str
+    id: str
+    outputs: list[Tensor]
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 = any size
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+def parse_version(model: str, version: str | int | None) -> int | None:
+    """The protocol's version string -> the core's version (None = the served one)."""
+    if version is None or version == "":
+        return None
+    text = str(version).strip()
+    if not text.isdigit():
+        raise OipError(Status.NOT_FOUND, f"model {model!r} has no version {text!r}; versions "
+                                         "are whole numbers (omit it for the served version)")
+    return int(text)
+
+
+def bool_parameter(name: str, value: Any) -> bool:
+    """A boolean request parameter; the strings "true"/"false" count (query strings, JSON)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise invalid(f"parameter {name!r} must be a boolean (true or false), got {value!r}")
+
+
+def classification_strings(prediction: Prediction, k: int) -> list[bytes]:
+    """Triton's classification extension: "score:index:label", most probable first.
+
+    The score is printed as C's %f (Triton's std::to_string), so clients parsing Triton's
+    strings parse ours.
+    """
+    return [f"{s.probability:f}:{s.index}:{s.label}".encode() for s in prediction.top[:k]]
+
+
+def _server_version() -> str:
+    try:
+        return metadata.version("tta-serve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class OipAdapter:
+    """The protocol's operations on one inference core; both wires call exactly these."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    # ---- health and metadata
+
+    @staticmethod
+    def server_live() -> bool:
+        """The process answers; it needs no model (readiness says whether it can infer)."""
+        return True
+
+    def server_ready(self) -> bool:
+        """Ready when the core is started and serves at least one model."""
+        try:
+            return bool(self.core.list_models())
+        except CoreError:
+            return False
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, _server_version(), EXTENSIONS)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether that model (version) is served; unknown ones are simply not ready."""
+        try:
+            self.model_metadata(name, version)
+        except OipError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """Both accepted inputs and the probability output; NOT_FOUND for what is not served."""
+        try:
+            with self.core.pin(name or None, parse_version(name, version)) as pinned:
+                return _metadata(pinned)
+        except CoreError as e:
+            raise from_core_error(e) from e
+
+    # ---- inference
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run one request on one pinned version; every problem is an OipError."""
+        version = parse_version(request.model, request.version)
+        tta = bool_parameter(TTA_PARAMETER, request.parameters.get(TTA_PARAMETER, False))
+        if len(request.inputs) != 1:
+            names = [t.name for t in request.inputs]
+            raise invalid(f"send exactly one input, got {len(names)} ({names}): {IMAGE_INPUT!r} "
+                          f"({IMAGE_DATATYPE}, encoded images) or the model input "
+                          f"({PIXELS_DATATYPE}, preprocessed pixels)")
+        (tensor,) = request.inputs
+        try:
+            with self.core.pin(request.model or None, version) as pinned:
+                outputs = _check_outputs(pinned, request.outputs)
+                top_k = max([o.classification for o in outputs] + [1])
+                if tensor.datatype == IMAGE_DATATYPE:
+                    predictions = await _predict_images(pinned, tensor, tta, top_k)
+                elif tensor.datatype == PIXELS_DATATYPE:
+                    predictions = await _predict_pixels(pinned, tensor, tta, top_k)
+                else:
+                    raise invalid(_accepted_inputs(pinned, f"input {tensor.name!r} has datatype "
+                                                           f"{tensor.datatype}"))
+                return InferResponse(
+                    model=pinned.name, version=str(pinned.version), id=request.id,
+                    outputs=[_output(pinned, o, predictions) for o in outputs],
+                    parameters={TTA_PARAMETER: tta,
+                                "tta_views": predictions[0].tta_views if predictions else 0},
+                )
+        except CoreError as e:
+            raise from_core_error(e) from e
+
+
+def _metadata(pinned: PinnedModel) -> ModelMetadata:
+    card = pinned.card
+    size = card.input_size
+    return ModelMetadata(
+        name=pinned.name,
+        versions=(str(pinned.version),),
+        platform=PLATFORM,
+        inputs=(TensorSpec(IMAGE_INPUT, IMAGE_DATATYPE, (-1,)),
+                TensorSpec(card.input_name, PIXELS_DATATYPE, (-1, 3, size, size))),
+        outputs=(TensorSpec(card.output_name, "FP32", (-1, len(card.classes))),),
+    )
+
+
+def _accepted_inputs(pinned: PinnedModel, problem: str) -> str:
+    size = pinned.card.input_size
+    return (f"{problem}; {pinned.name} v{pinned.version} accepts {IMAGE_INPUT!r} "
+            f"{IMAGE_DATATYPE} [N] (encoded images) or {pinned.card.input_name!r} "
+            f"{PIXELS_DATATYPE} [N, 3, {size}, {size}] (NCHW RGB in [0, 1])")
+
+
+def _check_outputs(pinned: PinnedModel,
+                   requested: Sequence[RequestedOutput]) -> list[RequestedOutput]:
+    name = pinned.card.output_name
+    if not requested:
+        return [RequestedOutput(name)]
+    for output in requested:
+        if output.name != name:
+            raise invalid(f"{pinned.name} has no output {output.name!r}; its output is {name!r}")
+        if output.classification < 0:
+            raise invalid(f"output {name!r}: classification must be >= 1 (top-k classes), got "
+                          f"{output.classification}")
+    return list(requested)
+
+
+async def _predict_images(pinned: PinnedModel, tensor: Tensor, tta: bool,
+                          top_k: int) -> list[Prediction]:
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+        raise invalid(f"input {tensor.name!r} ({IMAGE_DATATYPE}) has shape {shape}; expected "
+                      "[N] or [N, 1] with N >= 1: one encoded image per element")
+    images = list(tensor.data.reshape(-1))
+    results = await pinned.predict_batch(images, tta=tta, top_k=top_k)
+    for i, result in enumerate(results):
+        if isinstance(result, CoreError):
+            raise from_core_error(result, f"image {i} of {len(results)} (0-based)")
+    return results  # type: ignore[return-value]  # no CoreError left
+
+
+async def _predict_pixels(pinned: PinnedModel, tensor: Tensor, tta: bool,
+                          top_k: int) -> list[Prediction]:
+    size = pinned.card.input_size
+    expected = [3, size, size]
+    if len(tensor.shape) != 4 or list(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
+        raise invalid(_accepted_inputs(pinned, f"input {tensor.name!r} ({PIXELS_DATATYPE}) has "
+                                               f"shape {list(tensor.shape)}; expected [N, 3, "
+                                               f"{size}, {size}]"))
+    if tta:
+        raise invalid(f"parameter {TTA_PARAMETER!r} needs the encoded images (its views are cut "
+                      f"from the full image); send them as a {IMAGE_DATATYPE} input, or drop "
+                      "the parameter")
+    # PENDING core method (see docs/oip.md): PinnedModel.predict_pixels(pixels, *, top_k) ->
+    # list[Prediction], running already-preprocessed rows through the same batcher.
+    predict_pixels = getattr(pinned, "predict_pixels", None)
+    if predict_pixels is None:
+        raise OipError(Status.UNIMPLEMENTED,
+                       f"{PIXELS_DATATYPE} inputs are not served yet by this server version; "
+                       f"send the encoded images as a {IMAGE_DATATYPE} input named "
+                       f"{IMAGE_INPUT!r}")
+    return list(await predict_pixels(np.ascontiguousarray(tensor.data, np.float32),
+                                     top_k=top_k))
+
+
+def _output(pinned: PinnedModel, output: RequestedOutput,
+            predictions: Sequence[Prediction]) -> Tensor:
+    n = len(predictions)
+    if output.classification > 0:
+        k = min(output.classification, len(pinned.classes))
+        data = np.empty((n, k), dtype=object)
+        for i, prediction in enumerate(predictions):
+            data[i, :] = classification_strings(prediction, k)
+        return Tensor(output.name, "BYTES", (n, k), data)
+    probabilities = np.stack([p.probabilities for p in predictions]).astype(np.float32)
+    return Tensor(output.name, "FP32", probabilities.shape, probabilities)

@@ -1,0 +1,44 @@
+"""Fixtures for the Open Inference Protocol tests (building blocks in oip_testkit.py).
+
+Session-scoped: one core on a tiny two-version model repository, served over gRPC and HTTP, and
+one tritonclient process per protocol. ``triton`` runs a test over both wires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from oip_testkit import RunningServers, TritonClient, make_image, publish_versions
+
+
+@pytest.fixture(scope="session")
+def images() -> list[bytes]:
+    return [make_image(1), make_image(2, "JPEG"), make_image(3)]
+
+
+@pytest.fixture(scope="session")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServers]:
+    servers = RunningServers(publish_versions(tmp_path_factory.mktemp("oip-models")))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="session")
+def grpc_client(serving: RunningServers) -> Iterator[TritonClient]:
+    client = TritonClient("grpc", serving.grpc_address)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def http_client(serving: RunningServers) -> Iterator[TritonClient]:
+    client = TritonClient("http", serving.http_address)
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def triton(request: pytest.FixtureRequest) -> TritonClient:
+    """The same test over tritonclient.grpc and tritonclient.http."""
+    return request.getfixturevalue(f"{request.param}_client")

@@ -1,0 +1,194 @@
+"""Building blocks of the Open Inference Protocol tests: a tiny model repository, images, our
+real servers, and NVIDIA's tritonclient driven from a child process (triton_worker.py says why).
+
+Torch-free: the graphs are built with onnx.helper, the way the serving image would see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import uvicorn
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from triton_worker import decode_array, encode_array
+
+from service.core import CoreConfig, InferenceCore
+from service.grpc_server import GrpcConfig, GrpcServer
+from service.imaging import EvalSpec, TTASpec
+from service.model_repository import CARD_FILE, MODEL_FILE, ModelCard, sha256_file
+from service.oip.core_adapter import Status
+from service.oip.http_routes import build_app
+
+MODEL = "digits"
+CLASSES = ("zero", "one", "two", "three")
+SIZE = 16  # model input side, pixels
+SERVED_VERSION = 2  # the newest of the published versions 1 and 2
+WORKER = Path(__file__).with_name("triton_worker.py")
+
+
+def tiny_graph(path: Path, *, seed: int) -> None:
+    """pixels (N,3,S,S) -> global average pool -> linear -> softmax (N,C): colour decides."""
+    w = np.random.default_rng(seed).normal(scale=8.0, size=(3, len(CLASSES))).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                       ["batch", len(CLASSES)])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+def publish_versions(root: Path, versions: tuple[int, ...] = (1, SERVED_VERSION)) -> Path:
+    """MODEL/VERSION folders with different weights each; returns the repository root."""
+    for version in versions:
+        folder = root / MODEL / str(version)
+        folder.mkdir(parents=True)
+        tiny_graph(folder / MODEL_FILE, seed=version)
+        card = ModelCard(name=MODEL, version=version, classes=CLASSES,
+                         eval_spec=EvalSpec(size=SIZE, resize_ratio=1.25), tta=TTASpec(),
+                         sha256=sha256_file(folder / MODEL_FILE))
+        (folder / CARD_FILE).write_text(json.dumps(card.to_dict()))
+    return root
+
+
+def make_image(seed: int, fmt: str = "PNG") -> bytes:
+    """A 48x36 left-to-right gradient between two random colours: every crop differs."""
+    rng = np.random.default_rng(seed)
+    left, right = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0.0, 1.0, 48)[None, :, None]
+    pixels = (left * (1 - t) + right * t).repeat(36, axis=0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def image_tensor(images: list[bytes]) -> np.ndarray:
+    """The BYTES tensor a Triton user builds: an object array of encoded files."""
+    data = np.empty(len(images), dtype=object)
+    data[:] = images
+    return data
+
+
+class RunningServers:
+    """One core served on 127.0.0.1 by the real GrpcServer (Classifier + KServe v2 on one port)
+    and by the ``/v2`` ASGI app under uvicorn, both on one event loop in a thread."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.core = InferenceCore.create(CoreConfig(
+            models_dir=models_dir, default_model=MODEL, device="cpu", intra_op_threads=1,
+            decode_threads=2, poll_interval_s=0)).start()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="oip-servers",
+                                       daemon=True)
+        self.thread.start()
+
+        async def start_grpc() -> tuple[GrpcServer, int]:  # grpc.aio binds to the running loop
+            server = GrpcServer(self.core, GrpcConfig(host="127.0.0.1", port=0, grace_s=1.0))
+            return server, await server.start()
+
+        self.grpc, port = self.run(start_grpc())
+        self.grpc_address = f"127.0.0.1:{port}"
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.http_address = f"127.0.0.1:{self.socket.getsockname()[1]}"
+        self.http = uvicorn.Server(uvicorn.Config(build_app(self.core), log_level="warning",
+                                                  lifespan="off"))
+        self.http_done = asyncio.run_coroutine_threadsafe(
+            self.http.serve(sockets=[self.socket]), self.loop)
+        while not self.http.started:
+            if self.http_done.done():
+                self.http_done.result()  # raises what stopped it
+            threading.Event().wait(0.02)
+
+    def run(self, coroutine: Any) -> Any:
+        """Await on the servers' loop (e.g. the core's own predict, for reference answers)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.http.should_exit = True
+        self.http_done.result(timeout=10)
+        self.run(self.grpc.stop(0))
+        self.core.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+        self.socket.close()
+
+
+class TritonError(Exception):
+    """An error the server answered; ``status`` is the protocol status name (NOT_FOUND ...)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+# tritonclient reports gRPC codes as "StatusCode.NOT_FOUND" and HTTP ones as "404".
+_HTTP_STATUS_NAMES = {str(s.http_status): s.name for s in Status}
+
+
+@dataclass
+class InferResult:
+    response: dict[str, Any]
+    outputs: dict[str, np.ndarray]
+
+
+class TritonClient:
+    """tritonclient.grpc or .http in the worker process; arrays in and out."""
+
+    def __init__(self, protocol: str, address: str) -> None:
+        self.protocol = protocol
+        self.process = subprocess.Popen([sys.executable, str(WORKER), protocol, address],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+
+    def call(self, op: str, **args: Any) -> Any:
+        """One client call (see the worker's op_* methods); TritonError when it fails."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the tritonclient {self.protocol} worker exited "
+                               f"({self.process.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            status = answer["error"]["status"].removeprefix("StatusCode.")
+            raise TritonError(_HTTP_STATUS_NAMES.get(status, status), answer["error"]["message"])
+        return answer["ok"]
+
+    def infer(self, inputs: list[tuple[str, str, np.ndarray]], *, model: str = MODEL,
+              outputs: list[dict] | None = None, **kwargs: Any) -> InferResult:
+        """inputs: (name, datatype, array); outputs: [{"name", "options": {"class_count": k}}]."""
+        answer = self.call("infer", model=model, outputs=outputs, **kwargs, inputs=[
+            {"name": name, "datatype": datatype, "data": encode_array(array)}
+            for name, datatype, array in inputs])
+        return InferResult(answer["response"],
+                           {k: decode_array(v) for k, v in answer["outputs"].items()})
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=10)
