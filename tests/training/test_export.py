@@ -78,10 +78,9 @@ def _pixels(paths: list[Path], spec: EvalSpec) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    from training.data import make_digits
-
-    return make_digits(tmp_path_factory.mktemp("data") / "digits")
+def digits(digits_dir) -> Path:
+    """The shared digits image folder (tests/training/conftest.py)."""
+    return digits_dir
 
 
 @pytest.fixture(scope="module")
