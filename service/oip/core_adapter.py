@@ -287,7 +287,7 @@ def parse_version(model: str, version: str | int | None) -> int | None:
 
 
 def bool_parameter(name: str, value: Any) -> bool:
-    """A boolean request parameter; the strings "true"/"false" count (query strings, JSON)."""
+    """A boolean request parameter; "true"/"false" strings count too (string_param, JSON)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -327,11 +327,8 @@ class OipAdapter:
         return True
 
     def server_ready(self) -> bool:
-        """Ready when the core is started and serves at least one model."""
-        try:
-            return bool(self.core.list_models())
-        except CoreError:
-            return False
+        """The core's own readiness: started, not stopped, serving the default model."""
+        return self.core.ready
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, _server_version(), EXTENSIONS)
