@@ -1,0 +1,1 @@
+"""Servers a user would otherwise write by hand, over the same model and preprocessing."""

@@ -1,0 +1,458 @@
+"""Serving benchmark: our gRPC and HTTP servers against the raw runtime and two hand-written peers.
+
+In one run, on one machine, with one load client (bench.loadgen), for each model:
+
+1. raw ONNX Runtime on pre-processed float arrays, batch 1, k (TTA views), 8 and 32 -- the limit;
+   with the core's session options and with ONNX Runtime's defaults, the best counted;
+2. the inference core alone, in-process (decode + preprocess + dynamic batcher + infer);
+3. servers under closed-loop load at concurrency 1, 8, 32: ours over gRPC and HTTP (batching on
+   and off, single view and TTA), the plain grpcio peer and the plain BentoML peer -- images/s,
+   p50/p95/p99 latency and the peak RSS of the server's process tree.
+
+    .venv/bin/python -m bench.serving                      # digits and xresnet50 (~8 minutes)
+    .venv/bin/python -m bench.serving --models digits --quick
+
+Prints markdown tables and a targets table, writes bench/results/serving-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench.common import (
+    RESULTS,
+    ROOT,
+    BenchModel,
+    describe_machine,
+    ensure_model,
+    images_for,
+    latency_ms,
+    machine,
+    markdown_table,
+    timed_loop,
+    write_results,
+)
+from bench.loadgen import run_load
+
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Durations:
+    warmup_s: float
+    measure_s: float
+
+
+def durations(model: BenchModel, quick: bool) -> Durations:
+    """Long enough for a steady state: the 224 px model's batches take about a second each."""
+    if model.key == "digits":
+        return Durations(1.0, 2.5 if quick else 5.0)
+    return Durations(3.0, 6.0 if quick else 12.0)
+
+
+# ----------------------------------------------------------------------------- raw runtime
+
+
+def bench_raw_ort(model: BenchModel, quick: bool) -> list[dict[str, Any]]:
+    """session.run on ready-made (B, 3, S, S) float32 arrays: no decode, no resize, no queue."""
+    import onnxruntime as ort
+
+    from service.core.config import default_threads
+    from service.core.runtime import session_options
+
+    rows = []
+    variants = {"core options": session_options(default_threads()),
+                "ORT defaults": ort.SessionOptions()}
+    rng = np.random.default_rng(0)
+    min_s = (0.5 if quick else 1.5) if model.key == "digits" else (2.0 if quick else 4.0)
+    for label, options in variants.items():
+        session = ort.InferenceSession(str(model.onnx_path), options,
+                                       providers=["CPUExecutionProvider"])
+        for batch in sorted({1, model.tta_views, 8, 32}):
+            x = rng.random((batch, 3, model.size, model.size), dtype=np.float32)
+            times = timed_loop(lambda x=x, s=session: s.run(["probabilities"], {"pixels": x}),
+                               min_seconds=min_s, min_iters=3, warmup=2)
+            rows.append({"runtime": label, "batch": batch,
+                         "throughput": batch / float(np.median(times)),
+                         **latency_ms(times), "calls": len(times)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- core alone
+
+
+def bench_core(model: BenchModel, d: Durations, quick: bool) -> list[dict[str, Any]]:
+    """InferenceCore.predict driven in-process by the load client's loop (no network)."""
+    from service.core import CoreConfig, InferenceCore
+
+    images = images_for(model.key)
+    rows = []
+    core = InferenceCore.create(CoreConfig(models_dir=model.models_dir, default_model=model.name,
+                                           device="cpu", poll_interval_s=0)).start()
+    try:
+        plan = [(False, 1), (True, 1), (False, 32)] + ([] if quick else [(True, 32)])
+        for tta, concurrency in plan:
+            async def send(image: bytes, tta: bool = tta) -> None:
+                await core.predict(image, tta=tta)
+
+            result = asyncio.run(run_load(send, images, concurrency=concurrency,
+                                          duration_s=d.measure_s, warmup_s=d.warmup_s))
+            rows.append({"tta": tta, **result})
+    finally:
+        core.stop()
+    return rows
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerSpec:
+    """How to start one server and what load to put on it."""
+
+    name: str  # e.g. "ours gRPC"
+    protocol: str  # grpc | http
+    command: list[str]
+    env: dict[str, str]
+    target: str  # host:port or URL
+    batching: str  # what batches requests, in words
+    runs: list[tuple[bool, int]]  # (tta, concurrency)
+    http_field: str = "image"
+    log: Path = field(default_factory=Path)
+
+
+def _ready(spec: ServerSpec, image: bytes) -> bool:
+    """One real prediction answered: the server is up, its model loaded and warm."""
+    try:
+        if spec.protocol == "grpc":
+            import grpc
+
+            from service._proto.tta_serve.v1 import classifier_pb2 as pb
+            from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
+
+            with grpc.insecure_channel(spec.target) as channel:
+                pb_grpc.ClassifierStub(channel).Predict(pb.PredictRequest(image=image), timeout=30)
+            return True
+        import httpx
+
+        response = httpx.post(spec.target, files={spec.http_field: ("image", image)}, timeout=30)
+        return response.status_code == 200
+    except Exception:
+        return False
+
+
+class RunningServer:
+    """A server subprocess (its own process group), its readiness and its peak RSS."""
+
+    def __init__(self, spec: ServerSpec, image: bytes, timeout_s: float = 180) -> None:
+        self.spec = spec
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(spec.log, "w")  # noqa: SIM115 -- closed in stop()
+        self.proc = subprocess.Popen(spec.command, env={**os.environ, **spec.env}, cwd=ROOT,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._peak = 0
+        self._stop = threading.Event()
+        deadline = time.monotonic() + timeout_s
+        while not _ready(spec, image):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{spec.name} did not become ready; see {spec.log}")
+            time.sleep(0.5)
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def rss_bytes(self) -> int:
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += p.memory_info().rss
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self._peak = max(self._peak, self.rss_bytes())
+
+    def reset_peak(self) -> None:
+        self._peak = self.rss_bytes()
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self._peak / 2**20
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)  # our own process group only
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
+    """Ours (gRPC, HTTP; batching on and off) and the two peers, with the runs each gets."""
+    logs = RESULTS / "logs"
+    version_dir = str(model.models_dir / model.name / str(model.version))
+    core_flags = ["--models-dir", str(model.models_dir), "--model", model.name,
+                  "--device", "cpu", "--poll-interval-s", "0", "--log-level", "WARNING"]
+    all_c = [1, 8, 32]
+    big = model.key != "digits"
+
+    def grpc_ours(batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
+        port = free_port()
+        label = "on" if batch > 1 else "off"
+        return ServerSpec(f"ours gRPC (batching {label})", "grpc",
+                          [PY, "-m", "service.cli", "grpc", *core_flags, "--host", "127.0.0.1",
+                           "--port", str(port), "--max-batch-size", str(batch)], {},
+                          f"127.0.0.1:{port}",
+                          f"core, up to {batch} req/pass" if batch > 1 else "off", runs,
+                          log=logs / f"ours-grpc-b{batch}.log")
+
+    def http_ours(batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
+        port = free_port()
+        label = "on" if batch > 1 else "off"
+        env = {"TTA_SERVE_MODELS_DIR": str(model.models_dir), "TTA_SERVE_DEFAULT_MODEL":
+               model.name, "TTA_SERVE_DEVICE": "cpu", "TTA_SERVE_POLL_INTERVAL_S": "0",
+               "TTA_SERVE_MAX_BATCH_SIZE": str(batch), "TTA_SERVE_LOG_LEVEL": "WARNING"}
+        return ServerSpec(f"ours HTTP (batching {label})", "http",
+                          [PY, "-m", "bentoml", "serve", "service.http_service:Classifier",
+                           "--host", "127.0.0.1", "--port", str(port)], env,
+                          f"http://127.0.0.1:{port}/predict",
+                          f"core, up to {batch} req/pass" if batch > 1 else "off", runs,
+                          log=logs / f"ours-http-b{batch}.log")
+
+    plain_grpc_port, plain_bento_port = free_port(), free_port()
+    tta_runs = [(True, 1), (True, 8)] if big else [(True, c) for c in all_c]
+    single = [(False, c) for c in all_c]
+    specs = [
+        grpc_ours(32, single + ([] if quick else tta_runs)),
+        grpc_ours(1, [(False, 32)] if quick or big else single),
+        http_ours(32, single + ([] if quick else [(True, 1), (True, 32)])),
+        http_ours(1, [(False, 32)]) if not quick else None,
+        ServerSpec("plain grpcio peer", "grpc",
+                   [PY, "bench/peers/plain_grpc_server.py", "--model-dir", version_dir,
+                    "--port", str(plain_grpc_port)], {}, f"127.0.0.1:{plain_grpc_port}",
+                   "none (1 image per call, 10 threads)", [(False, 1), (False, 32)] if big
+                   else single, log=logs / "plain-grpc.log"),
+        ServerSpec("plain BentoML peer", "http",
+                   [PY, "-m", "bentoml", "serve",
+                    "bench.peers.plain_bentoml_service:PlainClassifier", "--host", "127.0.0.1",
+                    "--port", str(plain_bento_port)], {"PLAIN_BENTOML_MODEL_DIR": version_dir},
+                   f"http://127.0.0.1:{plain_bento_port}/predict",
+                   "BentoML adaptive (max 32)", [(False, 1), (False, 32)] if big else single,
+                   http_field="images", log=logs / "plain-bentoml.log"),
+    ]
+    return [s for s in specs if s is not None]
+
+
+def run_loadgen(spec: ServerSpec, model: BenchModel, tta: bool, concurrency: int,
+                d: Durations) -> dict[str, Any]:
+    command = [PY, "-m", "bench.loadgen", spec.protocol, spec.target, "--images", model.key,
+               "--concurrency", str(concurrency), "--duration", str(d.measure_s),
+               "--warmup", str(d.warmup_s), "--http-field", spec.http_field]
+    if tta:
+        command.append("--tta")
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                         timeout=d.warmup_s + d.measure_s + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"load client failed on {spec.name}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_servers(model: BenchModel, d: Durations, quick: bool,
+                  only: set[str] | None) -> list[dict[str, Any]]:
+    image = images_for(model.key, 1)[0]
+    rows = []
+    for spec in server_specs(model, quick):
+        if only and not any(o in spec.name for o in only):
+            continue
+        print(f"  {spec.name} ...", file=sys.stderr, flush=True)
+        try:
+            server = RunningServer(spec, image)
+        except RuntimeError as e:
+            print(f"  skipped: {e}", file=sys.stderr)
+            rows.append({"server": spec.name, "error": str(e)})
+            continue
+        try:
+            for tta, concurrency in spec.runs:
+                server.reset_peak()
+                result = run_loadgen(spec, model, tta, concurrency, d)
+                rows.append({"server": spec.name, "batching": spec.batching, "tta": tta,
+                             **result, "peak_rss_mb": server.peak_rss_mb})
+                print(f"    tta={tta} c={concurrency}: {result['throughput']:.0f} img/s, "
+                      f"p99 {result['p99_ms']:.1f} ms", file=sys.stderr, flush=True)
+        finally:
+            server.stop()
+    return rows
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _find(rows: list[dict], **match: Any) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def targets(model: BenchModel, raw: list[dict], core: list[dict],
+            servers: list[dict]) -> list[dict[str, Any]]:
+    """Each target: what was compared, the two figures, the ratio or gap, and whether met."""
+    out: list[dict[str, Any]] = []
+    best_raw = max(raw, key=lambda r: r["throughput"])
+    k = model.tta_views
+
+    def add(name: str, ours: dict | None, ours_key: str, ref: float | None, ref_label: str,
+            check: Callable[[float, float], bool], how: str) -> None:
+        if ours is None or ref is None or "error" in ours:
+            out.append({"model": model.key, "target": name, "met": "not measured"})
+            return
+        value = ours[ours_key]
+        out.append({"model": model.key, "target": name, "ours": value, "reference": ref,
+                    "reference_is": ref_label, "ratio": value / ref if ref else None,
+                    "met": "yes" if check(value, ref) else "NO", "rule": how})
+
+    grpc32 = _find(servers, server="ours gRPC (batching on)", tta=False, concurrency=32)
+    http32 = _find(servers, server="ours HTTP (batching on)", tta=False, concurrency=32)
+    plain_grpc32 = _find(servers, server="plain grpcio peer", concurrency=32)
+    plain_bento32 = _find(servers, server="plain BentoML peer", concurrency=32)
+    raw_label = f"raw ORT best ({best_raw['runtime']}, batch {best_raw['batch']})"
+    if model.key == "digits":
+        add("gRPC c=32 >= 0.6x best raw ORT", grpc32, "throughput", best_raw["throughput"],
+            raw_label, lambda v, r: v >= 0.6 * r, "images/s ratio >= 0.6")
+        add("gRPC c=32 >= 2x plain grpcio", grpc32, "throughput",
+            plain_grpc32 and plain_grpc32["throughput"], "plain grpcio c=32",
+            lambda v, r: v >= 2 * r, "images/s ratio >= 2")
+        add("HTTP c=32 >= 2x plain BentoML", http32, "throughput",
+            plain_bento32 and plain_bento32["throughput"], "plain BentoML c=32",
+            lambda v, r: v >= 2 * r, "images/s ratio >= 2")
+        raw1_best = min((r for r in raw if r["batch"] == 1), key=lambda r: r["p99_ms"])
+        add("gRPC c=1 p99 within 2 ms of raw ORT batch-1", _find(
+            servers, server="ours gRPC (batching on)", tta=False, concurrency=1), "p99_ms",
+            raw1_best["p99_ms"], f"raw ORT batch-1 p99 ({raw1_best['runtime']})",
+            lambda v, r: v <= r + 2.0, "p99 gap <= 2 ms")
+    else:
+        add("gRPC c=32 >= 0.95x raw ORT", grpc32, "throughput", best_raw["throughput"],
+            raw_label, lambda v, r: v >= 0.95 * r, "images/s ratio >= 0.95")
+    raw_k = min((r for r in raw if r["batch"] == k), key=lambda r: r["p50_ms"])
+    add(f"TTA ({k} views), core alone c=1 <= 1.1x raw ORT batch of {k}",
+        _find(core, tta=True, concurrency=1), "p50_ms", raw_k["p50_ms"],
+        f"raw ORT batch-{k} p50", lambda v, r: v <= 1.1 * r, "p50 latency ratio <= 1.1")
+    add(f"TTA ({k} views), gRPC c=1 <= 1.1x raw ORT batch of {k}",
+        _find(servers, server="ours gRPC (batching on)", tta=True, concurrency=1), "p50_ms",
+        raw_k["p50_ms"], f"raw ORT batch-{k} p50", lambda v, r: v <= 1.1 * r,
+        "p50 latency ratio <= 1.1")
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+RAW_COLUMNS = [("runtime", "runtime", ""), ("batch", "batch", "d"),
+               ("throughput", "images/s", ",.0f"), ("p50_ms", "p50 ms/call", ".2f"),
+               ("p99_ms", "p99 ms/call", ".2f")]
+CORE_COLUMNS = [("tta", "TTA", ""), ("concurrency", "concurrency", "d"),
+                ("throughput", "images/s", ",.0f"), ("p50_ms", "p50 ms", ".2f"),
+                ("p95_ms", "p95 ms", ".2f"), ("p99_ms", "p99 ms", ".2f")]
+SERVER_COLUMNS = [("server", "server", ""), ("tta", "TTA", ""),
+                  ("concurrency", "concurrency", "d"), ("throughput", "images/s", ",.0f"),
+                  ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"),
+                  ("p99_ms", "p99 ms", ".1f"), ("peak_rss_mb", "peak RSS MB", ".0f"),
+                  ("errors", "errors", "d"), ("client_cpu_s_per_s", "client CPU", ".2f")]
+TARGET_COLUMNS = [("target", "target", ""), ("ours", "ours", ",.2f"),
+                  ("reference", "reference", ",.2f"), ("reference_is", "reference is", ""),
+                  ("ratio", "ratio", ".2f"), ("met", "met", "")]
+
+
+def report(results: dict[str, Any]) -> str:
+    parts = [f"Machine: {describe_machine(results['machine'])}", ""]
+    for key, r in results["models"].items():
+        parts += [f"### {key}: {r['model']['source']}", "",
+                  "Raw ONNX Runtime (pre-processed arrays; per-call latency):", "",
+                  markdown_table(r["raw_ort"], RAW_COLUMNS), "",
+                  "Inference core alone (in-process; decode + preprocess + batcher + infer):", "",
+                  markdown_table(r["core"], CORE_COLUMNS), "",
+                  "Servers (closed loop, bench.loadgen in its own process):", "",
+                  markdown_table([s for s in r["servers"] if "error" not in s], SERVER_COLUMNS),
+                  "", "Targets:", "", markdown_table(r["targets"], TARGET_COLUMNS), ""]
+        failed = [s for s in r["servers"] if "error" in s]
+        parts += [f"- {s['server']}: {s['error']}" for s in failed]
+    return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def _stage(label: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    print(f"{label} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"{label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["digits", "xresnet50"],
+                        choices=["digits", "xresnet50"])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer variants")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="servers whose name contains one of these (e.g. gRPC peer)")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick,
+                               "command": " ".join(["python -m bench.serving", *(argv or
+                                                                                 sys.argv[1:])]),
+                               "models": {}}
+    for key in args.models:
+        with _stage(f"{key}: model"):
+            model = ensure_model(key)
+        d = durations(model, args.quick)
+        with _stage(f"{key}: raw ONNX Runtime"):
+            raw = bench_raw_ort(model, args.quick)
+        with _stage(f"{key}: core alone"):
+            core = bench_core(model, d, args.quick)
+        with _stage(f"{key}: servers"):
+            servers = bench_servers(model, d, args.quick, set(args.only) if args.only else None)
+        results["models"][key] = {
+            "model": {"key": key, "source": model.source, "size": model.size,
+                      "tta_views": model.tta_views, "onnx": str(model.onnx_path)},
+            "durations": d.__dict__, "raw_ort": raw, "core": core, "servers": servers,
+            "targets": targets(model, raw, core, servers)}
+    results["machine_after"] = {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    path = write_results("serving", results)
+    print(report(results))
+    print(f"\nJSON: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
