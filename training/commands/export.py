@@ -22,8 +22,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace the version if it already exists")
     parser.add_argument("--data", type=Path, default=None,
-                        help="image folder for the parity check (default: the recipe's data "
-                             "path; its valid/ split when it has one)")
+                        help="labelled image folder for the check, read from its valid/ (or "
+                             "val/) split when it has one (default: the run's validation "
+                             "split, rebuilt from the recorded recipe)")
     parser.add_argument("--check-images", type=int, default=512, metavar="N",
                         help="at most N real images in the check (default: 512)")
     parser.add_argument("--fp16", action="store_true",
