@@ -1,7 +1,8 @@
 """``tta-serve``: one console script, one sub-command per front end.
 
-    tta-serve grpc                                   # bundled models/, default model "digits"
+    tta-serve                                        # gRPC :50051 + HTTP :3000, bundled models/
     tta-serve grpc --models-dir models --port 50051 --device cpu --max-batch-size 16
+    tta-serve http --port 3000                       # the BentoML HTTP service alone
 
 Every sub-command shares the core options (``add_core_options`` -> ``core_config_from_args``).
 To add a front end, write ``_add_NAME(subparsers, common)`` that registers a sub-parser with
@@ -130,11 +131,58 @@ def _run_grpc(args: argparse.Namespace) -> int:
     return 0
 
 
-# What plain `tta-serve [options]` runs (scripts/serve.sh); "all" once the HTTP front end exists.
-DEFAULT_COMMAND = "grpc"
+def _add_http(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("http", parents=[common], help="serve the HTTP (BentoML) API",
+                              description="Serve the HTTP API (BentoML: /predict, /evaluate, "
+                                          "/models, /metrics, /docs.json) until SIGTERM/SIGINT.")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=3000, help="(default: %(default)s)")
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="on SIGTERM, seconds in-flight requests get to finish "
+                        "(default: %(default)s)")
+    p.set_defaults(run=_run_http)
+
+
+def _run_http(args: argparse.Namespace) -> int:
+    from service.runner import HttpConfig, serve_http
+
+    serve_http(core_config_from_args(args), HttpConfig(host=args.host, port=args.port,
+                                                       grace_s=args.grace_s,
+                                                       log_level=args.log_level))
+
+
+def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("all", parents=[common], help="serve gRPC and HTTP together",
+                              description="Serve the gRPC API in this process and the HTTP API "
+                                          "in a child process; SIGTERM/SIGINT stops both.")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    p.add_argument("--grpc-port", "--port", dest="grpc_port", type=int, default=50051,
+                   help="gRPC port; --port is kept from when plain tta-serve meant grpc "
+                        "(default: %(default)s)")
+    p.add_argument("--http-port", type=int, default=3000, help="(default: %(default)s)")
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="on SIGTERM, seconds in-flight requests get to finish "
+                        "(default: %(default)s)")
+    p.set_defaults(run=_run_all)
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from service.grpc_server import GrpcConfig
+    from service.runner import HttpConfig, serve_all
+
+    grpc_config = GrpcConfig(host=args.host, port=args.grpc_port, grace_s=args.grace_s)
+    http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s,
+                             log_level=args.log_level)
+    return serve_all(core_config_from_args(args), grpc_config, http_config)
+
+
+# What plain `tta-serve [options]` runs (scripts/serve.sh).
+DEFAULT_COMMAND = "all"
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]] = [
     _add_grpc,
+    _add_http,
+    _add_all,
 ]
 
 

@@ -1,0 +1,281 @@
+"""The HTTP API's wire format: request parts -> the core's inputs, core objects -> JSON bodies
+(pydantic models, so they appear in the OpenAPI spec), and the one mapping of the core's typed
+errors to HTTP status codes.
+
+Field names follow the gRPC messages (``classes``, ``model_version``, ``tta_views`` ...), so a
+client reads the same vocabulary on both front ends. Error bodies are
+``{"error": message, "kind": CoreError.kind}``; the message is the core's, which already says
+what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+from service.core import (
+    CoreError,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    ModelInfo,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+    Prediction,
+    ProviderInfo,
+)
+from service.evaluation import IMAGE_SUFFIXES, EvaluationResult
+
+STATUS_CODES: dict[type[CoreError], int] = {
+    InvalidImage: 400,
+    InvalidRequest: 400,
+    ImageTooLarge: 413,
+    ModelNotFound: 404,
+    Overloaded: 503,
+    ModelUnavailable: 503,
+}
+RETRY_AFTER_S = 1  # Retry-After on 503: the queue drains in well under a second when healthy
+
+
+def status_code(error: CoreError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS_CODES:
+            return STATUS_CODES[kind]
+    return 500
+
+
+def error_response(error: CoreError) -> JSONResponse:
+    """The HTTP response for a core error; 503s carry Retry-After."""
+    status = status_code(error)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": str(error), "kind": error.kind}, status_code=status,
+                        headers=headers)
+
+
+# ---- request parts -> bytes for the core
+
+
+def decode_base64_image(text: str, field: str) -> bytes:
+    """Base64 (or a ``data:image/...;base64,`` URL) -> bytes; InvalidImage names the field."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidImage(f"{field} is not valid base64 ({e}); send the encoded image file's "
+                           "bytes, base64-encoded") from e
+
+
+def one_image(image: Path | None, image_base64: str | None) -> bytes:
+    if (image is None) == (image_base64 is None):
+        raise InvalidRequest("send exactly one image: a multipart file field 'image', or a JSON "
+                             "body with 'image_base64'")
+    if image is not None:
+        return image.read_bytes()
+    return decode_base64_image(image_base64, "image_base64")
+
+
+def several_images(images: list[Path] | None, images_base64: list[str] | None) -> list[Any]:
+    """Bytes per image, or the InvalidImage of an item that is not valid base64."""
+    if (images is None) == (images_base64 is None) or not (images or images_base64):
+        raise InvalidRequest("send one or more images: multipart file fields 'images', or a JSON "
+                             "body with a list 'images_base64'")
+    if images is not None:
+        return [path.read_bytes() for path in images]
+    out: list[Any] = []
+    for i, text in enumerate(images_base64 or []):
+        try:
+            out.append(decode_base64_image(text, f"images_base64[{i}]"))
+        except CoreError as e:
+            out.append(e)
+    return out
+
+
+def archive_items(archive: Path, max_image_bytes: int) -> Iterator[tuple[bytes, str]]:
+    """(bytes, label) of every image in a zip laid out as [ROOT/]CLASS/image, in name order."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as e:
+        raise InvalidRequest(f"archive is not a zip file ({e}); send a zip of class folders "
+                             "(CLASS/image.png)") from e
+    with zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            path = PurePosixPath(info.filename)
+            hidden = any(p.startswith(".") or p == "__MACOSX" for p in path.parts)
+            if info.is_dir() or hidden or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if len(path.parts) < 2:
+                raise InvalidRequest(f"archive entry {info.filename!r} is not in a class folder; "
+                                     "lay the zip out as CLASS/image.png")
+            with zf.open(info) as f:  # one byte over the limit is enough for the core to refuse
+                yield f.read(max_image_bytes + 1), path.parent.name
+
+
+def labelled_items(images: list[Path] | None, images_base64: list[str] | None,
+                   labels: list[str] | None) -> Iterator[tuple[bytes, str]]:
+    """(bytes, label) pairs, read one at a time as the evaluation consumes them."""
+    data: list[Path] | list[str] = images if images is not None else images_base64 or []
+    if labels is None or len(labels) != len(data):
+        raise InvalidRequest(f"labels must list one class name per image: got {len(data)} images "
+                             f"and {'no' if labels is None else len(labels)} labels (multipart: "
+                             "one field 'labels' holding a JSON list)")
+    for i, (item, label) in enumerate(zip(data, labels, strict=True)):
+        if isinstance(item, Path):
+            yield item.read_bytes(), label
+        else:
+            yield decode_base64_image(item, f"images_base64[{i}]"), label
+
+
+# ---- response bodies
+
+
+class ClassScore(BaseModel):
+    label: str
+    index: int = Field(description="index of the class in the model's class list")
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    classes: list[ClassScore] = Field(description="top-k classes, most probable first")
+    label: str = Field(description="the most probable class")
+    model: str
+    model_version: int
+    tta: bool = Field(description="whether test-time augmentation was applied")
+    tta_views: int = Field(description="views combined (1 without TTA)")
+
+
+class BatchItem(BaseModel):
+    """One image of a batch: its prediction, or the error it alone would have got."""
+
+    status: int = Field(description="HTTP status this image would have had on /predict")
+    prediction: PredictResponse | None = None
+    error: str | None = None
+    kind: str | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem] = Field(description="one per image, in request order")
+
+
+class ExecutionProvider(BaseModel):
+    name: str = Field(description="ONNX Runtime provider, e.g. CUDAExecutionProvider")
+    device: str = Field(description="cpu or cuda")
+    requested: str = Field(description="what the server was asked for: auto, cpu or cuda")
+
+
+class ModelInfoResponse(BaseModel):
+    name: str
+    version: int = Field(description="the served version")
+    repository_versions: list[int] = Field(description="versions in the model repository")
+    classes: list[str]
+    input_size: int = Field(description="side of the square model input, pixels")
+    tta_views: list[str]
+    tta_combine: str
+    tta_beta: float | None = Field(description="centre-view weight; null = equal weights")
+    metrics: dict[str, Any] = Field(description="validation metrics recorded at export")
+    is_default: bool
+    created_at: str
+    provider: ExecutionProvider
+
+
+class ListModelsResponse(BaseModel):
+    default_model: str
+    provider: ExecutionProvider
+    models: list[ModelInfoResponse]
+
+
+class ClassMetrics(BaseModel):
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ConfusedPair(BaseModel):
+    actual: str
+    predicted: str
+    count: int
+
+
+class EvaluationResponse(BaseModel):
+    id: str = Field(description="names this evaluation in /evaluations/{id}/confusion.png")
+    model: str
+    model_version: int
+    tta: bool
+    n: int = Field(description="images evaluated")
+    accuracy: float
+    classes: list[str] = Field(description="row and column names of the confusion matrix")
+    confusion: list[list[int]] = Field(description="counts, rows = actual, columns = predicted")
+    normalized: list[list[float]] = Field(description="confusion rows divided by their sums")
+    per_class: list[ClassMetrics]
+    most_confused: list[ConfusedPair] = Field(description="largest count first")
+    macro_avg: dict[str, float]
+    weighted_avg: dict[str, float]
+    confusion_png_url: str
+    confusion_png_base64: str = Field(description="the confusion matrix drawn as a PNG")
+
+
+# ---- core objects -> bodies
+
+
+def prediction_body(prediction: Prediction) -> PredictResponse:
+    return PredictResponse(
+        classes=[ClassScore(label=s.label, index=s.index, probability=s.probability)
+                 for s in prediction.top],
+        label=prediction.label,
+        model=prediction.model,
+        model_version=prediction.version,
+        tta=prediction.tta,
+        tta_views=prediction.tta_views,
+    )
+
+
+def batch_item(result: Prediction | CoreError) -> BatchItem:
+    if isinstance(result, CoreError):
+        return BatchItem(status=status_code(result), error=str(result), kind=result.kind)
+    return BatchItem(status=200, prediction=prediction_body(result))
+
+
+def provider_body(provider: ProviderInfo) -> ExecutionProvider:
+    return ExecutionProvider(name=provider.name, device=provider.device,
+                             requested=provider.requested)
+
+
+def model_info_body(info: ModelInfo) -> ModelInfoResponse:
+    tta = info.tta
+    return ModelInfoResponse(
+        name=info.name,
+        version=info.version,
+        repository_versions=list(info.repository_versions),
+        classes=list(info.classes),
+        input_size=info.input_size,
+        tta_views=list(tta.views),
+        tta_combine=tta.combine,
+        tta_beta=tta.beta if tta.combine == "mean" else None,
+        metrics=info.metrics,
+        is_default=info.is_default,
+        created_at=info.created_at,
+        provider=provider_body(info.provider),
+    )
+
+
+def evaluation_body(result: EvaluationResult, evaluation_id: str,
+                    png_url: str) -> EvaluationResponse:
+    return EvaluationResponse(
+        id=evaluation_id,
+        model=result.model,
+        model_version=result.version,
+        tta=result.tta,
+        confusion_png_url=png_url,
+        confusion_png_base64=base64.b64encode(result.png).decode("ascii"),
+        **result.report.to_dict(),
+    )

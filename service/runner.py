@@ -1,0 +1,137 @@
+"""Process trees of ``tta-serve http`` and ``tta-serve all``: BentoML's server beside ours.
+
+``bentoml serve`` runs the HTTP service in a supervisor process (circus) with worker processes
+of its own; they get the core's settings through ``TTA_SERVE_*`` environment variables
+(``service.serve_env``). A worker that cannot start its core is restarted by the supervisor
+forever, so ``tta-serve http`` first starts (and stops) one core itself: a missing model or an
+impossible ``--device cuda`` ends the command with the core's one-line error, as for gRPC.
+
+``tta-serve all``: this process serves gRPC (``service.grpc_server.GrpcServer``; its core fails
+fast on the same start-up errors) and runs ``bentoml serve`` as its child. SIGTERM/SIGINT stops
+both at once, each with the same grace for in-flight requests; the exit code is 0 when both
+stopped cleanly. If the HTTP service dies on its own, gRPC is stopped too and the exit code is 1,
+so a container supervisor sees one failed service, never half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from service.core import CoreConfig, InferenceCore
+from service.grpc_server import GrpcConfig, GrpcServer, startup_message
+from service.serve_env import LOG_LEVEL_ENV, core_config_to_env
+
+log = logging.getLogger(__name__)
+
+SERVICE = "service.http_service:Classifier"
+# The folder holding the ``service`` package: bentoml serve imports SERVICE from there.
+WORKING_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "0.0.0.0"
+    port: int = 3000
+    grace_s: float = 10.0  # on SIGTERM: time in-flight requests get to finish
+    log_level: str = "INFO"
+
+
+def http_command(http: HttpConfig) -> list[str]:
+    """``bentoml serve`` of the HTTP service, run by this interpreter."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--working-dir", str(WORKING_DIR),
+            "--host", http.host, "--port", str(http.port),
+            "--timeout-graceful-shutdown", str(max(1, round(http.grace_s)))]
+
+
+def http_environment(core_config: CoreConfig, http: HttpConfig) -> dict[str, str]:
+    """This environment plus the core's settings; BentoML's usage tracking off unless asked."""
+    env = {**os.environ, **core_config_to_env(core_config), LOG_LEVEL_ENV: http.log_level}
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")  # a model server should not phone home
+    return env
+
+
+def check_core_starts(core_config: CoreConfig) -> None:
+    """Start and stop a core: raises the CoreError a BentoML worker would otherwise loop on."""
+    InferenceCore.create(core_config).start().stop()
+
+
+def serve_http(core_config: CoreConfig, http: HttpConfig) -> NoReturn:
+    """``tta-serve http``: check the core starts, then become ``bentoml serve``."""
+    check_core_starts(core_config)
+    command = http_command(http)
+    log.info("start-up check passed; starting the HTTP service: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command, http_environment(core_config, http))
+
+
+def serve_all(core_config: CoreConfig, grpc_config: GrpcConfig, http: HttpConfig) -> int:
+    """``tta-serve all``: gRPC in this process, the HTTP service as a child, stopped together."""
+    return 0 if asyncio.run(_serve_all(core_config, grpc_config, http)) else 1
+
+
+async def _serve_all(core_config: CoreConfig, grpc_config: GrpcConfig, http: HttpConfig) -> bool:
+    """Serve until SIGTERM/SIGINT or until the HTTP service dies; whether both stopped cleanly.
+
+    The shape of ``grpc_server.serve``, plus the child: it is started first (BentoML imports
+    for seconds while the core loads here) and stopped at the same time as the gRPC server.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    child = subprocess.Popen(http_command(http), env=http_environment(core_config, http))
+    child_exit = loop.run_in_executor(None, child.wait)
+    log.info("HTTP service starting in process %d, listening on %s:%d", child.pid, http.host,
+             http.port)
+    core = InferenceCore.create(core_config)
+    clean = False
+    try:
+        core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
+        server = GrpcServer(core, grpc_config)
+        port = await server.start()
+        log.info(startup_message(core, grpc_config.host, port))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopping, child_exit}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal ends the process at once
+            loop.remove_signal_handler(sig)
+        http_died = child_exit.done() and not stop.is_set()
+        if http_died:
+            log.error("the HTTP service exited on its own (code %s); stopping gRPC too",
+                      child.returncode)
+        log.info("shutting down: finishing in-flight requests (grace %.0f s)", grpc_config.grace_s)
+        http_clean, _ = await asyncio.gather(
+            asyncio.to_thread(_stop_child, child, http.grace_s + 15), server.stop())
+        clean = http_clean and not http_died
+    finally:
+        if child.poll() is None:  # start-up failed here: don't leave the child behind
+            await asyncio.to_thread(_stop_child, child, http.grace_s + 15)
+        await asyncio.to_thread(core.stop)
+    log.info("stopped")
+    return clean
+
+
+def _stop_child(child: subprocess.Popen, timeout_s: float) -> bool:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; whether it stopped cleanly."""
+    if child.poll() is not None:
+        return child.returncode == 0
+    log.info("stopping the HTTP service (process %d)", child.pid)
+    child.send_signal(signal.SIGTERM)
+    try:
+        code = child.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        log.error("the HTTP service did not stop within %.0f s; killing it", timeout_s)
+        child.kill()
+        child.wait()
+        return False
+    # -SIGTERM: it was still starting up (no handler of its own yet) when told to stop.
+    return code in (0, -signal.SIGTERM)

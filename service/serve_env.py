@@ -1,0 +1,70 @@
+"""CoreConfig <-> environment variables: how the CLI's settings reach a BentoML worker.
+
+``bentoml serve`` starts the HTTP service in worker processes of its own, which take no
+command-line arguments of ours; the environment is what they inherit. Every CoreConfig field has
+one variable, ``TTA_SERVE_`` + the field name in capitals (``models_dir`` ->
+``TTA_SERVE_MODELS_DIR``, the variable the CLI already reads), so ``bentoml serve
+service.http_service:Classifier`` can also be configured by hand. Unset variables keep the
+CoreConfig defaults; the models folder defaults as in the CLI (``service.cli.default_models_dir``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from service.core.config import CoreConfig, VersionPolicy
+
+PREFIX = "TTA_SERVE_"
+LOG_LEVEL_ENV = PREFIX + "LOG_LEVEL"
+
+
+def _models(text: str) -> tuple[str, ...] | None:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return names or None
+
+
+# Field -> parser of its variable; fields not listed take their default's type (int, float, str).
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "models_dir": Path,
+    "models": _models,
+    "version_policy": VersionPolicy.parse,
+}
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def core_config_to_env(config: CoreConfig) -> dict[str, str]:
+    """Every field of ``config`` as a variable (``models`` comma-separated, "" = all)."""
+    env = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "models":
+            value = ",".join(value or ())
+        env[env_name(f.name)] = str(value)
+    return env
+
+
+def core_config_from_env(environ: Mapping[str, str] | None = None) -> CoreConfig:
+    """The CoreConfig the variables describe; ValueError names a variable that does not parse."""
+    from service.cli import default_models_dir
+
+    environ = os.environ if environ is None else environ
+    defaults = CoreConfig(models_dir=Path("."))
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(CoreConfig):
+        name = env_name(f.name)
+        if name not in environ:
+            continue
+        parse = _PARSERS.get(f.name) or type(getattr(defaults, f.name))
+        try:
+            settings[f.name] = parse(environ[name])
+        except ValueError as e:
+            raise ValueError(f"{name}={environ[name]!r} is not valid: {e}") from e
+    settings.setdefault("models_dir", default_models_dir())
+    return CoreConfig(**settings)

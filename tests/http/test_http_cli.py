@@ -1,0 +1,94 @@
+"""`tta-serve` (= `tta-serve all`): both servers in one process tree, stopped together by SIGTERM;
+start-up refusals; the core's settings crossing into BentoML's worker by environment."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from http_testkit import ServerProcess, cli_flags, free_port
+from service_testkit import FixtureModel, core_config
+
+from service._proto.tta_serve.v1 import classifier_pb2 as pb
+from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
+from service.cli import default_models_dir, main
+from service.core import CoreConfig, VersionPolicy
+from service.serve_env import core_config_from_env, core_config_to_env
+
+
+def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(
+        digits_model: FixtureModel, tmp_path: Path):
+    http_port, grpc_port = free_port(), free_port()
+    server = ServerProcess(["--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+                            "--http-port", str(http_port), "--grace-s", "5",
+                            *cli_flags(core_config(digits_model.repo_root))], tmp_path)
+    try:
+        base_url = f"http://127.0.0.1:{http_port}"
+        server.wait_http_ready(base_url)
+        image, label = digits_model.samples[9]
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                               timeout=30)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            answer = pb_grpc.ClassifierStub(channel).Predict(pb.PredictRequest(image=image),
+                                                             timeout=30)
+            assert answer.classes[0].label == label
+        response = httpx.post(f"{base_url}/predict", timeout=30,
+                              files={"image": ("d.png", image, "image/png")})
+        assert response.status_code == 200 and response.json()["label"] == label
+        log = server.log
+        assert f"gRPC listening on 127.0.0.1:{grpc_port}" in log
+        assert re.search(r"HTTP service: serving digits v1 from .* on CPUExecutionProvider", log)
+
+        tree = [psutil.Process(server.process.pid),
+                *psutil.Process(server.process.pid).children(recursive=True)]
+        assert len(tree) >= 3, tree  # tta-serve, bentoml serve (supervisor), its worker
+        started = time.monotonic()
+        assert server.terminate(timeout_s=30) == 0, server.log
+        assert time.monotonic() - started < 15
+        gone, alive = psutil.wait_procs(tree, timeout=5)
+        assert not alive, alive
+        for port in (http_port, grpc_port):
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+
+
+def test_http_refuses_to_start_without_a_model(tmp_path: Path, capsys):
+    started = time.monotonic()
+    assert main(["http", "--models-dir", str(tmp_path), "--port", str(free_port())]) == 2
+    assert "model 'digits' has no versions in" in capsys.readouterr().err
+    assert time.monotonic() - started < 30  # refused by the start-up check, not looping workers
+
+
+def test_all_refuses_to_start_and_leaves_no_child(tmp_path: Path):
+    server = ServerProcess(["all", "--models-dir", str(tmp_path / "empty"), "--host",
+                            "127.0.0.1", "--grpc-port", str(free_port()), "--http-port",
+                            str(free_port())], tmp_path)
+    assert server.process.wait(60) == 2, server.log
+    assert "model 'digits' has no versions in" in server.log
+    child = re.search(r"HTTP service starting in process (\d+)", server.log)
+    assert child, server.log
+    assert not psutil.pid_exists(int(child.group(1)))
+
+
+def test_core_config_crosses_the_environment(tmp_path: Path):
+    config = CoreConfig(models_dir=tmp_path, default_model="pets", models=("pets", "digits"),
+                        version_policy=VersionPolicy(pinned=3), device="cpu",
+                        intra_op_threads=3, max_batch_size=7, max_wait_ms=1.5, max_pending=9,
+                        decode_threads=2, max_image_bytes=1234, max_pixels=5678,
+                        poll_interval_s=0.0, default_top_k=2)
+    assert core_config_from_env(core_config_to_env(config)) == config
+    everything = core_config_from_env(core_config_to_env(CoreConfig(models_dir=tmp_path)))
+    assert everything.models is None
+    assert core_config_from_env({}).models_dir == default_models_dir()
+    with pytest.raises(ValueError, match="TTA_SERVE_MAX_BATCH_SIZE='many'"):
+        core_config_from_env({"TTA_SERVE_MAX_BATCH_SIZE": "many"})
