@@ -202,6 +202,8 @@ class Classifier:
         Send either a zip ``archive`` of class folders (CLASS/image.png), or ``images`` (or
         ``images_base64``) with ``labels``, one class name per image (in multipart, one field
         holding a JSON list). The report is the gRPC Evaluate's, from the same core code.
+        A multipart request carries at most 1000 files (Starlette's form limit; BentoML answers
+        more with a 500): send larger sets as a zip.
         """
         sources = [x for x in (images, images_base64, archive) if x is not None]
         if len(sources) != 1:
