@@ -1,0 +1,33 @@
+"""Training data: find and split labelled images, load them in batches, compute statistics.
+
+load_items -> DataSplit (errors before training) -> build_dataloaders -> uint8 NHWC batches;
+the random augmentation runs on the device (training.augment), the evaluation views come from
+service.imaging so validation measures what the service will see.
+"""
+
+from training.data.digits import make_digits
+from training.data.loaders import (
+    DataLoaders,
+    EpochShuffleSampler,
+    build_dataloaders,
+    make_eval_loader,
+)
+from training.data.sources import IMAGE_EXTENSIONS, DataSplit, Items, load_items
+from training.data.stats import IMAGENET_MEAN, IMAGENET_STD, compute_stats
+from training.data.summary import format_summary
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "DataLoaders",
+    "DataSplit",
+    "EpochShuffleSampler",
+    "Items",
+    "build_dataloaders",
+    "compute_stats",
+    "format_summary",
+    "load_items",
+    "make_digits",
+    "make_eval_loader",
+]

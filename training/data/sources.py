@@ -1,0 +1,374 @@
+"""Where the labelled images come from: an image folder (with or without train/valid) or a CSV.
+
+Every problem a user can fix is found here, before any training starts: a missing folder, an
+empty or single class, a CSV naming files that do not exist. Unreadable images are skipped (with
+a warning naming the file) rather than failing an epoch hours into a run.
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.imaging import DEFAULT_MAX_PIXELS
+from training.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+# What service.imaging.decode_image reads; other files in class folders (README, .DS_Store) are
+# ignored, as fastai's get_image_files does.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+)
+VALID_FOLDER_NAMES = ("valid", "val")
+_CSV_PATH_COLUMNS = ("path", "file", "filename", "fname", "image", "image_id", "name")
+_CSV_LABEL_COLUMNS = ("label", "class", "category", "target", "y")
+_CSV_VALID_COLUMNS = ("is_valid", "is_val", "valid")
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "valid", "val"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "train", ""})
+_MAX_LISTED = 5  # how many offending files an error message names
+
+
+@dataclass
+class Items:
+    """One split: image paths and their integer labels (indices into DataSplit.classes)."""
+
+    paths: list[Path]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self, n_classes: int) -> list[int]:
+        """Images per class index (0 for a class with none)."""
+        return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=n_classes).tolist()
+
+
+@dataclass
+class DataSplit:
+    """The labelled data, split, with what was skipped and why.
+
+    image_sizes: upright (width, height) of every kept image (train then valid), for the
+        summary; empty when images were not checked.
+    """
+
+    classes: list[str]
+    train: Items
+    valid: Items
+    problems: list[str]
+    source: str
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+def sort_classes(names: Iterable[str]) -> list[str]:
+    """Class names sorted by name; all-integer names ("0".."10") numerically, so index == label."""
+    unique = set(names)
+    if unique and all(n.isdigit() for n in unique):
+        return sorted(unique, key=lambda n: (int(n), n))
+    return sorted(unique)
+
+
+def load_items(
+    path: str | Path,
+    *,
+    csv: str | Path | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    check_images: bool = True,
+) -> DataSplit:
+    """Find the labelled images under ``path`` and split them into train and valid.
+
+    Sources, in order of precedence:
+    - ``csv`` given: rows ``path,label[,is_valid]`` (a header naming the columns; image paths
+      relative to the CSV's folder or to ``path``); without an is_valid column the rows are split
+      at random (``valid_pct``, ``seed``; 0 puts every image in train).
+    - ``path/train`` and ``path/valid`` (or ``path/val``), one sub-folder per class (Imagenette).
+    - ``path/<class>/...``: one tree, split at random (``valid_pct``, ``seed``), like fastai's
+      ``RandomSplitter``. The split is decided on the sorted file list before images are checked,
+      so a file's split does not depend on whether others are readable.
+
+    Raises DataError for anything that must be fixed before training.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist (or is not a folder)")
+    if not 0.0 <= valid_pct < 1.0:
+        raise DataError(f"valid_pct must be in [0, 1), got {valid_pct}")
+
+    problems: list[str] = []
+    if csv is not None:
+        train, valid, source = _from_csv(root, Path(csv), valid_pct, seed)
+    else:
+        train, valid, source = _from_folders(root, valid_pct, seed, problems)
+
+    sizes: dict[Path, tuple[int, int]] = {}
+    if check_images:
+        sizes, bad = _check_images([p for p, _ in train] + [p for p, _ in valid])
+        for p, reason in bad.items():
+            logger.warning("skipping unreadable image %s: %s", p, reason)
+            problems.append(f"{p}: {reason}")
+        train = [(p, y) for p, y in train if p not in bad]
+        valid = [(p, y) for p, y in valid if p not in bad]
+
+    classes = sort_classes(y for _, y in train)
+    # valid_pct=0 (only meaningful for a random split) asks for everything in train, e.g. to
+    # evaluate a model on a whole labelled folder.
+    _check_split(root, classes, train, valid, allow_empty_valid=valid_pct == 0.0)
+    index = {c: i for i, c in enumerate(classes)}
+    split = DataSplit(
+        classes=classes,
+        train=Items([p for p, _ in train], [index[y] for _, y in train]),
+        valid=Items([p for p, _ in valid], [index[y] for _, y in valid]),
+        problems=problems,
+        source=source,
+        image_sizes=[sizes[p] for p, _ in train + valid if p in sizes],
+    )
+    logger.info(
+        "%s: %d classes, %d train / %d valid images, %d skipped",
+        source, len(classes), len(split.train), len(split.valid), len(problems),
+    )
+    return split
+
+
+# --- folders -----------------------------------------------------------------------------------
+
+_Labelled = list[tuple[Path, str]]
+
+
+def _from_folders(
+    root: Path, valid_pct: float, seed: int, problems: list[str]
+) -> tuple[_Labelled, _Labelled, str]:
+    valid_dirs = [root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()]
+    if (root / "train").is_dir() and valid_dirs:
+        if len(valid_dirs) > 1:
+            raise DataError(
+                f"{root} has both valid/ and val/; keep one so the validation set is unambiguous"
+            )
+        train = _class_tree(root / "train", problems)
+        valid = _class_tree(valid_dirs[0], problems)
+        extra = sorted({y for _, y in valid} - {y for _, y in train})
+        if extra:
+            raise DataError(
+                f"{valid_dirs[0]} has class folder(s) {extra} that {root / 'train'} lacks; "
+                "a class needs training images"
+            )
+        return train, valid, f"folder with train/{valid_dirs[0].name}"
+    items = _class_tree(root, problems)
+    train, valid = random_split(items, valid_pct, seed)
+    return train, valid, f"folder split {valid_pct:.0%} seed {seed}"
+
+
+def _class_tree(root: Path, problems: list[str]) -> _Labelled:
+    """(path, class name) for every image under root/<class>/ (recursively), sorted."""
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for stray in sorted(f for f in root.iterdir() if f.is_file() and _is_image(f)):
+        problems.append(f"{stray}: image outside any class folder, ignored")
+    if not class_dirs:
+        raise DataError(
+            f"{root} has no class folders; expected one sub-folder of images per class "
+            "(or train/ and valid/ folders, or --csv)"
+        )
+    out: _Labelled = []
+    for d in class_dirs:
+        files = _image_files(d)
+        if not files:
+            raise DataError(
+                f"class folder {d} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "add images or remove the folder"
+            )
+        out.extend((f, d.name) for f in files)
+    return out
+
+
+def _image_files(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath) / f for f in filenames if _is_image(Path(f)))
+    return sorted(found)
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def random_split(
+    items: Sequence[tuple[Path, str]], valid_pct: float, seed: int
+) -> tuple[_Labelled, _Labelled]:
+    """Seeded random split, order-independent: the items are sorted first, then permuted."""
+    ordered = sorted(items, key=lambda t: str(t[0]))
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    n_valid = int(round(valid_pct * len(ordered)))
+    valid_idx = set(perm[:n_valid].tolist())
+    train = [it for i, it in enumerate(ordered) if i not in valid_idx]
+    valid = [it for i, it in enumerate(ordered) if i in valid_idx]
+    return train, valid
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+
+
+def _from_csv(
+    root: Path, csv_path: Path, valid_pct: float, seed: int
+) -> tuple[_Labelled, _Labelled, str]:
+    if not csv_path.is_file() and not csv_path.is_absolute() and (root / csv_path).is_file():
+        csv_path = root / csv_path
+    if not csv_path.is_file():
+        raise DataError(f"CSV file {csv_path} does not exist")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv_module.reader(f) if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"CSV file {csv_path} is empty")
+
+    bases = [csv_path.parent, root]
+    header = [c.strip().lower() for c in rows[0]]
+    # A first row whose first cell is neither an existing file nor an image name is a header;
+    # with a header only a column named is_valid (or is_val, valid) splits the rows.
+    first = rows[0][0].strip()
+    has_header = _resolve(first, bases) is None and not _is_image(Path(first))
+    if has_header:
+        path_col = _column(header, _CSV_PATH_COLUMNS, 0)
+        label_col = _column(header, _CSV_LABEL_COLUMNS, 1)
+        valid_col = _column(header, _CSV_VALID_COLUMNS, None)
+        body = rows[1:]
+        first_line = 2
+    else:
+        path_col, label_col = 0, 1
+        valid_col = 2 if len(rows[0]) > 2 else None
+        body = rows
+        first_line = 1
+
+    train: _Labelled = []
+    valid: _Labelled = []
+    unsplit: _Labelled = []
+    missing: list[str] = []
+    needed = max(c for c in (path_col, label_col, valid_col) if c is not None)
+    for line, row in enumerate(body, start=first_line):
+        if len(row) <= needed:
+            raise DataError(f"{csv_path} line {line}: expected {needed + 1} columns, got {row}")
+        name, label = row[path_col].strip(), row[label_col].strip()
+        if not label:
+            raise DataError(f"{csv_path} line {line}: empty label for {name!r}")
+        file = _resolve(name, bases)
+        if file is None:
+            missing.append(name)
+            continue
+        if valid_col is None:
+            unsplit.append((file, label))
+            continue
+        flag = row[valid_col].strip().lower()
+        if flag in _TRUE:
+            valid.append((file, label))
+        elif flag in _FALSE:
+            train.append((file, label))
+        else:
+            raise DataError(
+                f"{csv_path} line {line}: is_valid must be true/false (or 1/0), got {flag!r}"
+            )
+    if missing:
+        raise DataError(
+            f"{csv_path} names {len(missing)} file(s) that do not exist (looked in "
+            f"{csv_path.parent} and {root}): {', '.join(missing[:_MAX_LISTED])}"
+            + (" ..." if len(missing) > _MAX_LISTED else "")
+        )
+    if valid_col is None:
+        train, valid = random_split(unsplit, valid_pct, seed)
+        return train, valid, f"csv {csv_path.name} split {valid_pct:.0%} seed {seed}"
+    return train, valid, f"csv {csv_path.name}"
+
+
+def _column(header: list[str], names: tuple[str, ...], default: int | None) -> int | None:
+    for n in names:
+        if n in header:
+            return header.index(n)
+    return default
+
+
+def _resolve(name: str, bases: Sequence[Path]) -> Path | None:
+    if not name:
+        return None
+    p = Path(name)
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for base in bases:
+        if (base / p).is_file():
+            return base / p
+    return None
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def _check_split(
+    root: Path, classes: list[str], train: _Labelled, valid: _Labelled, *, allow_empty_valid: bool
+) -> None:
+    if not train and not valid:
+        raise DataError(f"no readable images found under {root}")
+    if not train:
+        raise DataError(f"the training split under {root} is empty")
+    if not valid and not allow_empty_valid:
+        raise DataError(
+            f"the validation split under {root} is empty; add images to valid/ or raise valid_pct"
+        )
+    if len(classes) < 2:
+        hint = (
+            "; did you mean to point at the folder above it, or add a valid/ folder?"
+            if classes and classes[0] in ("train", *VALID_FOLDER_NAMES)
+            else ""
+        )
+        raise DataError(
+            f"only one class ({classes[0]!r}) found under {root}; a classifier needs at "
+            f"least two class folders{hint}"
+        )
+    unknown = sorted({y for _, y in valid} - set(classes))
+    if unknown:
+        raise DataError(
+            f"class(es) {unknown} under {root} have validation images but no (readable) "
+            "training images"
+        )
+
+
+def _check_images(
+    paths: list[Path],
+) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
+    """Open every image cheaply (JPEGs at reduced scale): (upright sizes, unreadable -> reason)."""
+    sizes: dict[Path, tuple[int, int]] = {}
+    bad: dict[Path, str] = {}
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
+        for p, result in zip(paths, pool.map(probe_image, paths, chunksize=64), strict=True):
+            if isinstance(result, str):
+                bad[p] = result
+            else:
+                sizes[p] = result
+    return sizes, bad
+
+
+def probe_image(path: Path) -> tuple[int, int] | str:
+    """Upright (width, height) of a readable image, or why it cannot be read.
+
+    Decodes the whole file (at 1/8 scale for JPEG) so truncated files are caught, but far faster
+    than service.imaging.decode_image, which the loaders use for the real pixels.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > DEFAULT_MAX_PIXELS:
+                return f"{w}x{h} pixels is over the {DEFAULT_MAX_PIXELS:,} pixel limit"
+            orientation = img.getexif().get(0x0112, 1)
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
+            img.load()
+    except UnidentifiedImageError:
+        return "not a recognised image format"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"could not be decoded ({e})"
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

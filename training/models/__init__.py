@@ -1,0 +1,179 @@
+"""Models: xresnets trained from scratch, or torchvision classifiers, all as a Classifier.
+
+Every model is ``Classifier(normalize -> body -> head)``. Normalisation (mean/std) is inside the
+module, hence inside the exported ONNX graph: its input is [0, 1] NCHW RGB, the contract in
+docs/architecture.md. Weights are never downloaded; ``pretrained=PATH`` reads a local file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.data.stats import IMAGENET_MEAN, IMAGENET_STD
+from training.errors import ConfigError
+from training.models.classifier import Classifier, Normalize, init_linear, make_head
+from training.models.torchvision_models import (
+    build_torchvision,
+    family_of,
+    final_layer_name,
+    split_torchvision,
+    supported_torchvision_models,
+)
+from training.models.xresnet import XRESNET_CONFIGS, build_xresnet
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Classifier",
+    "Normalize",
+    "available_archs",
+    "build_model",
+    "init_linear",
+    "load_pretrained",
+]
+
+_MAX_KEYS_LISTED = 5
+_ARCH_HINT = ("use xresnet18/34/50, xresnet_tiny or a torchvision classification model such as "
+              "resnet50 (training.models.available_archs() lists them)")
+
+
+def available_archs() -> list[str]:
+    """Our xresnets, then every torchvision classification model that can be cut into groups."""
+    return [*XRESNET_CONFIGS, *supported_torchvision_models()]
+
+
+def build_model(
+    arch: str,
+    n_classes: int,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    pretrained: str | Path | None = None,
+    dropout: float = 0.0,
+) -> Classifier:
+    """A Classifier for ``arch`` with an ``n_classes`` head.
+
+    pretrained: a local state dict -- torchvision's format for torchvision archs, or a
+        Classifier state / tta-serve checkpoint for any arch. A final layer with a different
+        class count is dropped (a new head is trained); any other mismatch is a ConfigError.
+        The given mean/std win over the file's (pass the ones the weights were trained with).
+    dropout: probability of a Dropout before the final Linear (0 = none, fastai's xresnet).
+    """
+    if n_classes < 1:
+        raise ConfigError(f"n_classes must be >= 1, got {n_classes}")
+    normalize = Normalize(mean, std)
+    state = _read_state(pretrained, arch) if pretrained is not None else None
+
+    if arch in XRESNET_CONFIGS:
+        body, n_features = build_xresnet(arch)
+        model = Classifier(normalize, body, make_head(n_features, n_classes, dropout=dropout),
+                           arch=arch)
+    elif family_of(arch) is not None:
+        try:
+            tv = build_torchvision(arch, n_classes)
+        except ValueError as e:  # a family prefix but no such model ("resnet9000")
+            raise ConfigError(f"unknown arch {arch!r} ({e}); {_ARCH_HINT}") from e
+        groups, pre, final = split_torchvision(arch, tv)
+        if state is not None and not _is_classifier_state(state):
+            _load_matching(tv, state, final_layer_name(tv, final), pretrained, arch)
+            state = None
+        head = nn.Sequential(*pre, *([nn.Dropout(dropout)] if dropout > 0 else []), final)
+        model = Classifier(normalize, nn.Sequential(*groups), head, arch=arch)
+    else:
+        raise ConfigError(f"unknown arch {arch!r}; {_ARCH_HINT}")
+    if state is not None:
+        if not _is_classifier_state(state):
+            raise ConfigError(
+                f"{pretrained} is not a Classifier state dict or tta-serve checkpoint; "
+                f"torchvision-format weights only fit torchvision archs, not {arch!r}"
+            )
+        _load_matching(model, state, f"head.{len(model.head) - 1}", pretrained, arch)
+    return model
+
+
+def load_pretrained(model: Classifier, path: str | Path) -> None:
+    """Load a Classifier state / checkpoint from ``path`` into ``model`` (head dropped if the class
+    count differs)."""
+    state = _read_state(path, model.arch)
+    if not _is_classifier_state(state):
+        raise ConfigError(f"{path} is not a Classifier state dict or tta-serve checkpoint")
+    _load_matching(model, state, f"head.{len(model.head) - 1}", path, model.arch)
+
+
+def _read_state(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"pretrained weights file {p} does not exist (weights are never downloaded: save "
+            "a torchvision state dict or a tta-serve checkpoint there first)"
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise ConfigError(f"cannot read pretrained weights {p}: {e}") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        if obj.get("arch") not in (None, arch):
+            raise ConfigError(f"{p} holds a {obj['arch']!r} checkpoint, not {arch!r}")
+        obj = obj["model"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    ):
+        raise ConfigError(f"{p} does not contain a state dict (name -> tensor)")
+    # DataParallel / DDP and torch.compile wrap the names; the weights are the same.
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _is_classifier_state(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("body.", "head.")) for k in state)
+
+
+def _load_matching(
+    module: nn.Module, state: Mapping[str, torch.Tensor], final: str, path: object, arch: str
+) -> None:
+    """Load ``state`` strictly except for the final layer (dropped when its shape differs) and
+    the normalisation buffers (the caller's mean/std are kept)."""
+    own = module.state_dict()
+    state = dict(state)
+    for k in [k for k in state if k.startswith("normalize.")]:
+        if k in own and not torch.allclose(state[k].float(), own[k].float()):
+            logger.warning(
+                "%s was trained with %s = %s; using %s as given", path, k,
+                state[k].flatten().tolist(), own[k].flatten().tolist(),
+            )
+        del state[k]
+    final_keys = {k for k in own if k.startswith(final + ".")}
+    new_head = any(k in state and state[k].shape != own[k].shape for k in final_keys)
+    if new_head:
+        logger.info("%s: final layer %s has a different class count; training a new one",
+                    path, final)
+        for k in final_keys:
+            state.pop(k, None)
+    missing = [k for k in own if k not in state and not k.startswith("normalize.")
+               and not (new_head and k in final_keys)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+                  if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected),
+                           ("wrong shape", mismatched)):
+            if keys:
+                listed = ", ".join(keys[:_MAX_KEYS_LISTED])
+                more = " ..." if len(keys) > _MAX_KEYS_LISTED else ""
+                parts.append(f"{len(keys)} {what} ({listed}{more})")
+        raise ConfigError(f"{path} does not fit arch {arch!r}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=False)
+    logger.info("loaded pretrained weights from %s", path)
