@@ -44,7 +44,7 @@ class StageConfig:
     """One progressive-resizing stage, trained with one one-cycle schedule."""
 
     size: int  # training and evaluation size, pixels
-    batch_size: int  # images per step, per device
+    batch_size: int  # images per step, per device (x processes under torchrun: the global batch)
     epochs: int
     lr: float  # peak learning rate of the one-cycle schedule (per batch_size above)
 
@@ -67,6 +67,10 @@ class TrainConfig:
     lr_mult: float = 1.0  # discriminative LRs: groups get lr/lr_mult ... lr, geometrically
     pct_start: float = 0.25  # one-cycle warm-up fraction
     metric: str = "accuracy"  # "accuracy" (higher is better) or "valid_loss" (lower is better)
+    # Under torchrun (docs/distributed.md): the stages' lr is per device batch; scale it for the
+    # global batch (batch_size x processes) by "linear" | "sqrt" | "none".
+    scale_lr: str = "linear"
+    sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun (for small per-GPU batches)
 
 
 @dataclass
@@ -219,6 +223,7 @@ def validate(recipe: Recipe) -> None:
         "train.mixed_precision": (recipe.train.mixed_precision, ("auto", "bf16", "fp16", "off")),
         "train.channels_last": (recipe.train.channels_last, ("auto", "on", "off")),
         "train.metric": (recipe.train.metric, ("accuracy", "valid_loss")),
+        "train.scale_lr": (recipe.train.scale_lr, ("linear", "sqrt", "none")),
         "tta.combine": (recipe.tta.combine, ("mean", "max")),
     }
     for key, (value, allowed) in choices.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from training.augment import to_float_nchw
 from training.callbacks import load_checkpoint
 from training.data import Items, make_eval_loader
 from training.models import Classifier, build_model
+
+if TYPE_CHECKING:
+    from training.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +56,18 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Classifier
 @torch.no_grad()
 def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: TTASpec | None,
             device: torch.device, batch_size: int = 64, num_workers: int = 0,
-            progress: bool = True) -> Predictions:
-    """Plain predictions, and TTA ones when ``tta`` is given (one forward pass per batch)."""
+            progress: bool = True, dist: DistContext | None = None) -> Predictions:
+    """Plain predictions, and TTA ones when ``tta`` is given (one forward pass per batch).
+
+    With ``dist`` each rank predicts its unpadded shard and every rank gets all predictions, in
+    item order: the same arrays as one process computes.
+    """
     model.eval()
     plain_from_views = tta is not None and "center" in tta.views
     loader = make_eval_loader(items, eval_spec=eval_spec, tta=tta if plain_from_views else None,
                               batch_size=batch_size, num_workers=num_workers)
+    if dist is not None:
+        loader = dist.shard_eval_loader(loader)
     probs, view_probs, targets = [], [], []
     for xb, yb in tqdm(loader, desc="evaluate" + (" (TTA)" if tta else ""), leave=False,
                        disable=not progress):
@@ -77,20 +86,25 @@ def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: T
     if tta is not None:
         if not plain_from_views:  # views without 'center': a second pass over the views alone
             views = predict_views(model, items, eval_spec=eval_spec, tta=tta, device=device,
-                                  batch_size=batch_size, num_workers=num_workers)
+                                  batch_size=batch_size, num_workers=num_workers, dist=dist)
         else:
             views = np.concatenate(view_probs)
         tta_probs = combine_tta(views, tta)
     losses = -np.log(np.clip(plain[np.arange(len(y)), y], 1e-12, None))
+    if dist is not None:
+        return Predictions(*(dist.gather_rows(a) for a in (y, plain, tta_probs, losses)))
     return Predictions(y, plain, tta_probs, losses)
 
 
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: TTASpec,
-                  device: torch.device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Per-view probabilities (N, V, C)."""
+                  device: torch.device, batch_size: int = 64, num_workers: int = 0,
+                  dist: DistContext | None = None) -> np.ndarray:
+    """Per-view probabilities (N, V, C); with ``dist``, of this rank's shard."""
     loader = make_eval_loader(items, eval_spec=eval_spec, tta=tta, batch_size=batch_size,
                               num_workers=num_workers)
+    if dist is not None:
+        loader = dist.shard_eval_loader(loader)
     chunks = []
     for xb, yb in loader:
         out = torch.softmax(model(to_float_nchw(xb.to(device))).float(), dim=1).cpu().numpy()

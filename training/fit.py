@@ -36,6 +36,7 @@ from training.data import (
     load_items,
 )
 from training.device import select_device, select_precision, use_channels_last
+from training.distributed import DistContext, convert_sync_bn, is_main
 from training.errors import ConfigError
 from training.learner import Callback, Learner
 from training.mixing import build_mixer
@@ -120,7 +121,8 @@ def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...]
 
 
 def build_learner(recipe: Recipe, model: nn.Module, dls: DataLoaders, size: int,
-                  device: torch.device, callbacks: list[Callback]) -> Learner:
+                  device: torch.device, callbacks: list[Callback],
+                  dist: DistContext | None = None) -> Learner:
     t = recipe.train
     ema = None
     if t.ema > 0:
@@ -138,35 +140,46 @@ def build_learner(recipe: Recipe, model: nn.Module, dls: DataLoaders, size: int,
         channels_last=use_channels_last(t.channels_last, device),
         callbacks=callbacks,
         seed=t.seed,
+        dist=dist,
     )
 
 
 def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe) -> None:
-    """Freeze or unfreeze, then a fresh AdamW + one-cycle over the phase's steps."""
+    """Freeze or unfreeze, then a fresh AdamW + one-cycle over the phase's steps.
+
+    Under torchrun the LR is scaled for the global batch (train.scale_lr) and the DDP wrapper
+    is rebuilt, since which parameters it must reduce changed with the freezing.
+    """
     if phase.frozen:
         model.freeze_body(train_bn=recipe.train.train_bn)
     else:
         model.unfreeze()
     groups = model.layer_groups()
-    lrs = discriminative_lrs(phase.lr, len(groups), phase.lr_mult)
+    lr = phase.lr * (learn.dist.lr_factor(recipe.train.scale_lr) if learn.dist else 1.0)
+    lrs = discriminative_lrs(lr, len(groups), phase.lr_mult)
     learn.opt = build_optimizer(groups, lrs, recipe.train.weight_decay)
     learn.sched = one_cycle(learn.opt, phase.epochs * len(learn.train_dl),
                             pct_start=recipe.train.pct_start)
+    if learn.dist is not None:
+        learn.train_model = learn.dist.wrap(model)
 
 
 def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
-        callbacks: Sequence[Callback] = ()) -> FitResult:
+        callbacks: Sequence[Callback] = (), dist: DistContext | None = None) -> FitResult:
     """Train the recipe; with ``resume``, continue from ``output/last.pt`` exactly.
 
-    ``callbacks`` are added to the built-in ones (progress, history, checkpoints).
+    ``callbacks`` are added to the built-in ones (progress, history, checkpoints). ``dist``
+    (training.distributed, under torchrun): every rank trains its shard, rank 0 writes the files.
     """
     out = Path(recipe.train.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.train.seed)
-    device = select_device(recipe.train.device)
+    device = dist.device if dist is not None else select_device(recipe.train.device)
+    world_size = dist.world_size if dist is not None else 1
     split, mean, std = build_data(recipe)
     model = build_classifier(recipe, split.classes, mean, std)
+    model = convert_sync_bn(model, dist, recipe.train.sync_bn)
     if recipe.model.init_from:  # keep the normalisation its weights were trained with
         ckpt_meta = load_checkpoint(recipe.model.init_from)
         mean, std = tuple(ckpt_meta["mean"]), tuple(ckpt_meta["std"])
@@ -181,7 +194,12 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     start_index, start_epoch = (state["progress"]["phase"], state["progress"]["epoch"]) \
         if state else (0, 0)
     history: list[dict[str, Any]] = list(state["history"]) if state else []
-    save_recipe(recipe, out / "recipe.toml")
+    if state and state.get("world_size", 1) != world_size:
+        log.warning("resuming a run trained on %d process(es) with %d: it continues, but the "
+                    "shards, global batch and scaled LR differ, so it will not reproduce the "
+                    "uninterrupted run exactly", state.get("world_size", 1), world_size)
+    if is_main(dist):
+        save_recipe(recipe, out / "recipe.toml")
 
     current: dict[str, Any] = {}
 
@@ -194,13 +212,14 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
             "eval_spec": eval_spec(recipe, current["size"]).to_dict(),
             "tta": tta_spec(recipe).to_dict(), "recipe": recipe.to_dict(),
             "progress": {"phase": phase_index, "epoch": epoch_done},
-            "history": history,
+            "history": history, "world_size": world_size,
         }
 
     checkpoints = CheckpointCallback(out, recipe.train.metric, describe,
-                                     best=state["best_metric"] if state else None)
-    all_callbacks = [ProgressCallback(progress), HistoryCallback(history), checkpoints,
-                     *callbacks]
+                                     best=state["best_metric"] if state else None,
+                                     enabled=is_main(dist))
+    all_callbacks = [ProgressCallback(progress and is_main(dist)), HistoryCallback(history),
+                     checkpoints, *callbacks]
     learn: Learner | None = None
     loaded_stage = -1
     for index, phase in enumerate(phases):
@@ -215,14 +234,21 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
                 split, size=stage.size, batch_size=stage.batch_size, presize=recipe.presize,
                 eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
                 seed=recipe.train.seed)
+            if dist is not None:
+                dls = dist.shard_loaders(dls, recipe.train.seed)
             if learn is None:
-                learn = build_learner(recipe, model, dls, stage.size, device, all_callbacks)
+                learn = build_learner(recipe, model, dls, stage.size, device, all_callbacks,
+                                      dist)
             else:
                 learn.train_dl, learn.valid_dl = dls.train, dls.valid
                 learn.augment = BatchAugment(recipe.augment, stage.size)
             loaded_stage = phase.stage
             log.info("stage %d: size %d px, batch %d, %d epochs, lr %.2e", phase.stage + 1,
                      stage.size, stage.batch_size, stage.epochs, stage.lr)
+            if dist is not None:
+                log.info("  x %d processes: global batch %d, lr x %g (train.scale_lr=%s)",
+                         world_size, stage.batch_size * world_size,
+                         dist.lr_factor(recipe.train.scale_lr), recipe.train.scale_lr)
         current.update(index=index, size=stage.size)
         start_phase(learn, model, phase, recipe)
         if state is not None:
@@ -234,6 +260,9 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
             state = None
         learn.fit(phase.epochs, phase=phase.name, start_epoch=first_epoch)
 
-    write_json({"history": history, "best": {recipe.train.metric: checkpoints.best},
-                "seconds": time.perf_counter() - t0}, out / "metrics.json")
+    if is_main(dist):
+        write_json({"history": history, "best": {recipe.train.metric: checkpoints.best},
+                    "seconds": time.perf_counter() - t0}, out / "metrics.json")
+    if dist is not None:
+        dist.barrier()  # rank 0's checkpoints are on disk before any rank reads them
     return FitResult(out / "best.pt", checkpoints.best, recipe.train.metric, history, out, split)

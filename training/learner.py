@@ -5,6 +5,10 @@ Optional features are optional objects (timm's habit): ``mixer`` (MixUp/CutMix) 
 Callbacks get the learner as an argument and read its state; they do not write into it
 through delegation. Hook names follow fastai: before_fit, before_epoch, before_batch,
 after_loss, before_step, after_batch, after_epoch, after_fit.
+
+``dist`` (training.distributed) is None unless launched by torchrun; then the training step runs
+through ``train_model`` (a DDP wrapper) and losses and metrics are summed over the ranks, while
+``model`` stays the plain module that is evaluated and checkpointed.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from training.mixing import Mixer, mixed_loss
+
+if TYPE_CHECKING:
+    from training.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +110,11 @@ class Learner:
         channels_last: bool = False,
         callbacks: Sequence[Callback] = (),
         seed: int = 42,
+        dist: DistContext | None = None,
     ) -> None:
         self.model = model
+        self.train_model: nn.Module = model  # what the training step calls (DDP under torchrun)
+        self.dist = dist
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.loss_fn = loss_fn
         self.augment, self.prepare_valid = augment, prepare_valid
@@ -149,14 +159,19 @@ class Learner:
             self._hook("after_fit")
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
-        """Every random draw of an epoch comes from (seed, phase, epoch): resumable exactly."""
+        """Every random draw of an epoch comes from (seed, phase, epoch): resumable exactly.
+
+        The sampler's permutation is the same on every rank (it deals out the shards); the
+        augmentation and MixUp draws are offset by the rank so ranks do not repeat each other.
+        """
         seed = zlib.crc32(f"{self.seed}/{self.state.phase}/{epoch}".encode()) & 0x7FFF_FFFF
-        torch.manual_seed(seed)
+        rank_seed = seed + (self.dist.rank if self.dist is not None else 0)
+        torch.manual_seed(rank_seed)
         sampler = getattr(self.train_dl, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(seed)
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed)
+        gen.manual_seed(rank_seed)
         return gen
 
     def train_one_epoch(self, epoch: int) -> float:
@@ -175,6 +190,8 @@ class Learner:
             total += loss.detach() * len(yb)
             count += len(yb)
             self._hook("after_batch")
+        if self.dist is not None:
+            return _ratio(*self.dist.sum(total.item(), count))
         return (total / max(count, 1)).item()
 
     def _train_step(self, xb: Tensor, yb: Tensor, gen: torch.Generator) -> Tensor:
@@ -182,7 +199,7 @@ class Learner:
         if self.mixer is not None:
             xb, targets = self.mixer(xb, yb, gen)
         with self.precision.autocast():
-            out = self.model(xb)
+            out = self.train_model(xb)
             if targets is None:
                 loss = self.loss_fn(out, yb)
             else:
@@ -215,6 +232,8 @@ class Learner:
     def validate(self) -> dict[str, float]:
         model = self.eval_model
         model.eval()
+        if self.dist is not None:
+            self.dist.broadcast_buffers(model)
         loss_sum, correct, n = 0.0, 0, 0
         for xb, yb in self.valid_dl:
             xb = self.prepare_valid(xb.to(self.device)).contiguous(memory_format=self.memory_format)
@@ -224,7 +243,10 @@ class Learner:
             loss_sum += nn.functional.cross_entropy(out.float(), yb, reduction="sum").item()
             correct += (out.argmax(1) == yb).sum().item()
             n += len(yb)
-        return {"valid_loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+        if self.dist is not None:  # each rank saw its own unpadded shard: sums are exact
+            loss_sum, correct, n = self.dist.sum(loss_sum, correct, n)
+        return {"valid_loss": _ratio(loss_sum, n), "accuracy": _ratio(correct, n),
+                "n_valid": int(n)}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume mid-run (weights, optimiser, schedule position)."""
@@ -246,3 +268,7 @@ class Learner:
             self.sched.load_state_dict(sd["scheduler"])
         if self.precision.scaler is not None and sd.get("scaler") is not None:
             self.precision.scaler.load_state_dict(sd["scaler"])
+
+
+def _ratio(total: float, count: float) -> float:
+    return total / max(count, 1)

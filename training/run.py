@@ -12,7 +12,8 @@ from training.callbacks import atomic_save, load_checkpoint
 from training.config import Recipe, eval_spec
 from training.data import DataSplit, Items, build_dataloaders, load_items
 from training.device import select_device
-from training.errors import DataError
+from training.distributed import DistContext, is_main, launched_world_size
+from training.errors import ConfigError, DataError
 from training.evaluate import load_model, predict
 from training.fit import build_classifier, build_data, build_learner, fit
 from training.interpret import write_interpretation
@@ -22,12 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
-                   progress: bool = True) -> dict[str, Any]:
-    """Train, then evaluate the best checkpoint (plain + TTA) and record it in the checkpoint."""
-    result = fit(recipe, resume=resume, progress=progress)
+                   progress: bool = True, dist: DistContext | None = None) -> dict[str, Any]:
+    """Train, then evaluate the best checkpoint (plain + TTA) and record it in the checkpoint.
+
+    Under torchrun (``dist``) every rank trains and evaluates its shard; rank 0 writes.
+    """
+    result = fit(recipe, resume=resume, progress=progress, dist=dist)
     summary = evaluate_checkpoint(result.best_checkpoint, output=result.output / "report",
                                   tta=tta, device_name=recipe.train.device, split=result.split,
-                                  progress=progress)
+                                  progress=progress, dist=dist)
+    if not is_main(dist):
+        return {**summary, "checkpoint": str(result.best_checkpoint)}
     ckpt = load_checkpoint(result.best_checkpoint)
     ckpt["metrics"] = {**ckpt.get("metrics", {}), "accuracy": summary["accuracy"],
                        "tta_accuracy": summary.get("tta_accuracy"), "n_valid": summary["n"],
@@ -43,6 +49,10 @@ def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
 def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
                 end_lr: float = 10.0) -> tuple[LRFindResult, Path]:
     """The finder on the recipe's first stage; writes OUTPUT/lr_find.png."""
+    if launched_world_size() > 1:
+        raise ConfigError("the LR finder runs in one process: run `training lr-find` without "
+                          "torchrun; the LR it suggests is per device batch, which is what the "
+                          "recipe's lr means (train.scale_lr scales it under torchrun)")
     device = select_device(recipe.train.device)
     split, mean, std = build_data(recipe)
     model = build_classifier(recipe, split.classes, mean, std).to(device)
@@ -74,9 +84,13 @@ def labeled_items(folder: str | Path, classes: list[str]) -> Items:
 def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Path | None = None,
                         tta: bool = False, batch_size: int = 64, min_confused: int = 1,
                         device_name: str = "auto", split: DataSplit | None = None,
-                        progress: bool = True) -> dict[str, Any]:
-    """Evaluate on the run's validation set (or a labeled folder) and write the reports."""
-    device = select_device(device_name)
+                        progress: bool = True, dist: DistContext | None = None) -> dict[str, Any]:
+    """Evaluate on the run's validation set (or a labeled folder) and write the reports.
+
+    With ``dist`` the ranks share the predicting; rank 0 writes the reports, and every rank
+    returns the summary.
+    """
+    device = dist.device if dist is not None else select_device(device_name)
     model, ckpt = load_model(checkpoint, device)
     classes = list(ckpt["classes"])
     if data is not None:
@@ -90,7 +104,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Pat
     spec = EvalSpec.from_dict(ckpt["eval_spec"])
     tta_spec = TTASpec.from_dict(ckpt["tta"]) if tta else None
     preds = predict(model, items, eval_spec=spec, tta=tta_spec, device=device,
-                    batch_size=batch_size, progress=progress)
+                    batch_size=batch_size, progress=progress and is_main(dist), dist=dist)
+    if not is_main(dist):
+        return {"n": len(preds.targets), "accuracy": preds.accuracy,
+                **({"tta_accuracy": preds.tta_accuracy} if tta_spec is not None else {})}
     summary = write_interpretation(preds, items, classes, Path(output), eval_spec=spec,
                                    min_confused=min_confused)
     log.info("evaluated %d images: accuracy %.4f%s", summary["n"], summary["accuracy"],

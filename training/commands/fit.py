@@ -1,4 +1,7 @@
-"""Train a recipe (stages, fine-tune, checkpoints), then evaluate the best epoch with TTA."""
+"""Train a recipe (stages, fine-tune, checkpoints), then evaluate the best epoch with TTA.
+
+The same command runs under torchrun for several GPUs or machines (docs/distributed.md).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +19,17 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.distributed import distributed_session
     from training.run import fit_and_report
 
     if args.init_from:
         args.set.append(f'model.init_from="{args.init_from}"')
     recipe = recipe_from_args(args)
-    summary = fit_and_report(recipe, resume=args.resume, tta=not args.no_tta)
+    # Under torchrun (docs/distributed.md) every process runs this; rank 0 writes and prints.
+    with distributed_session(recipe.train.device) as dist:
+        summary = fit_and_report(recipe, resume=args.resume, tta=not args.no_tta, dist=dist)
+    if dist is not None and not dist.is_main:
+        return 0
     tta = summary.get("tta_accuracy")
     print(f"best valid accuracy {summary['accuracy']:.4f}"
           + (f" (TTA {tta:.4f})" if tta is not None else "")
