@@ -218,7 +218,7 @@ def test_init_from_with_other_classes_keeps_body_and_rebuilds_head(trained, digi
 
 
 def test_lr_find_gives_finite_suggestions_in_range_and_a_png(digits_dir, tmp_path):
-    recipe = recipe_for(digits_dir, tmp_path, "stages.0.size=12", "data.presize=20")
+    recipe = recipe_for(digits_dir, tmp_path, "stages.0.size=12")
     result, png = run_lr_find(recipe, num_it=40, start_lr=1e-6, end_lr=1.0)
     assert set(result.suggestions) == {"minimum", "steep", "valley", "slide"}
     for name, lr in result.suggestions.items():
