@@ -75,12 +75,6 @@ class DistContext:
         for b in module.buffers():
             tdist.broadcast(b, src=0)
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        box = [obj]
-        tdist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def gather_rows(self, part: np.ndarray | None) -> np.ndarray | None:
         """The full array on every rank from the shards of ``shard_eval_loader``.
 
@@ -119,8 +113,8 @@ class DistContext:
         """A DDP wrapper for the parameters trainable *now*.
 
         Build it again whenever ``requires_grad`` changes (fine-tune's freeze -> unfreeze): DDP
-        only reduces the parameters that were trainable when it was built, and a frozen one
-        it waits for would hang the step. Building it also broadcasts rank 0's weights.
+        only reduces the parameters that were trainable when it was built, and one frozen since
+        gets no gradient, which fails the next step. Building it also broadcasts rank 0's weights.
         """
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
