@@ -244,12 +244,9 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
     def http_ours(batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
         port = free_port()
         label = "on" if batch > 1 else "off"
-        env = {"TTA_SERVE_MODELS_DIR": str(model.models_dir), "TTA_SERVE_DEFAULT_MODEL":
-               model.name, "TTA_SERVE_DEVICE": "cpu", "TTA_SERVE_POLL_INTERVAL_S": "0",
-               "TTA_SERVE_MAX_BATCH_SIZE": str(batch), "TTA_SERVE_LOG_LEVEL": "WARNING"}
         return ServerSpec(f"ours HTTP (batching {label})", "http",
-                          [PY, "-m", "bentoml", "serve", "service.http_service:Classifier",
-                           "--host", "127.0.0.1", "--port", str(port)], env,
+                          [PY, "-m", "service.cli", "http", *core_flags, "--host", "127.0.0.1",
+                           "--port", str(port), "--max-batch-size", str(batch)], {},
                           f"http://127.0.0.1:{port}/predict",
                           f"core, up to {batch} req/pass" if batch > 1 else "off", runs,
                           log=logs / f"ours-http-b{batch}.log")
@@ -270,7 +267,8 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
         ServerSpec("plain BentoML peer", "http",
                    [PY, "-m", "bentoml", "serve",
                     "bench.peers.plain_bentoml_service:PlainClassifier", "--host", "127.0.0.1",
-                    "--port", str(plain_bento_port)], {"PLAIN_BENTOML_MODEL_DIR": version_dir},
+                    "--port", str(plain_bento_port)],
+                   {"PLAIN_BENTOML_MODEL_DIR": version_dir, "BENTOML_DO_NOT_TRACK": "True"},
                    f"http://127.0.0.1:{plain_bento_port}/predict",
                    "BentoML adaptive (max 32)", [(False, 1), (False, 32)] if big else single,
                    http_field="images", log=logs / "plain-bentoml.log"),
