@@ -195,7 +195,7 @@ class BatchAugment:
         fw = torch.sqrt(area * ratio * h / w)  # crop width as a fraction of the image width
         fh = torch.sqrt(area / ratio * w / h)
         ok = (fw <= 1.0) & (fh <= 1.0)
-        first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # first acceptable try
+        first = ok.float().argmax(dim=1, keepdim=True)  # argmax returns the first acceptable try
         fw_try = fw.gather(1, first)[:, 0]
         fh_try = fh.gather(1, first)[:, 0]
         # torchvision's fallback: the whole image, aspect ratio clamped into the allowed range.

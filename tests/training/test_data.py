@@ -27,6 +27,7 @@ from training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataSplit,
+    EpochShuffleSampler,
     Items,
     build_dataloaders,
     compute_stats,
@@ -278,7 +279,7 @@ def test_image_modes_decode_to_rgb_and_upright(tmp_path: Path) -> None:
     dls = build_dataloaders(train_split, size=16, batch_size=4, presize=16,
                             eval_spec=EvalSpec(16), drop_last=False)
     xt, _ = next(iter(dls.train))
-    order = list(dls.train.sampler.__class__(4, seed=42))
+    order = list(EpochShuffleSampler(4, seed=42))  # the loader's epoch-0 order
     for row, i in enumerate(order):
         np.testing.assert_array_equal(xt[row].numpy(), x[i].numpy())
 
