@@ -209,8 +209,8 @@ def test_init_from_with_other_classes_keeps_body_and_rebuilds_head(trained, digi
     _, _, out = trained
     recipe = recipe_for(digits_dir, out / "retrain", f'model.init_from="{out / "best.pt"}"')
     ckpt = load_checkpoint(out / "best.pt")
-    model = build_classifier(recipe, ["0", "1", "2"], (0.5,) * 3, (0.25,) * 3)
-    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+    model = build_classifier(recipe, ["0", "1", "2"], (0.5,) * 3, (0.25,) * 3).eval()
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3)  # eval: BN statistics stay as loaded
     body = {k: v for k, v in ckpt["model"].items() if k.startswith("body")}
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in body.items())
