@@ -111,14 +111,20 @@ def _add_grpc(subparsers: argparse._SubParsersAction, common: argparse.ArgumentP
                                           "and reflection) until SIGTERM/SIGINT.")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=50051, help="(default: %(default)s)")
-    p.add_argument("--max-message-bytes", type=int, default=None,
-                   help="largest gRPC message (default: --max-image-bytes + 1 MiB)")
-    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
-                   help="RPCs handled at once; more are refused (default: unlimited)")
+    _add_grpc_limits(p)
     p.add_argument("--grace-s", type=float, default=10.0,
                    help="on SIGTERM, seconds in-flight requests get to finish "
                         "(default: %(default)s)")
     p.set_defaults(run=_run_grpc)
+
+
+def _add_grpc_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-message-bytes", type=int, default=None,
+                   help="largest gRPC message, bytes: one Predict image, or a whole KServe v2 "
+                        "batch (FP32 pixels: N x 3 x S x S x 4 bytes, 19 MB for 32 images at "
+                        "224) (default: the larger of 64 MiB and --max-image-bytes + 1 MiB)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                   help="RPCs handled at once; more are refused (default: unlimited)")
 
 
 def _run_grpc(args: argparse.Namespace) -> int:
@@ -160,6 +166,7 @@ def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="gRPC port; --port is kept from when plain tta-serve meant grpc "
                         "(default: %(default)s)")
     p.add_argument("--http-port", type=int, default=3000, help="(default: %(default)s)")
+    _add_grpc_limits(p)
     p.add_argument("--grace-s", type=float, default=10.0,
                    help="on SIGTERM, seconds in-flight requests get to finish "
                         "(default: %(default)s)")
@@ -170,7 +177,9 @@ def _run_all(args: argparse.Namespace) -> int:
     from service.grpc_server import GrpcConfig
     from service.runner import HttpConfig, serve_all
 
-    grpc_config = GrpcConfig(host=args.host, port=args.grpc_port, grace_s=args.grace_s)
+    grpc_config = GrpcConfig(host=args.host, port=args.grpc_port,
+                             max_message_bytes=args.max_message_bytes,
+                             max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
     http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s,
                              log_level=args.log_level)
     return serve_all(core_config_from_args(args), grpc_config, http_config)

@@ -15,6 +15,7 @@ SIGTERM/SIGINT: health turns NOT_SERVING, new RPCs are refused, in-flight ones g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -61,12 +62,21 @@ STATUS_CODES: dict[type[CoreError], grpc.StatusCode] = {
 }
 
 
+# Default largest gRPC message: room for a KServe v2 FP32 batch (32 images of 3x224x224 float32
+# are 19 MB) and for the core's own image-size check (whose message names --max-image-bytes).
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+def default_max_message_bytes(max_image_bytes: int) -> int:
+    """max(64 MiB, max_image_bytes + 1 MiB): one image up to the core's limit always fits."""
+    return max(DEFAULT_MAX_MESSAGE_BYTES, max_image_bytes + (1 << 20))
+
+
 @dataclass(frozen=True)
 class GrpcConfig:
     host: str = "0.0.0.0"
     port: int = 50051  # 0 = any free port (tests)
-    # Largest gRPC message, bytes; None = max_image_bytes + 1 MiB so the core's own image-size
-    # check (whose message names --max-image-bytes) is what a client sees.
+    # Largest gRPC message (request or response), bytes; None = default_max_message_bytes().
     max_message_bytes: int | None = None
     max_concurrent_rpcs: int | None = None  # None = unlimited (the core's max_pending bounds work)
     stream_window: int = 64  # PredictStream items in flight per stream
@@ -281,7 +291,7 @@ class GrpcServer:
     def __init__(self, core: InferenceCore, config: GrpcConfig) -> None:
         self.core = core
         self.config = config
-        limit = config.max_message_bytes or core.config.max_image_bytes + (1 << 20)
+        limit = config.max_message_bytes or default_max_message_bytes(core.config.max_image_bytes)
         self.server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", limit)],
@@ -323,21 +333,34 @@ def startup_message(core: InferenceCore, host: str, port: int) -> str:
             f"{batching}); gRPC listening on {host}:{port}")
 
 
-async def serve(core_config: CoreConfig, grpc_config: GrpcConfig) -> None:
-    """Start the core and the server; run until SIGTERM/SIGINT, then shut down gracefully."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop``; the function returned removes the handlers again, so that a
+    second signal ends the process at once."""
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+
+    def restore() -> None:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+@contextlib.asynccontextmanager
+async def running(core_config: CoreConfig, grpc_config: GrpcConfig) -> AsyncIterator[GrpcServer]:
+    """A started core served by a started GrpcServer; leaving the block shuts both down
+    gracefully (in-flight RPCs get ``grace_s``, then the core drains and stops)."""
     core = InferenceCore.create(core_config)
     core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
-    server = GrpcServer(core, grpc_config)
     try:
+        server = GrpcServer(core, grpc_config)
         port = await server.start()
         log.info(startup_message(core, grpc_config.host, port))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal ends the process at once
-            loop.remove_signal_handler(sig)
+        yield server
         log.info("shutting down: finishing in-flight requests (grace %.0f s)",
                  grpc_config.grace_s)
         await server.stop()
@@ -345,4 +368,13 @@ async def serve(core_config: CoreConfig, grpc_config: GrpcConfig) -> None:
         await asyncio.to_thread(core.stop)
     for name, numbers in core.stats.snapshot()["models"].items():
         log.info("%s: forward passes by batch size (images): %s", name, numbers["batch_sizes"])
+
+
+async def serve(core_config: CoreConfig, grpc_config: GrpcConfig) -> None:
+    """Start the core and the server; run until SIGTERM/SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    restore_signals = stop_on_signals(stop)
+    async with running(core_config, grpc_config):
+        await stop.wait()
+        restore_signals()
     log.info("stopped")

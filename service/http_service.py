@@ -10,11 +10,16 @@ is configured by ``TTA_SERVE_*`` environment variables, see ``service.serve_env`
     GET  /models, /models/{name}[?version=N]     what ListModels / GetModel return
     GET  /evaluations/{id}/confusion.png         the PNG of one of the last evaluations
     GET  /livez, /readyz, /metrics, /docs.json, /  BentoML's health, Prometheus and OpenAPI
+    /v2/...                the Open Inference Protocol (KServe v2) routes, over the same core
+                           (``service.oip.http_routes``; see docs/oip.md)
 
 Like the gRPC servicer, each route only parses, calls the core and maps the core's typed errors
 (``service.http_schema.STATUS_CODES``: 400 bad image or option, 413 too large, 404 unknown
 model, 503 overloaded). The GET routes are a small Starlette app mounted on the service, because
-BentoML's own API routes are POST-only; they delegate to methods of the service instance.
+BentoML's own API routes are POST-only; they delegate to methods of the service instance. The
+``/v2`` app is mounted the same way and asks the service instance for its core per request.
+Both are mounted at "/" (BentoML's mounts only take paths one of their routes matches, so they
+shadow none of the service's own routes) and carry their own prefixes.
 
 Batching: the APIs are not ``batchable=True``. The core's dynamic batcher already gathers
 concurrent requests (from every front end) into one forward pass and hands each its own rows;
@@ -61,6 +66,7 @@ from service.http_schema import (
     provider_body,
     several_images,
 )
+from service.oip.http_routes import build_app as build_oip_app
 from service.serve_env import LOG_LEVEL_ENV, core_config_from_env
 
 log = logging.getLogger(__name__)
@@ -118,6 +124,11 @@ get_routes = Starlette(routes=[
 ])
 
 
+# The Open Inference Protocol's /v2 routes; the app carries its /v2 prefix (GET /v2 resolves).
+oip_routes = build_oip_app(lambda: bentoml.get_current_service().core)
+
+
+@bentoml.asgi_app(oip_routes, path="/", name="oip_v2")
 @bentoml.asgi_app(get_routes, path="/", name="get_routes")
 @bentoml.service(name="tta_serve", workers=1, traffic={"timeout": 600})
 class Classifier:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from service.core import CoreConfig, InferenceCore
-from service.grpc_server import GrpcConfig, GrpcServer, startup_message
+from service.grpc_server import GrpcConfig, running, stop_on_signals
 from service.serve_env import LOG_LEVEL_ENV, core_config_to_env
 
 log = logging.getLogger(__name__)
@@ -81,41 +81,34 @@ def serve_all(core_config: CoreConfig, grpc_config: GrpcConfig, http: HttpConfig
 async def _serve_all(core_config: CoreConfig, grpc_config: GrpcConfig, http: HttpConfig) -> bool:
     """Serve until SIGTERM/SIGINT or until the HTTP service dies; whether both stopped cleanly.
 
-    The shape of ``grpc_server.serve``, plus the child: it is started first (BentoML imports
-    for seconds while the core loads here) and stopped at the same time as the gRPC server.
+    ``grpc_server.serve`` plus the child: it is started first (BentoML imports for seconds while
+    the core loads here) and stopped while the gRPC server finishes its in-flight requests.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    restore_signals = stop_on_signals(stop)
     child = subprocess.Popen(http_command(http), env=http_environment(core_config, http))
     child_exit = loop.run_in_executor(None, child.wait)
     log.info("HTTP service starting in process %d, listening on %s:%d", child.pid, http.host,
              http.port)
-    core = InferenceCore.create(core_config)
-    clean = False
+    http_stopped: asyncio.Future[bool] | None = None
     try:
-        core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
-        server = GrpcServer(core, grpc_config)
-        port = await server.start()
-        log.info(startup_message(core, grpc_config.host, port))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({stopping, child_exit}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal ends the process at once
-            loop.remove_signal_handler(sig)
-        http_died = child_exit.done() and not stop.is_set()
-        if http_died:
-            log.error("the HTTP service exited on its own (code %s); stopping gRPC too",
-                      child.returncode)
-        log.info("shutting down: finishing in-flight requests (grace %.0f s)", grpc_config.grace_s)
-        http_clean, _ = await asyncio.gather(
-            asyncio.to_thread(_stop_child, child, http.grace_s + 15), server.stop())
-        clean = http_clean and not http_died
+        async with running(core_config, grpc_config):
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({stopping, child_exit}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            restore_signals()  # a second signal ends the process at once
+            http_died = child_exit.done() and not stop.is_set()
+            if http_died:
+                log.error("the HTTP service exited on its own (code %s); stopping gRPC too",
+                          child.returncode)
+            # Stops the child while leaving the block stops the gRPC server.
+            http_stopped = asyncio.ensure_future(
+                asyncio.to_thread(_stop_child, child, http.grace_s + 15))
+        clean = await http_stopped and not http_died
     finally:
-        if child.poll() is None:  # start-up failed here: don't leave the child behind
+        if http_stopped is None and child.poll() is None:  # start-up failed: no child left
             await asyncio.to_thread(_stop_child, child, http.grace_s + 15)
-        await asyncio.to_thread(core.stop)
     log.info("stopped")
     return clean
 

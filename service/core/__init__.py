@@ -6,6 +6,7 @@ Public API (details in ``service.core.inference``)::
     core = InferenceCore.create(CoreConfig(models_dir="models")).start()
     await core.predict(image_bytes, model=None, version=None, tta=False, top_k=5) -> Prediction
     await core.predict_batch([bytes, ...], ...) -> list[Prediction | CoreError]
+    await core.predict_pixels(float32 (N, 3, S, S) in [0, 1], ...) -> list[Prediction]
     await core.evaluate([(bytes, label), ...], tta=True) -> EvaluationResult
     core.list_models() -> list[ModelInfo]; core.get_model(name, version) -> ModelInfo
     with core.pin(model, version) as pinned: await pinned.predict(...)  # one version throughout

@@ -1,16 +1,20 @@
 """Dynamic batching: concurrent requests to one model version share one forward pass.
 
 Each served model version owns one ``DynamicBatcher`` and its worker thread (ONNX Runtime
-releases the GIL, so the event loops stay free). A request submits its model-input rows -- one
-row, or all its TTA views -- and gets a ``concurrent.futures.Future`` of exactly those rows'
-outputs; asyncio callers await it with ``asyncio.wrap_future``. The worker takes the first
-waiting request, then gathers more until ``max_batch_size`` requests or ``max_wait_ms`` after
-the first, runs one forward pass and hands each request its own slice. A request's rows are
-never split across passes, so TTA views always run together. ``max_batch_size=1`` turns
-batching off (one request per pass, no waiting), for benchmarks.
+releases the GIL, so the event loops stay free). A request submits a block of model-input rows
+with the number of *images* it stands for -- one image's row, one image's TTA views (one image,
+V rows), or several preprocessed images (one row each) -- and gets a
+``concurrent.futures.Future`` of exactly those rows' outputs; asyncio callers await it with
+``asyncio.wrap_future``. The worker takes the first waiting block, then gathers more until
+``max_batch_size`` images or ``max_wait_ms`` after the first, runs one forward pass and hands
+each block its own slice. A block is never split across passes, so TTA views always run
+together; a block is never held back either: one larger than ``max_batch_size`` images runs
+in a pass of its own (the core submits preprocessed images in blocks of at most
+``max_batch_size``). ``max_batch_size=1`` turns batching off (one image per pass, no
+waiting), for benchmarks.
 
 The queue itself is unbounded: the core admits at most ``max_pending`` requests (its
-back-pressure), so at most that many can ever be queued here.
+back-pressure), so at most that many requests' blocks can ever be queued here.
 """
 
 from __future__ import annotations
@@ -60,13 +64,14 @@ class DynamicBatcher:
         self._thread.start()
         return self
 
-    def submit(self, rows: np.ndarray) -> Future:
-        """Queue (R, ...) model-input rows; the future resolves to their (R, C) outputs."""
+    def submit(self, rows: np.ndarray, images: int = 1) -> Future:
+        """Queue (R, ...) model-input rows standing for ``images`` images (1 for one image's TTA
+        views, R for preprocessed images); the future resolves to their (R, C) outputs."""
         future: Future = Future()
         with self._close_lock:
             if self._closed:
                 raise ModelUnavailable(f"{self.name} is shutting down; retry the request")
-            self._queue.put((rows, future))
+            self._queue.put((rows, future, max(1, images)))
         return future
 
     def close(self, wait: bool = False, timeout: float | None = None) -> None:
@@ -84,13 +89,15 @@ class DynamicBatcher:
 
     def _work(self) -> None:
         stopping = False
+        carried = None  # a block taken from the queue that did not fit the last pass
         while not stopping:
-            item = self._queue.get()
+            item = carried if carried is not None else self._queue.get()
+            carried = None
             if item is _STOP:
                 break
-            batch = [item]
+            batch, images = [item], item[2]
             deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
+            while images < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
                     item = self._queue.get(timeout=remaining) if remaining > 0 else \
@@ -100,32 +107,37 @@ class DynamicBatcher:
                 if item is _STOP:
                     stopping = True
                     break
+                if images + item[2] > self.max_batch_size:
+                    carried = item  # first in the next pass
+                    break
                 batch.append(item)
+                images += item[2]
             self._run_batch(batch)
         log.debug("batcher %s stopped", self.name)
 
-    def _run_batch(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+    def _run_batch(self, batch: list[tuple[np.ndarray, Future, int]]) -> None:
         # Requests whose caller gave up (cancelled) are dropped before the pass.
-        live = [(rows, fut) for rows, fut in batch if fut.set_running_or_notify_cancel()]
+        live = [(rows, fut, n) for rows, fut, n in batch if fut.set_running_or_notify_cancel()]
         if not live:
             return
-        x = live[0][0] if len(live) == 1 else np.concatenate([rows for rows, _ in live])
+        x = live[0][0] if len(live) == 1 else np.concatenate([rows for rows, _, _ in live])
+        images = sum(n for _, _, n in live)
         start = time.perf_counter()
         try:
             out = self._run(x)
         except Exception as e:
-            log.exception("forward pass of %s failed (%d requests, %d rows)",
-                          self.name, len(live), len(x))
+            log.exception("forward pass of %s failed (%d images, %d rows)",
+                          self.name, images, len(x))
             error = ModelUnavailable(f"the forward pass of {self.name} failed: {e}")
-            for _, fut in live:
+            for _, fut, _ in live:
                 fut.set_exception(error)
             return
         seconds = time.perf_counter() - start
         if self._stats is not None:
-            self._stats.record_batch(self._stats_key, len(live), len(x), seconds)
-        log.debug("%s: batch of %d requests (%d rows) in %.1f ms",
-                  self.name, len(live), len(x), seconds * 1000)
+            self._stats.record_batch(self._stats_key, images, len(x), seconds)
+        log.debug("%s: batch of %d images in %d blocks (%d rows) in %.1f ms",
+                  self.name, images, len(live), len(x), seconds * 1000)
         offset = 0
-        for rows, fut in live:
+        for rows, fut, _ in live:
             fut.set_result(out[offset:offset + len(rows)])
             offset += len(rows)

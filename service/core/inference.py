@@ -8,6 +8,7 @@ format into these calls and map ``service.core.errors`` to status codes::
     pred = await core.predict(png_bytes, tta=True, top_k=3)
     pred.label, pred.top[0].probability, pred.model, pred.version, pred.probabilities
     results = await core.predict_batch([a, b, c])      # Prediction | CoreError per image
+    preds = await core.predict_pixels(x)  # x: float32 (N, 3, S, S) in [0, 1], preprocessed
     result = await core.evaluate(labelled_items, tta=True)  # EvaluationResult(report, png, ...)
     core.list_models(); core.get_model("digits"); core.provider; core.stats; core.ready
     core.reload()                      # blocking: rescan the repository now (also polled)
@@ -16,8 +17,11 @@ format into these calls and map ``service.core.errors`` to status codes::
 Request path: the byte limit is checked on the event loop, decoding and the model's evaluation
 transform (``service.imaging``, with the EvalSpec/TTASpec of the leased version's model.json)
 run in a thread pool, the rows -- one, or every TTA view -- go to that version's dynamic batcher
-as one unit, and TTA views are combined by the recorded rule. At most ``max_pending`` requests
-are admitted at once; beyond that, Overloaded.
+as one unit, and TTA views are combined by the recorded rule. Already-preprocessed pixels
+(``predict_pixels``, the Open Inference Protocol's FP32 input) skip decoding: their rows go to the
+batcher as one block (blocks of at most ``max_batch_size`` images when there are more). At most
+``max_pending`` requests are admitted at once (a pixel tensor is one request); beyond that,
+Overloaded.
 
 The async methods may be awaited from any event loop (no loop is captured); start/stop/reload
 block and should run before serving or via ``asyncio.to_thread``.
@@ -29,10 +33,10 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -63,6 +67,11 @@ if TYPE_CHECKING:
     from service.evaluation import EvaluationResult
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Preprocessed pixels may overshoot [0, 1] this much (resampling ringing) before they are refused
+# as being on another scale (0-255, or already mean/std-normalised: the graph normalises itself).
+PIXEL_RANGE_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,17 @@ class PinnedModel:
         k = self._core._check_top_k(top_k)
         return list(await asyncio.gather(
             *(self._core._predict_or_error(self._model, im, tta, k) for im in images)))
+
+    async def predict_pixels(self, pixels: np.ndarray, *,
+                             top_k: int | None = None) -> list[Prediction]:
+        """Classify already-preprocessed images: float32 (N, 3, S, S) in [0, 1], one each.
+
+        S is this version's input size (model.json ``eval_transform.size``). A wrong dtype or
+        shape, non-finite values or values off the [0, 1] scale raise InvalidRequest. No TTA:
+        its views are cut from the full image.
+        """
+        k = self._core._check_top_k(top_k)
+        return await self._core._predict_pixels(self._model, pixels, k)
 
 
 class InferenceCore:
@@ -249,6 +269,19 @@ class InferenceCore:
         with self.pin(model, version) as pinned:
             return await pinned.predict_batch(images, tta=tta, top_k=top_k)
 
+    async def predict_pixels(self, pixels: np.ndarray, *, model: str | None = None,
+                             version: int | None = None,
+                             top_k: int | None = None) -> list[Prediction]:
+        """Classify already-preprocessed images, one Prediction per row (tta=False).
+
+        ``pixels``: float32 (N, 3, S, S), NCHW RGB in [0, 1] -- the model's input contract, as
+        ``service.imaging.stack_views(images, spec, None)`` makes it; S = the model's input size.
+        One request for back-pressure and stats however large N is; InvalidRequest names the
+        expected shape.
+        """
+        with self.pin(model, version) as pinned:
+            return await pinned.predict_pixels(pixels, top_k=top_k)
+
     async def evaluate(
         self,
         items: Iterable[tuple[bytes, str]] | AsyncIterable[tuple[bytes, str]],
@@ -311,14 +344,22 @@ class InferenceCore:
 
     async def _predict_one(self, model: LoadedModel, image: bytes, tta: bool,
                            top_k: int) -> Prediction:
+        return await self._request(model, lambda: self._run(model, image, tta, top_k))
+
+    async def _predict_pixels(self, model: LoadedModel, pixels: np.ndarray,
+                              top_k: int) -> list[Prediction]:
+        return await self._request(model, lambda: self._run_pixels(model, pixels, top_k))
+
+    async def _request(self, model: LoadedModel, run: Callable[[], Awaitable[T]]) -> T:
+        """One admitted request (back-pressure), its outcome counted in the stats."""
         try:
             with self._admit():
-                prediction = await self._run(model, image, tta, top_k)
+                result = await run()
         except CoreError as e:
             self.stats.record_request(model.name, e.kind)
             raise
         self.stats.record_request(model.name, "ok")
-        return prediction
+        return result
 
     async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int) -> Prediction:
         if self._decode_pool is None:
@@ -339,6 +380,25 @@ class InferenceCore:
         probs = combine_tta(out[None], card.tta)[0] if tta else out[0]
         return _prediction(model, probs, tta, len(rows), top_k)
 
+    async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray,
+                          top_k: int) -> list[Prediction]:
+        if self._decode_pool is None:
+            raise ModelUnavailable("the inference core is not started; call start() first")
+        pixels = _check_pixels_shape(pixels, model)
+        loop = asyncio.get_running_loop()
+        try:  # a pass over every value: in the pool, like decoding, not on the event loop
+            checking = loop.run_in_executor(self._decode_pool, _check_pixel_values, pixels)
+        except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
+            raise ModelUnavailable("the inference core is stopping; retry") from e
+        await checking
+        # One block, or blocks of max_batch_size images: a pass never exceeds that many.
+        step = self.config.max_batch_size
+        blocks = [pixels[i:i + step] for i in range(0, len(pixels), step)]
+        futures = [model.batcher.submit(block, images=len(block)) for block in blocks]
+        outs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return [_prediction(model, row, False, 1, top_k) for row in out]
+
     def _preprocess(self, image: bytes, card: ModelCard, tta: bool) -> np.ndarray:
         """Bytes -> (V, 3, H, W) float32 model input; V = 1, or the TTA views. Runs in the pool."""
         if len(image) == 0:
@@ -353,6 +413,38 @@ class InferenceCore:
         if tta:
             return to_model_input(tta_views(img, card.eval_spec, card.tta))
         return to_model_input(eval_view(img, card.eval_spec))
+
+
+def _check_pixels_shape(pixels: np.ndarray, model: LoadedModel) -> np.ndarray:
+    """dtype and shape against the model's input contract; returns a C-contiguous array."""
+    size = model.card.input_size
+    expected = f"[N, 3, {size}, {size}]"
+    contract = (f"{model.name} v{model.version} takes float32 {expected}, N >= 1: NCHW RGB in "
+                f"[0, 1], {size} = model.json eval_transform.size")
+    if not isinstance(pixels, np.ndarray):
+        raise InvalidRequest(f"pixels must be a numpy array, got {type(pixels).__name__}; "
+                             f"{contract}")
+    if pixels.dtype != np.float32:
+        raise InvalidRequest(f"pixels are {pixels.dtype}, not float32; {contract}")
+    if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size) or pixels.shape[0] < 1:
+        raise InvalidRequest(f"pixels have shape {list(pixels.shape)}, expected {expected}; "
+                             f"{contract}")
+    return np.ascontiguousarray(pixels)
+
+
+def _check_pixel_values(pixels: np.ndarray) -> None:
+    """Finite and in [0, 1] (give or take resampling overshoot); runs in the pool."""
+    low, high = float(pixels.min()), float(pixels.max())  # NaN propagates through both
+    if not (np.isfinite(low) and np.isfinite(high)):
+        rows = np.flatnonzero(~np.isfinite(pixels).reshape(len(pixels), -1).all(axis=1))
+        raise InvalidRequest(f"pixels hold NaN or infinite values (rows {rows[:10].tolist()}, "
+                             "0-based); send finite values in [0, 1]")
+    tol = PIXEL_RANGE_TOLERANCE
+    if low < -tol or high > 1 + tol:
+        raise InvalidRequest(
+            f"pixel values span [{low:g}, {high:g}]; the model takes RGB in [0, 1] (8-bit "
+            "values divided by 255) and normalises (mean/std) inside its graph, so send them "
+            "unnormalised")
 
 
 def _prediction(model: LoadedModel, probs: np.ndarray, tta: bool, views: int,

@@ -442,16 +442,9 @@ async def _predict_pixels(pinned: PinnedModel, tensor: Tensor, tta: bool,
         raise invalid(f"parameter {TTA_PARAMETER!r} needs the encoded images (its views are cut "
                       f"from the full image); send them as a {IMAGE_DATATYPE} input, or drop "
                       "the parameter")
-    # PENDING core method (see docs/oip.md): PinnedModel.predict_pixels(pixels, *, top_k) ->
-    # list[Prediction], running already-preprocessed rows through the same batcher.
-    predict_pixels = getattr(pinned, "predict_pixels", None)
-    if predict_pixels is None:
-        raise OipError(Status.UNIMPLEMENTED,
-                       f"{PIXELS_DATATYPE} inputs are not served yet by this server version; "
-                       f"send the encoded images as a {IMAGE_DATATYPE} input named "
-                       f"{IMAGE_INPUT!r}")
-    return list(await predict_pixels(np.ascontiguousarray(tensor.data, np.float32),
-                                     top_k=top_k))
+    # The core checks the values (finite, [0, 1]) and batches the rows with everyone else's.
+    return await pinned.predict_pixels(np.ascontiguousarray(tensor.data, np.float32),
+                                       top_k=top_k)
 
 
 def _output(pinned: PinnedModel, output: RequestedOutput,

@@ -1,11 +1,17 @@
-"""What operators use: BentoML's health routes, the OpenAPI page, and /metrics that move."""
+"""What operators use: BentoML's health routes, the OpenAPI page, /metrics that move, and the
+Open Inference Protocol's /v2 routes mounted beside the service's own."""
 
 from __future__ import annotations
 
+import struct
+
 import httpx
+import numpy as np
 from http_testkit import HttpServer
 from prometheus_client.parser import text_string_to_metric_families
 from service_testkit import FixtureModel
+
+from service.imaging import decode_image, stack_views
 
 
 def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
@@ -74,3 +80,45 @@ def test_metrics_move(client: httpx.Client, digits_model: FixtureModel):
     assert moved("tta_serve_requests_total", model="digits", outcome="ok") == 1
     assert moved("tta_serve_requests_total", model="digits", outcome="invalid_image") == 1
     assert value(after, "tta_serve_pending_requests") == 0
+
+
+def test_open_inference_protocol_routes_share_the_port(client: httpx.Client,
+                                                      digits_model: FixtureModel):
+    """/v2 (KServe v2) answers from the same core; the service's own routes are not shadowed
+    (the other tests here and in test_http_api use them on this same server)."""
+    assert client.get("/v2").json()["name"] == "tta-serve"
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/digits").json()
+    assert meta["versions"] == ["1"]
+    assert {"name": "pixels", "datatype": "FP32", "shape": [-1, 3, 16, 16]} in meta["inputs"]
+
+    pngs = [png for png, _ in digits_model.valid[:3]]
+    pixels = stack_views([decode_image(b) for b in pngs], digits_model.card.eval_spec, None)
+    as_json = client.post("/v2/models/digits/infer", json={"inputs": [{
+        "name": "pixels", "datatype": "FP32", "shape": list(pixels.shape),
+        "data": pixels.ravel().tolist()}]})
+    assert as_json.status_code == 200, as_json.text
+    (output,) = as_json.json()["outputs"]
+    probabilities = np.array(output["data"], np.float32).reshape(output["shape"])
+    np.testing.assert_allclose(probabilities, digits_model.valid_probs[:3], atol=1e-5)
+
+    # Encoded images, in the binary tensor extension (as tritonclient.http sends them).
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in pngs)
+    head = (b'{"inputs":[{"name":"image","datatype":"BYTES","shape":[3],'
+            b'"parameters":{"binary_data_size":%d}}]}' % len(raw))
+    binary = client.post("/v2/models/digits/infer", content=head + raw,
+                         headers={"Inference-Header-Content-Length": str(len(head))})
+    assert binary.status_code == 200, binary.text
+    (output,) = binary.json()["outputs"]
+    np.testing.assert_allclose(np.array(output["data"], np.float32).reshape(3, -1),
+                               probabilities, atol=1e-6)
+    predicted = client.post("/predict", files={"image": ("d.png", pngs[0], "image/png")},
+                            data={"top_k": "10"}).json()
+    for score in predicted["classes"]:
+        assert abs(score["probability"] - probabilities[0, score["index"]]) < 1e-6
+
+    unknown = client.post("/v2/models/cats/infer", content=head + raw,
+                          headers={"Inference-Header-Content-Length": str(len(head))})
+    assert unknown.status_code == 404 and "cats" in unknown.json()["error"]
+    assert client.get("/v2/models/digits/infer").status_code == 405  # POST only

@@ -1,15 +1,26 @@
 """Fixtures for the Open Inference Protocol tests (building blocks in oip_testkit.py).
 
-Session-scoped: one core on a tiny two-version model repository, served over gRPC and HTTP, and
-one tritonclient process per protocol. ``triton`` runs a test over both wires.
+Session-scoped: a tiny two-version model repository served over gRPC (the real GrpcServer, in
+this process) and HTTP (a real ``tta-serve http`` process: BentoML with the ``/v2`` routes
+mounted), and one tritonclient process per protocol. ``triton`` runs a test over both wires.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from oip_testkit import RunningServers, TritonClient, make_image, publish_versions
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http"))  # http_testkit
+
+from oip_testkit import (  # noqa: E402
+    RunningServers,
+    TritonClient,
+    make_image,
+    publish_versions,
+)
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +30,11 @@ def images() -> list[bytes]:
 
 @pytest.fixture(scope="session")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServers]:
-    servers = RunningServers(publish_versions(tmp_path_factory.mktemp("oip-models")))
+    servers = RunningServers(publish_versions(tmp_path_factory.mktemp("oip-models")),
+                             tmp_path_factory.mktemp("oip-http-server"))
     yield servers
-    servers.close()
+    code = servers.close()
+    assert code == 0, servers.http.log
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,10 @@
 """Building blocks of the Open Inference Protocol tests: a tiny model repository, images, our
 real servers, and NVIDIA's tritonclient driven from a child process (triton_worker.py says why).
 
+The servers: the real GrpcServer in this process (Classifier + KServe v2 on one port) and a real
+``tta-serve http`` process (the BentoML service, which mounts the ``/v2`` routes), both over
+the same repository; reference answers come from this process's core.
+
 Torch-free: the graphs are built with onnx.helper, the way the serving image would see them.
 """
 
@@ -9,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-import uvicorn
+from http_testkit import ServerProcess, cli_flags, free_port
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from triton_worker import decode_array, encode_array
@@ -29,7 +32,6 @@ from service.grpc_server import GrpcConfig, GrpcServer
 from service.imaging import EvalSpec, TTASpec
 from service.model_repository import CARD_FILE, MODEL_FILE, ModelCard, sha256_file
 from service.oip.core_adapter import Status
-from service.oip.http_routes import build_app
 
 MODEL = "digits"
 CLASSES = ("zero", "one", "two", "three")
@@ -91,49 +93,55 @@ def image_tensor(images: list[bytes]) -> np.ndarray:
 
 
 class RunningServers:
-    """One core served on 127.0.0.1 by the real GrpcServer (Classifier + KServe v2 on one port)
-    and by the ``/v2`` ASGI app under uvicorn, both on one event loop in a thread."""
+    """``models_dir`` served on 127.0.0.1 by the real GrpcServer around this process's core (its
+    loop on a thread) and by a real ``tta-serve http`` process with the same settings."""
 
-    def __init__(self, models_dir: Path) -> None:
-        self.core = InferenceCore.create(CoreConfig(
-            models_dir=models_dir, default_model=MODEL, device="cpu", intra_op_threads=1,
-            decode_threads=2, poll_interval_s=0)).start()
+    def __init__(self, models_dir: Path, workdir: Path) -> None:
+        config = CoreConfig(models_dir=models_dir, default_model=MODEL, device="cpu",
+                            intra_op_threads=1, decode_threads=2, poll_interval_s=0)
+        # Started first: BentoML takes seconds to start, while the core loads here.
+        port = free_port()
+        self.http = ServerProcess(["http", "--host", "127.0.0.1", "--port", str(port),
+                                   "--grace-s", "2", "--model", MODEL, *cli_flags(config)],
+                                  workdir)
+        self.http_address = f"127.0.0.1:{port}"
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="oip-servers",
                                        daemon=True)
         self.thread.start()
+        self.core: InferenceCore | None = None
+        self.grpc: GrpcServer | None = None
+        try:
+            self.core = InferenceCore.create(config).start()
 
-        async def start_grpc() -> tuple[GrpcServer, int]:  # grpc.aio binds to the running loop
-            server = GrpcServer(self.core, GrpcConfig(host="127.0.0.1", port=0, grace_s=1.0))
-            return server, await server.start()
+            async def start_grpc() -> tuple[GrpcServer, int]:  # grpc.aio binds to this loop
+                server = GrpcServer(self.core, GrpcConfig(host="127.0.0.1", port=0,
+                                                          grace_s=1.0))
+                return server, await server.start()
 
-        self.grpc, port = self.run(start_grpc())
-        self.grpc_address = f"127.0.0.1:{port}"
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.http_address = f"127.0.0.1:{self.socket.getsockname()[1]}"
-        self.http = uvicorn.Server(uvicorn.Config(build_app(self.core), log_level="warning",
-                                                  lifespan="off"))
-        self.http_done = asyncio.run_coroutine_threadsafe(
-            self.http.serve(sockets=[self.socket]), self.loop)
-        while not self.http.started:
-            if self.http_done.done():
-                self.http_done.result()  # raises what stopped it
-            threading.Event().wait(0.02)
+            self.grpc, grpc_port = self.run(start_grpc())
+            self.grpc_address = f"127.0.0.1:{grpc_port}"
+            self.http.wait_http_ready(f"http://{self.http_address}")
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, coroutine: Any) -> Any:
         """Await on the servers' loop (e.g. the core's own predict, for reference answers)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
 
-    def close(self) -> None:
-        self.http.should_exit = True
-        self.http_done.result(timeout=10)
-        self.run(self.grpc.stop(0))
-        self.core.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-        self.socket.close()
+    def close(self) -> int:
+        """Stop both; the ``tta-serve http`` exit code (0 = stopped cleanly on SIGTERM)."""
+        try:
+            return self.http.terminate()
+        finally:
+            if self.grpc is not None:
+                self.run(self.grpc.stop(0))
+            if self.core is not None:
+                self.core.stop()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
 
 
 class TritonError(Exception):

@@ -19,10 +19,7 @@ from oip_testkit import (
     image_tensor,
 )
 
-from service.core import PinnedModel
 from service.imaging import TTASpec, decode_image, eval_view, to_model_input
-
-FP32_PENDING = not hasattr(PinnedModel, "predict_pixels")
 
 
 def core_probabilities(serving: RunningServers, images: list[bytes], *,
@@ -113,7 +110,6 @@ def test_tta_parameter(triton: TritonClient, serving: RunningServers, images: li
         == len(TTASpec().views)
 
 
-@pytest.mark.skipif(FP32_PENDING, reason="pending core method PinnedModel.predict_pixels")
 def test_fp32_pixels_match_bytes(triton: TritonClient, serving: RunningServers,
                                  images: list[bytes]) -> None:
     spec = serving.core.get_model(MODEL).eval_spec
@@ -123,13 +119,15 @@ def test_fp32_pixels_match_bytes(triton: TritonClient, serving: RunningServers,
                                core_probabilities(serving, images), atol=1e-6)
 
 
-@pytest.mark.skipif(not FP32_PENDING, reason="the core runs preprocessed pixels now")
-def test_fp32_pixels_pending_says_what_to_send(triton: TritonClient,
-                                               images: list[bytes]) -> None:
-    pixels = np.zeros((1, 3, SIZE, SIZE), np.float32)
-    with pytest.raises(TritonError) as error:
-        triton.infer([("pixels", "FP32", pixels)])
-    assert error.value.status == "UNIMPLEMENTED" and "BYTES" in error.value.message
+def test_fp32_values_are_checked(triton: TritonClient, images: list[bytes]) -> None:
+    """Non-finite values, and pixels on another scale (0-255, or mean/std-normalised)."""
+    nan = np.full((2, 3, SIZE, SIZE), 0.5, np.float32)
+    nan[1, 0, 3, 3] = np.nan
+    scaled = np.full((1, 3, SIZE, SIZE), 200.0, np.float32)
+    for pixels, expected in ((nan, "NaN"), (scaled, "[0, 1]")):
+        with pytest.raises(TritonError) as error:
+            triton.infer([("pixels", "FP32", pixels)])
+        assert error.value.status == "INVALID_ARGUMENT" and expected in error.value.message
     assert_healthy(triton, images)
 
 

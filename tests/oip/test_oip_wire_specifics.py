@@ -27,9 +27,6 @@ from oip_testkit import (
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.core import PinnedModel
-
-FP32_PENDING = not hasattr(PinnedModel, "predict_pixels")
 
 # ---- gRPC
 
@@ -98,7 +95,6 @@ def test_http_compressed_request(http_client: TritonClient, images: list[bytes],
                                   plain.outputs["probabilities"])
 
 
-@pytest.mark.skipif(FP32_PENDING, reason="pending core method PinnedModel.predict_pixels")
 def test_http_fp32_as_json(http_client: TritonClient, serving: RunningServers,
                            images: list[bytes]) -> None:
     from service.imaging import decode_image, eval_view, to_model_input

@@ -1,4 +1,5 @@
-"""The inference core on its own: predictions, TTA, batching, back-pressure, versions, errors."""
+"""The inference core on its own: predictions, TTA, batching, back-pressure, versions, errors,
+and preprocessed pixels (predict_pixels)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from service.core import (
     Prediction,
     VersionPolicy,
 )
+from service.core.batcher import DynamicBatcher
 from service.core.runtime import cuda_problem
+from service.core.stats import CoreStats
+from service.imaging import decode_image, stack_views
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +219,124 @@ def test_prometheus_collector_exposes_batch_sizes(core: InferenceCore):
     text = generate_latest(registry).decode()
     assert 'tta_serve_batch_size_bucket{le="1.0",model="digits"}' in text
     assert "tta_serve_requests_total" in text and "tta_serve_pending_requests" in text
+
+
+# ---- preprocessed pixels (the Open Inference Protocol's FP32 input)
+
+
+def _pixels(images: list[bytes], spec) -> np.ndarray:
+    """The model input the way a client preprocesses it: service.imaging, no TTA."""
+    return stack_views([decode_image(b) for b in images], spec, None)
+
+
+def test_predict_pixels_equals_predict_on_the_image(core: InferenceCore,
+                                                    digits_model: FixtureModel):
+    images = [b for b, _ in digits_model.valid[:12]]
+    pixels = _pixels(images, core.get_model().eval_spec)
+    assert pixels.dtype == np.float32 and pixels.shape == (12, 3, 16, 16)
+
+    async def run() -> tuple[list[Prediction], list[Prediction]]:
+        return await core.predict_pixels(pixels, top_k=3), \
+            await asyncio.gather(*(core.predict(b, top_k=3) for b in images))
+
+    from_pixels, from_images = asyncio.run(run())
+    assert len(from_pixels) == len(images)
+    for pred, ref, probs in zip(from_pixels, from_images, digits_model.valid_probs[:12],
+                                strict=True):
+        assert (pred.model, pred.version, pred.tta, pred.tta_views) == ("digits", 1, False, 1)
+        assert [c.index for c in pred.top] == [c.index for c in ref.top] and len(pred.top) == 3
+        np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-6)
+        np.testing.assert_allclose(pred.probabilities, probs, atol=1e-5)
+    with core.pin() as pinned:  # the same through a pinned version
+        again = asyncio.run(pinned.predict_pixels(pixels[:2]))
+    np.testing.assert_allclose(again[1].probabilities, from_pixels[1].probabilities, atol=1e-6)
+
+
+def test_predict_pixels_is_one_request_in_blocks_of_max_batch_size(digits_model: FixtureModel):
+    images = [b for b, _ in digits_model.valid[:10]]
+    with InferenceCore.create(core_config(digits_model.repo_root, max_batch_size=4,
+                                          max_pending=1)) as core:
+        pixels = _pixels(images, core.get_model().eval_spec)
+
+        async def run() -> list:
+            # max_pending=1: the 10 rows are one admitted request, so the image is refused.
+            return await asyncio.gather(core.predict_pixels(pixels), core.predict(images[0]),
+                                        return_exceptions=True)
+
+        predictions, refused = asyncio.run(run())
+        assert isinstance(refused, Overloaded)
+        assert [p.top[0].index for p in predictions] == digits_model.valid_pred[:10].tolist()
+        stats = core.stats.snapshot()
+        assert stats["models"]["digits"]["batch_sizes"] == {4: 2, 2: 1}  # 10 rows, 4 + 4 + 2
+        assert stats["models"]["digits"]["rows"] == 10
+        assert stats["requests"] == {"digits/ok": 1, "digits/overloaded": 1}
+    with InferenceCore.create(core_config(digits_model.repo_root, max_batch_size=1)) as core:
+        assert len(asyncio.run(core.predict_pixels(pixels[:3]))) == 3  # batching off: 1 a pass
+        assert core.stats.snapshot()["models"]["digits"]["batch_sizes"] == {1: 3}
+
+
+def _bad_pixels(case: str) -> object:
+    good = np.full((2, 3, 16, 16), 0.5, np.float32)
+    make = {
+        "good": lambda: good,
+        "float64": lambda: good.astype(np.float64),
+        "uint8": lambda: (good * 255).astype(np.uint8),
+        "size": lambda: np.zeros((2, 3, 8, 8), np.float32),
+        "channels last": lambda: good.transpose(0, 2, 3, 1),
+        "no batch axis": lambda: good[0],
+        "empty": lambda: good[:0],
+        "list": lambda: good.tolist(),
+        "nan": lambda: np.where(np.arange(good.size).reshape(good.shape) == good.size - 1,
+                                np.float32(np.nan), good),
+        "inf": lambda: np.where(np.arange(good.size).reshape(good.shape) == 7,
+                                np.float32(np.inf), good),
+        "0-255": lambda: good * 255,
+        "normalised": lambda: good - 1.5,
+    }
+    return make[case]()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("float64", "float64, not float32"), ("uint8", "uint8, not float32"),
+    ("size", "shape [2, 3, 8, 8], expected [N, 3, 16, 16]"),
+    ("channels last", "expected [N, 3, 16, 16]"), ("no batch axis", "expected [N, 3, 16, 16]"),
+    ("empty", "shape [0, 3, 16, 16]"), ("list", "numpy array"),
+    ("nan", "NaN or infinite values (rows [1]"), ("inf", "NaN or infinite values (rows [0]"),
+    ("0-255", "divided by 255"), ("normalised", "normalises (mean/std) inside"),
+])
+def test_predict_pixels_refuses_bad_input(core: InferenceCore, digits_model: FixtureModel,
+                                          case: str, message: str):
+    before = core.stats.snapshot()["requests"].get("digits/invalid_request", 0)
+    with pytest.raises(InvalidRequest) as error:
+        asyncio.run(core.predict_pixels(_bad_pixels(case)))
+    assert message in str(error.value)
+    if "float32" in message or "shape" in message:
+        assert "[N, 3, 16, 16]" in str(error.value)  # the contract is always named
+    assert core.stats.snapshot()["requests"]["digits/invalid_request"] == before + 1
+    assert len(asyncio.run(core.predict_pixels(_bad_pixels("good")))) == 2  # and it recovers
+
+
+def test_batcher_gathers_blocks_by_images_and_never_splits_one():
+    """Blocks: (rows, images) = one image (1, 1), its TTA views (6, 1), preprocessed (n, n)."""
+    stats = CoreStats()
+    batcher = DynamicBatcher(lambda x: x * 10, name="t", max_batch_size=4, max_wait_ms=20,
+                             stats=stats)
+    blocks = [(3, 3), (2, 2), (6, 1), (6, 6), (1, 1)]
+    arrays = [np.arange(rows, dtype=np.float32)[:, None] + 100 * i
+              for i, (rows, _) in enumerate(blocks)]
+    # Queued before the worker starts, so the passes are deterministic: 3 | 2 + 1 | 6 | 1
+    # images (a block that does not fit waits for the next pass; one over the limit runs alone).
+    futures = [batcher.submit(a, images=n) for a, (_, n) in zip(arrays, blocks, strict=True)]
+    batcher.start()
+    for future, array in zip(futures, arrays, strict=True):
+        np.testing.assert_array_equal(future.result(timeout=10), array * 10)
+    batcher.close(wait=True)
+    assert stats.batch_sizes("t") == {3: 2, 6: 1, 1: 1}
+    assert stats.snapshot()["models"]["t"]["rows"] == 18
+
+
+def test_default_grpc_message_limit_fits_an_fp32_batch():
+    from service.grpc_server import default_max_message_bytes
+
+    assert default_max_message_bytes(16 << 20) == 64 << 20 > 32 * 3 * 224 * 224 * 4
+    assert default_max_message_bytes(100 << 20) == 101 << 20
