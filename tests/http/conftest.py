@@ -12,34 +12,16 @@ of any other BentoML server running on this machine.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-
-from http_testkit import HttpServer, ServerProcess, cli_flags, free_port  # noqa: E402
-from service_testkit import (  # noqa: E402
-    Digits,
+from http_testkit import HttpServer, ServerProcess, cli_flags, free_port
+from service_testkit import (
     FixtureModel,
     RunningServer,
-    build_fixture_model,
     core_config,
-    load_digits_pngs,
 )
-
-
-@pytest.fixture(scope="session")
-def digits() -> Digits:
-    return load_digits_pngs()
-
-
-@pytest.fixture(scope="session")
-def digits_model(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> FixtureModel:
-    return build_fixture_model(digits, tmp_path_factory.mktemp("digits-model"))
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,10 @@ mounted), and one tritonclient process per protocol. ``triton`` runs a test over
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http"))  # http_testkit
-
-from oip_testkit import (  # noqa: E402
+from oip_testkit import (
     RunningServers,
     TritonClient,
     make_image,

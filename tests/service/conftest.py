@@ -13,23 +13,10 @@ from pathlib import Path
 
 import pytest
 from service_testkit import (
-    Digits,
     FixtureModel,
     RunningServer,
-    build_fixture_model,
     core_config,
-    load_digits_pngs,
 )
-
-
-@pytest.fixture(scope="session")
-def digits() -> Digits:
-    return load_digits_pngs()
-
-
-@pytest.fixture(scope="session")
-def digits_model(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> FixtureModel:
-    return build_fixture_model(digits, tmp_path_factory.mktemp("digits-model"))
 
 
 @pytest.fixture
