@@ -35,7 +35,7 @@ DIGITS_RECIPE = ROOT / "recipes" / "digits.toml"
 class BenchModel:
     """A model repository with one model to benchmark, and where the model came from."""
 
-    key: str  # "digits" | "xresnet50"
+    key: str  # "digits" | "xresnet50" | "resnet18-32"
     models_dir: Path
     name: str
     version: int
@@ -180,7 +180,8 @@ def photo_jpegs(n: int = 32, side: int = 320) -> list[bytes]:
 
 
 def images_for(key: str, n: int | None = None) -> list[bytes]:
-    return digit_pngs(n or 256) if key == "digits" else photo_jpegs(n or 32)
+    """Digits PNGs for the 32 px models, photo-sized JPEGs for the 224 px one."""
+    return photo_jpegs(n or 32) if key == "xresnet50" else digit_pngs(n or 256)
 
 
 # ----------------------------------------------------------------------------- models
@@ -224,7 +225,7 @@ def _export_random(arch: str, size: int, resize_ratio: float, tta: Any, models_d
 
 
 def ensure_model(key: str) -> BenchModel:
-    """The model benchmarked as ``key`` ("digits" or "xresnet50"), exported once and cached."""
+    """The benchmark model ``key`` ("digits", "xresnet50", "resnet18-32"), exported once."""
     from service.imaging import TTASpec
 
     if key == "digits":
@@ -251,4 +252,12 @@ def ensure_model(key: str) -> BenchModel:
         return BenchModel("xresnet50", models_dir, name, 1, 224, len(tta.views),
                           "random-weight xresnet50 at 224 px (resize 256, center crop 224), "
                           f"{len(tta.views)} TTA views")
-    raise ValueError(f"unknown benchmark model {key!r}; use digits or xresnet50")
+    if key == "resnet18-32":
+        tta = TTASpec()
+        models_dir, name = CACHE / "resnet18-32", "resnet18"
+        if _published(models_dir, name) is None:
+            _export_random("resnet18", 32, 1.0, tta, models_dir, name)
+        return BenchModel("resnet18-32", models_dir, name, 1, 32, len(tta.views),
+                          "random-weight torchvision resnet18 at 32 px (the model of the "
+                          "reference points in issue 7)")
+    raise ValueError(f"unknown benchmark model {key!r}; use digits, xresnet50 or resnet18-32")

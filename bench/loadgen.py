@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("protocol", choices=["grpc", "http"])
     parser.add_argument("target", help="host:port (gRPC) or the predict URL (HTTP)")
-    parser.add_argument("--images", choices=["digits", "xresnet50"], default="digits",
+    parser.add_argument("--images", choices=["digits", "xresnet50", "resnet18-32"],
+                        default="digits",
                         help="which benchmark images to send (bench.common.images_for)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")

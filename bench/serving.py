@@ -62,7 +62,7 @@ class Durations:
 
 def durations(model: BenchModel, quick: bool) -> Durations:
     """Long enough for a steady state: the 224 px model's batches take about a second each."""
-    if model.key == "digits":
+    if model.key != "xresnet50":
         return Durations(1.0, 2.5 if quick else 5.0)
     return Durations(3.0, 6.0 if quick else 12.0)
 
@@ -81,7 +81,7 @@ def bench_raw_ort(model: BenchModel, quick: bool) -> list[dict[str, Any]]:
     variants = {"core options": session_options(default_threads()),
                 "ORT defaults": ort.SessionOptions()}
     rng = np.random.default_rng(0)
-    min_s = (0.5 if quick else 1.5) if model.key == "digits" else (2.0 if quick else 4.0)
+    min_s = (0.5 if quick else 1.5) if model.key != "xresnet50" else (2.0 if quick else 4.0)
     for label, options in variants.items():
         session = ort.InferenceSession(str(model.onnx_path), options,
                                        providers=["CPUExecutionProvider"])
@@ -229,7 +229,7 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
     core_flags = ["--models-dir", str(model.models_dir), "--model", model.name,
                   "--device", "cpu", "--poll-interval-s", "0", "--log-level", "WARNING"]
     all_c = [1, 8, 32]
-    big = model.key != "digits"
+    big = model.key == "xresnet50"
 
     def grpc_ours(batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
         port = free_port()
@@ -317,6 +317,69 @@ def bench_servers(model: BenchModel, d: Durations, quick: bool,
     return rows
 
 
+# ----------------------------------------------------------------------------- key comparison
+
+
+def bench_key_comparison(model: BenchModel, rounds: int, quick: bool) -> dict[str, Any]:
+    """The target comparisons, interleaved: every server runs at once (idle unless loaded) and
+    each round measures raw ORT, then each server at concurrency 32 and 1, back to back. On a
+    CPU shared with other work, round-by-round ratios are far steadier than figures taken
+    minutes apart; the medians over rounds are reported."""
+    d = durations(model, quick)
+    image = images_for(model.key, 1)[0]
+    wanted = ("ours gRPC (batching on)", "ours HTTP (batching on)", "plain grpcio peer",
+              "plain BentoML peer")
+    specs = [s for s in server_specs(model, quick) if s.name in wanted]
+    running: list[RunningServer] = []
+    per_round: list[dict[str, Any]] = []
+    try:
+        for spec in specs:
+            print(f"  starting {spec.name} ...", file=sys.stderr, flush=True)
+            running.append(RunningServer(spec, image))
+        for r in range(rounds):
+            raw = bench_raw_ort(model, quick=True)
+            best = max(raw, key=lambda x: x["throughput"])
+            row: dict[str, Any] = {"round": r + 1, "raw_best": best["throughput"],
+                                   "raw_best_is": f"{best['runtime']}, batch {best['batch']}",
+                                   "raw_b1_p99_ms": min(x["p99_ms"] for x in raw
+                                                        if x["batch"] == 1)}
+            for server in running:
+                for concurrency in (32, 1):
+                    server.reset_peak()
+                    result = run_loadgen(server.spec, model, False, concurrency, d)
+                    row[f"{server.spec.name} c={concurrency}"] = result["throughput"]
+                    row[f"{server.spec.name} c={concurrency} p99"] = result["p99_ms"]
+                    row[f"{server.spec.name} c={concurrency} errors"] = result["errors"]
+            print(f"  round {r + 1}: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in row.items()
+                if isinstance(v, float) and k.endswith("c=32")), file=sys.stderr, flush=True)
+            per_round.append(row)
+    finally:
+        for server in running:
+            server.stop()
+
+    def med(key: str) -> float:
+        return float(np.median([r[key] for r in per_round]))
+
+    def ratio(a: str, b: str) -> float:
+        return float(np.median([r[a] / r[b] for r in per_round]))
+
+    g, h = "ours gRPC (batching on)", "ours HTTP (batching on)"
+    pg, pb = "plain grpcio peer", "plain BentoML peer"
+    summary = {
+        "raw ORT best images/s": med("raw_best"),
+        f"{g} c=32 images/s": med(f"{g} c=32"), f"{pg} c=32 images/s": med(f"{pg} c=32"),
+        f"{h} c=32 images/s": med(f"{h} c=32"), f"{pb} c=32 images/s": med(f"{pb} c=32"),
+        "gRPC c=32 / raw ORT best": ratio(f"{g} c=32", "raw_best"),
+        "gRPC c=32 / plain grpcio c=32": ratio(f"{g} c=32", f"{pg} c=32"),
+        "HTTP c=32 / plain BentoML c=32": ratio(f"{h} c=32", f"{pb} c=32"),
+        "gRPC c=1 p99 ms": med(f"{g} c=1 p99"), "raw ORT batch-1 p99 ms": med("raw_b1_p99_ms"),
+        f"{pg} c=1 p99 ms": med(f"{pg} c=1 p99"),
+        "plain BentoML c=32 errors (load shed, 503)": med(f"{pb} c=32 errors"),
+    }
+    return {"rounds": per_round, "median": summary}
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -346,7 +409,7 @@ def targets(model: BenchModel, raw: list[dict], core: list[dict],
     plain_grpc32 = _find(servers, server="plain grpcio peer", concurrency=32)
     plain_bento32 = _find(servers, server="plain BentoML peer", concurrency=32)
     raw_label = f"raw ORT best ({best_raw['runtime']}, batch {best_raw['batch']})"
-    if model.key == "digits":
+    if model.key != "xresnet50":
         add("gRPC c=32 >= 0.6x best raw ORT", grpc32, "throughput", best_raw["throughput"],
             raw_label, lambda v, r: v >= 0.6 * r, "images/s ratio >= 0.6")
         add("gRPC c=32 >= 2x plain grpcio", grpc32, "throughput",
@@ -421,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["digits", "xresnet50"],
-                        choices=["digits", "xresnet50"])
+                        choices=["digits", "xresnet50", "resnet18-32"])
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer variants")
+    parser.add_argument("--key-comparison", type=int, default=0, metavar="ROUNDS",
+                        help="only the interleaved target comparison, ROUNDS rounds")
     parser.add_argument("--only", nargs="*", default=None,
                         help="servers whose name contains one of these (e.g. gRPC peer)")
     args = parser.parse_args(argv)
@@ -430,6 +495,20 @@ def main(argv: list[str] | None = None) -> int:
                                "command": " ".join(["python -m bench.serving", *(argv or
                                                                                  sys.argv[1:])]),
                                "models": {}}
+    if args.key_comparison:
+        for key in args.models:
+            with _stage(f"{key}: key comparison"):
+                results["models"][key] = bench_key_comparison(ensure_model(key),
+                                                              args.key_comparison, args.quick)
+        path = write_results("serving-key", results)
+        print(f"Machine: {describe_machine(results['machine'])}\n")
+        for key, r in results["models"].items():
+            print(f"### {key}: medians over {args.key_comparison} interleaved rounds\n")
+            print(markdown_table([{"figure": k, "value": v} for k, v in r["median"].items()],
+                                 [("figure", "figure", ""), ("value", "value", ",.2f")]))
+            print()
+        print(f"JSON: {path.relative_to(ROOT)}")
+        return 0
     for key in args.models:
         with _stage(f"{key}: model"):
             model = ensure_model(key)
