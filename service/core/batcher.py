@@ -7,7 +7,10 @@ V rows), or several preprocessed images (one row each) -- and gets a
 ``concurrent.futures.Future`` of exactly those rows' outputs; asyncio callers await it with
 ``asyncio.wrap_future``. The worker takes the first waiting block, then gathers more until
 ``max_batch_size`` images or ``max_wait_ms`` after the first, runs one forward pass and hands
-each block its own slice. A block is never split across passes, so TTA views always run
+each block its own slice. It waits for company only while company is on its way: when the core
+has no more requests admitted (``in_flight``) than the worker has gathered, the pass runs at
+once, so a lone request pays no batching delay and a loaded server still forms batches.
+A block is never split across passes, so TTA views always run
 together; a block is never held back either: one larger than ``max_batch_size`` images runs
 in a pass of its own (the core submits preprocessed images in blocks of at most
 ``max_batch_size``). ``max_batch_size=1`` turns batching off (one image per pass, no
@@ -48,8 +51,11 @@ class DynamicBatcher:
         max_wait_ms: float,
         stats: CoreStats | None = None,
         stats_key: str | None = None,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
+        """``in_flight``: requests admitted and not yet answered (None: always wait)."""
         self._run = run
+        self._in_flight = in_flight
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0 if max_batch_size > 1 else 0.0
@@ -98,12 +104,16 @@ class DynamicBatcher:
             batch, images = [item], item[2]
             deadline = time.monotonic() + self.max_wait_s
             while images < self.max_batch_size:
-                remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else \
-                        self._queue.get_nowait()
+                    item = self._queue.get_nowait()  # what is already here joins this pass
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._company_expected(len(batch)):
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if item is _STOP:
                     stopping = True
                     break
@@ -114,6 +124,10 @@ class DynamicBatcher:
                 images += item[2]
             self._run_batch(batch)
         log.debug("batcher %s stopped", self.name)
+
+    def _company_expected(self, gathered: int) -> bool:
+        """More admitted requests than blocks in hand: someone is decoding and will submit."""
+        return self._in_flight is None or self._in_flight() > gathered
 
     def _run_batch(self, batch: list[tuple[np.ndarray, Future, int]]) -> None:
         # Requests whose caller gave up (cancelled) are dropped before the pass.

@@ -367,7 +367,8 @@ class ModelRegistry:
         batcher = DynamicBatcher(run, name=f"{name}-v{version}",
                                  max_batch_size=self.config.max_batch_size,
                                  max_wait_ms=self.config.max_wait_ms,
-                                 stats=self.stats, stats_key=name).start()
+                                 stats=self.stats, stats_key=name,
+                                 in_flight=self.stats.pending).start()
         return LoadedModel(name=name, version=version, path=resolved.path, card=card,
                            provider=provider, batcher=batcher, fingerprint=fp,
                            _session=session)

@@ -54,6 +54,10 @@ class CoreStats:
         self._rows: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
 
+    def pending(self) -> int:
+        """Requests admitted by the core and not yet answered."""
+        return self._pending()
+
     def record_batch(self, model: str, images: int, rows: int, seconds: float) -> None:
         """One forward pass of ``images`` requests = ``rows`` model-input rows."""
         with self._lock:

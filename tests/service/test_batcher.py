@@ -1,0 +1,41 @@
+"""The batcher waits for company only while company is on its way."""
+
+import threading
+import time
+
+import numpy as np
+
+from service.core.batcher import DynamicBatcher
+from service.core.stats import CoreStats
+
+
+def _batcher(in_flight, stats, wait_ms):
+    return DynamicBatcher(lambda x: x * 2, name="m", max_batch_size=8, max_wait_ms=wait_ms,
+                          stats=stats, in_flight=in_flight).start()
+
+
+def test_lone_request_is_not_held_for_the_batching_window():
+    stats = CoreStats()
+    batcher = _batcher(lambda: 1, stats, wait_ms=5_000)  # a 5 s window nobody should wait out
+    try:
+        start = time.monotonic()
+        out = batcher.submit(np.ones((1, 3), np.float32)).result(timeout=10)
+        assert time.monotonic() - start < 2.5
+        np.testing.assert_array_equal(out, np.full((1, 3), 2.0))
+    finally:
+        batcher.close(wait=True)
+
+
+def test_expected_request_is_waited_for_and_joins_the_pass():
+    stats = CoreStats()
+    batcher = _batcher(lambda: 2, stats, wait_ms=5_000)  # two admitted: wait for the second
+    try:
+        second: list = []
+        first = batcher.submit(np.ones((1, 3), np.float32))
+        threading.Timer(0.2, lambda: second.append(
+            batcher.submit(np.zeros((1, 3), np.float32)))).start()
+        np.testing.assert_array_equal(first.result(timeout=10), np.full((1, 3), 2.0))
+        np.testing.assert_array_equal(second[0].result(timeout=10), np.zeros((1, 3)))
+        assert stats.batch_sizes("m") == {2: 1}  # one pass of both
+    finally:
+        batcher.close(wait=True)
