@@ -69,7 +69,8 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     b = parser.add_argument_group("batching and limits")
     b.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                   help="images per forward pass; 1 = batching off (default: %(default)s)")
+                   help="rows per forward pass (an image is 1 row, V with TTA); "
+                        "1 = batching off (default: %(default)s)")
     b.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help="how long a batch waits for more images (default: %(default)s)")
     b.add_argument("--max-pending", type=int, default=d.max_pending,

@@ -6,14 +6,15 @@ with the number of *images* it stands for -- one image's row, one image's TTA vi
 V rows), or several preprocessed images (one row each) -- and gets a
 ``concurrent.futures.Future`` of exactly those rows' outputs; asyncio callers await it with
 ``asyncio.wrap_future``. The worker takes the first waiting block, then gathers more until
-``max_batch_size`` images or ``max_wait_ms`` after the first, runs one forward pass and hands
+``max_batch_size`` rows (what a pass's memory grows with: a TTA request brings V of them) or
+``max_wait_ms`` after the first, runs one forward pass and hands
 each block its own slice. It waits for company only while company is on its way: when the core
 has no more requests admitted (``in_flight``) than the worker has gathered, the pass runs at
 once, so a lone request pays no batching delay and a loaded server still forms batches.
 A block is never split across passes, so TTA views always run
-together; a block is never held back either: one larger than ``max_batch_size`` images runs
+together; a block is never held back either: one larger than ``max_batch_size`` rows runs
 in a pass of its own (the core submits preprocessed images in blocks of at most
-``max_batch_size``). ``max_batch_size=1`` turns batching off (one image per pass, no
+``max_batch_size``). ``max_batch_size=1`` turns batching off (one request per pass, no
 waiting), for benchmarks.
 
 The queue itself is unbounded: the core admits at most ``max_pending`` requests (its
@@ -101,9 +102,9 @@ class DynamicBatcher:
             carried = None
             if item is _STOP:
                 break
-            batch, images = [item], item[2]
+            batch, rows = [item], len(item[0])
             deadline = time.monotonic() + self.max_wait_s
-            while images < self.max_batch_size:
+            while rows < self.max_batch_size:
                 try:
                     item = self._queue.get_nowait()  # what is already here joins this pass
                 except queue.Empty:
@@ -117,11 +118,11 @@ class DynamicBatcher:
                 if item is _STOP:
                     stopping = True
                     break
-                if images + item[2] > self.max_batch_size:
+                if rows + len(item[0]) > self.max_batch_size:
                     carried = item  # first in the next pass
                     break
                 batch.append(item)
-                images += item[2]
+                rows += len(item[0])
             self._run_batch(batch)
         log.debug("batcher %s stopped", self.name)
 

@@ -61,8 +61,9 @@ class CoreConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     device: str = "auto"  # auto | cpu | cuda; "cuda" refuses to start without a usable GPU
     intra_op_threads: int = field(default_factory=default_threads)  # per model session
-    # Dynamic batching: a forward pass takes up to max_batch_size images (each with all its TTA
-    # views) and waits at most max_wait_ms for more to arrive. max_batch_size=1 turns it off.
+    # Dynamic batching: a forward pass takes up to max_batch_size model-input rows (an image is
+    # one row, or V with TTA; a request's rows are never split) and waits at most max_wait_ms
+    # for more to arrive, only while more requests are on their way. 1 turns batching off.
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     # Back-pressure: requests admitted at once (decoding, queued or running) before Overloaded.

@@ -316,23 +316,23 @@ def test_predict_pixels_refuses_bad_input(core: InferenceCore, digits_model: Fix
     assert len(asyncio.run(core.predict_pixels(_bad_pixels("good")))) == 2  # and it recovers
 
 
-def test_batcher_gathers_blocks_by_images_and_never_splits_one():
+def test_batcher_gathers_blocks_by_rows_and_never_splits_one():
     """Blocks: (rows, images) = one image (1, 1), its TTA views (6, 1), preprocessed (n, n)."""
     stats = CoreStats()
     batcher = DynamicBatcher(lambda x: x * 10, name="t", max_batch_size=4, max_wait_ms=20,
                              stats=stats)
-    blocks = [(3, 3), (2, 2), (6, 1), (6, 6), (1, 1)]
+    blocks = [(3, 3), (1, 1), (2, 2), (6, 1), (6, 6), (1, 1)]
     arrays = [np.arange(rows, dtype=np.float32)[:, None] + 100 * i
               for i, (rows, _) in enumerate(blocks)]
-    # Queued before the worker starts, so the passes are deterministic: 3 | 2 + 1 | 6 | 1
-    # images (a block that does not fit waits for the next pass; one over the limit runs alone).
+    # Queued before the worker starts, so the passes are deterministic, in rows: 3 + 1 | 2 | 6 |
+    # 6 | 1 (a block that does not fit waits for the next pass; one over the limit runs alone).
     futures = [batcher.submit(a, images=n) for a, (_, n) in zip(arrays, blocks, strict=True)]
     batcher.start()
     for future, array in zip(futures, arrays, strict=True):
         np.testing.assert_array_equal(future.result(timeout=10), array * 10)
     batcher.close(wait=True)
-    assert stats.batch_sizes("t") == {3: 2, 6: 1, 1: 1}
-    assert stats.snapshot()["models"]["t"]["rows"] == 18
+    assert stats.batch_sizes("t") == {4: 1, 2: 1, 1: 2, 6: 1}  # images per pass
+    assert stats.snapshot()["models"]["t"]["rows"] == 19
 
 
 def test_default_grpc_message_limit_fits_an_fp32_batch():
