@@ -342,7 +342,9 @@ def bench_key_comparison(model: BenchModel, rounds: int, quick: bool) -> dict[st
             row: dict[str, Any] = {"round": r + 1, "raw_best": best["throughput"],
                                    "raw_best_is": f"{best['runtime']}, batch {best['batch']}",
                                    "raw_b1_p99_ms": min(x["p99_ms"] for x in raw
-                                                        if x["batch"] == 1)}
+                                                        if x["batch"] == 1),
+                                   "raw_bk_p50_ms": min(x["p50_ms"] for x in raw
+                                                        if x["batch"] == model.tta_views)}
             for server in running:
                 for concurrency in (32, 1):
                     server.reset_peak()
@@ -350,6 +352,9 @@ def bench_key_comparison(model: BenchModel, rounds: int, quick: bool) -> dict[st
                     row[f"{server.spec.name} c={concurrency}"] = result["throughput"]
                     row[f"{server.spec.name} c={concurrency} p99"] = result["p99_ms"]
                     row[f"{server.spec.name} c={concurrency} errors"] = result["errors"]
+                if server.spec.name == "ours gRPC (batching on)":
+                    result = run_loadgen(server.spec, model, True, 1, d)
+                    row["ours gRPC TTA c=1 p50"] = result["p50_ms"]
             print(f"  round {r + 1}: " + ", ".join(
                 f"{k} {v:.0f}" for k, v in row.items()
                 if isinstance(v, float) and k.endswith("c=32")), file=sys.stderr, flush=True)
@@ -376,6 +381,10 @@ def bench_key_comparison(model: BenchModel, rounds: int, quick: bool) -> dict[st
         "gRPC c=1 p99 ms": med(f"{g} c=1 p99"), "raw ORT batch-1 p99 ms": med("raw_b1_p99_ms"),
         f"{pg} c=1 p99 ms": med(f"{pg} c=1 p99"),
         "plain BentoML c=32 errors (load shed, 503)": med(f"{pb} c=32 errors"),
+        f"gRPC TTA ({model.tta_views} views) c=1 p50 ms": med("ours gRPC TTA c=1 p50"),
+        f"raw ORT batch-{model.tta_views} p50 ms": med("raw_bk_p50_ms"),
+        f"gRPC TTA c=1 / raw ORT batch-{model.tta_views}": ratio("ours gRPC TTA c=1 p50",
+                                                                  "raw_bk_p50_ms"),
     }
     return {"rounds": per_round, "median": summary}
 
