@@ -7,4 +7,4 @@ scripts/setup.sh "train,dev"
 .venv/bin/training make-digits data/digits
 .venv/bin/training fit --config recipes/digits.toml --data data/digits --output runs/digits
 .venv/bin/training export runs/digits/best.pt --name digits --version 1 --models-dir models \
-  --data data/digits "$@"
+  --data data/digits --int8 "$@"

@@ -8,6 +8,8 @@ never listed.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -243,12 +245,31 @@ class ModelRepository:
         target = self.root / name / str(version)
         if target.exists() and not force:
             raise FileExistsError(f"{target} exists; pass --force to overwrite it")
-        retired = None
-        if target.exists():
+        if not target.exists():
+            os.rename(staging, target)
+        elif _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the replaced version
+        else:  # no atomic exchange here: for a moment the version is absent
             retired = target.with_name(f".retired-{version}-{uuid.uuid4().hex[:8]}")
             os.rename(target, retired)
-        os.rename(staging, target)
-        if retired is not None:
+            os.rename(staging, target)
             shutil.rmtree(retired, ignore_errors=True)
         log.info("published %s version %d at %s", name, version, target)
         return self.resolve(name, version)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2), so a forced replacement never leaves
+    the version absent, not even for a moment; False where the platform cannot."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0

@@ -6,6 +6,7 @@ Torch-free: the graphs are built with onnx.helper, the way the serving image wou
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,39 @@ def test_publish_is_a_rename_and_never_overwrites_without_force(tmp_path) -> Non
     assert replaced.card.sha256 != first.card.sha256
     assert not staging.exists()
     assert visible_entries(repo, "pets") == ["1"]  # no staging or retired folder left
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2 is Linux's")
+def test_forced_replacement_is_one_exchange_on_linux(tmp_path, monkeypatch) -> None:
+    """No moment without the version: the old folder is never renamed away first."""
+    import service.model_repository as mr
+
+    repo = ModelRepository(tmp_path)
+    publish(repo, "pets", 1, seed=0)
+    staging = fill(repo.staging_dir("pets"), "pets", 1, seed=1)
+    new_sha = json.loads((staging / "model.json").read_text())["onnx"]["sha256"]
+
+    def no_rename(*args):
+        raise AssertionError(f"os.rename{args}: the two-step path")
+
+    monkeypatch.setattr(mr.os, "rename", no_rename)
+    replaced = repo.publish(staging, "pets", 1, force=True)
+    assert replaced.card.sha256 == new_sha
+    assert not staging.exists()
+    assert visible_entries(repo, "pets") == ["1"]
+
+
+def test_forced_replacement_without_exchange_falls_back_to_two_renames(tmp_path,
+                                                                       monkeypatch) -> None:
+    import service.model_repository as mr
+
+    repo = ModelRepository(tmp_path)
+    first = publish(repo, "pets", 1, seed=0)
+    staging = fill(repo.staging_dir("pets"), "pets", 1, seed=1)
+    monkeypatch.setattr(mr, "_exchange", lambda a, b: False)
+    replaced = repo.publish(staging, "pets", 1, force=True)
+    assert replaced.card.sha256 != first.card.sha256
+    assert sorted(p.name for p in (tmp_path / "pets").iterdir()) == ["1"]
 
 
 def test_publish_refuses_an_invalid_staging_folder(tmp_path) -> None:

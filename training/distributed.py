@@ -194,6 +194,13 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def require_single_process(command: str, why: str) -> None:
+    """Refuse a command that must not run once per rank (it publishes or reports once)."""
+    if launched_world_size() > 1:
+        raise ConfigError(f"`training {command}` runs in one process: run it without torchrun "
+                          f"({why})")
+
+
 def init_distributed(device_name: str = "auto") -> DistContext | None:
     """Join the torchrun job described by RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT).
 

@@ -65,6 +65,7 @@ from service.model_repository import (
     ModelVersion,
     sha256_file,
 )
+from training.distributed import require_single_process
 from training.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
@@ -644,6 +645,7 @@ def export_checkpoint(
     ``force``. Raises ExportError (nothing published) when the checkpoint is unusable, the
     export fails, or ONNX Runtime does not reproduce PyTorch within ``tolerance``.
     """
+    require_single_process("export", "every rank would publish its own version")
     checkpoint = Path(checkpoint)
     repo = ModelRepository(models_dir)
     auto_version = version is None

@@ -12,8 +12,8 @@ from training.callbacks import atomic_save, load_checkpoint
 from training.config import Recipe, eval_spec
 from training.data import DataSplit, Items, build_dataloaders, load_items
 from training.device import select_device
-from training.distributed import DistContext, is_main, launched_world_size
-from training.errors import ConfigError, DataError
+from training.distributed import DistContext, is_main, require_single_process
+from training.errors import DataError
 from training.evaluate import load_model, predict
 from training.fit import build_classifier, build_data, build_learner, fit
 from training.interpret import write_interpretation
@@ -49,10 +49,8 @@ def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
 def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
                 end_lr: float = 10.0) -> tuple[LRFindResult, Path]:
     """The finder on the recipe's first stage; writes OUTPUT/lr_find.png."""
-    if launched_world_size() > 1:
-        raise ConfigError("the LR finder runs in one process: run `training lr-find` without "
-                          "torchrun; the LR it suggests is per device batch, which is what the "
-                          "recipe's lr means (train.scale_lr scales it under torchrun)")
+    require_single_process("lr-find", "the LR it suggests is per device batch, which is what "
+                           "the recipe's lr means; train.scale_lr scales it under torchrun")
     device = select_device(recipe.train.device)
     split, mean, std = build_data(recipe)
     model = build_classifier(recipe, split.classes, mean, std).to(device)

@@ -38,8 +38,9 @@ ROOT = Path(__file__).parents[2]
 RECIPE = ROOT / "recipes" / "digits.toml"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # Small enough for ~30 s per run on a shared CPU; a frozen phase exercises the DDP rebuild.
+# On the CPU (gloo) even where a GPU is present: the test is about DDP, not the device.
 SMALL = ["stages.0.epochs=3", "stages.1.epochs=1", "stages.0.size=12", "stages.1.size=16",
-         "data.presize=20", "train.freeze_epochs=1"]
+         "data.presize=20", "train.freeze_epochs=1", "train.device=cpu"]
 TORCHRUN_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -108,6 +109,19 @@ def test_lr_finder_refuses_under_torchrun(digits_dir, tmp_path, monkeypatch):
     recipe = load_recipe(RECIPE, [f'data.path="{digits_dir}"', f'train.output="{tmp_path}"'])
     with pytest.raises(ConfigError, match="without torchrun"):
         run_lr_find(recipe, num_it=5)
+
+
+def test_export_and_evaluate_refuse_under_torchrun(tmp_path, monkeypatch, capsys):
+    """They publish or report once: N ranks would publish N versions or race on the reports."""
+    from training.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    missing = str(tmp_path / "never-read.pt")
+    assert main(["export", missing, "--name", "x", "--models-dir", str(tmp_path / "m")]) != 0
+    assert main(["evaluate", missing, "--output", str(tmp_path / "e")]) != 0
+    err = capsys.readouterr().err
+    assert err.count("runs in one process: run it without torchrun") == 2
+    assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
 
 
 # -- real runs ---------------------------------------------------------------------------------

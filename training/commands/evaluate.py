@@ -18,8 +18,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.distributed import require_single_process
     from training.run import evaluate_checkpoint
 
+    require_single_process("evaluate", "every rank would write the same reports")
     out = args.output or args.checkpoint.parent / "evaluation"
     summary = evaluate_checkpoint(args.checkpoint, data=args.data, output=out, tta=args.tta,
                                   batch_size=args.batch_size, min_confused=args.min_confused,
