@@ -131,8 +131,7 @@ class PinnedModel:
     async def predict_batch(self, images: Sequence[bytes], *, tta: bool = False,
                             top_k: int | None = None) -> list[Prediction | CoreError]:
         k = self._core._check_top_k(top_k)
-        return list(await asyncio.gather(
-            *(self._core._predict_or_error(self._model, im, tta, k) for im in images)))
+        return await self._core._predict_many(self._model, images, tta, k)
 
     async def predict_pixels(self, pixels: np.ndarray, *,
                              top_k: int | None = None) -> list[Prediction]:
@@ -152,7 +151,8 @@ class InferenceCore:
     def __init__(self, config: CoreConfig, repository: ModelRepository | None = None) -> None:
         self.config = config
         self.repository = repository or ModelRepository(config.models_dir)
-        self._pending = 0
+        self._pending = 0  # admitted requests: back-pressure
+        self._images = 0  # images being decoded or batched: the batchers' company signal
         self._pending_lock = threading.Lock()
         self.stats = CoreStats(pending=lambda: self._pending)
         self._registry: ModelRegistry | None = None
@@ -177,7 +177,8 @@ class InferenceCore:
             log.info("running on the CPU: %s", plan.reason)
         self._decode_pool = ThreadPoolExecutor(self.config.decode_threads,
                                                thread_name_prefix="tta-decode")
-        registry = ModelRegistry(self.repository, self.config, plan, self.stats)
+        registry = ModelRegistry(self.repository, self.config, plan, self.stats,
+                                 in_flight=lambda: self._images)
         try:
             registry.start()
         except BaseException:
@@ -335,12 +336,29 @@ class InferenceCore:
                                  f"{self.config.default_top_k}); got {top_k}")
         return int(top_k)
 
-    async def _predict_or_error(self, model: LoadedModel, image: bytes, tta: bool,
-                                top_k: int) -> Prediction | CoreError:
+    async def _predict_many(self, model: LoadedModel, images: Sequence[bytes], tta: bool,
+                            top_k: int) -> list[Prediction | CoreError]:
+        """One admitted request however many images (a KServe batch may hold thousands), with
+        at most ``max_batch_size`` of them decoded or queued at once, so memory stays bounded.
+        A bad image's CoreError takes its place; each image's outcome is counted."""
+        limit = asyncio.Semaphore(max(1, self.config.max_batch_size))
+
+        async def one(image: bytes) -> Prediction | CoreError:
+            async with limit:
+                try:
+                    result: Prediction | CoreError = await self._run(model, image, tta, top_k)
+                except CoreError as e:
+                    result = e
+            self.stats.record_request(model.name, result.kind if isinstance(result, CoreError)
+                                      else "ok")
+            return result
+
         try:
-            return await self._predict_one(model, image, tta, top_k)
-        except CoreError as e:
-            return e
+            with self._admit():
+                return list(await asyncio.gather(*(one(image) for image in images)))
+        except CoreError as e:  # refused as a whole (overloaded)
+            self.stats.record_request(model.name, e.kind)
+            raise
 
     async def _predict_one(self, model: LoadedModel, image: bytes, tta: bool,
                            top_k: int) -> Prediction:
@@ -361,7 +379,22 @@ class InferenceCore:
         self.stats.record_request(model.name, "ok")
         return result
 
+    @contextlib.contextmanager
+    def _on_the_way(self, images: int) -> Iterator[None]:
+        with self._pending_lock:
+            self._images += images
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._images -= images
+
     async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int) -> Prediction:
+        with self._on_the_way(1):
+            return await self._run_one(model, image, tta, top_k)
+
+    async def _run_one(self, model: LoadedModel, image: bytes, tta: bool,
+                       top_k: int) -> Prediction:
         if self._decode_pool is None:
             raise ModelUnavailable("the inference core is not started; call start() first")
         if len(image) > self.config.max_image_bytes:
@@ -382,6 +415,11 @@ class InferenceCore:
 
     async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray,
                           top_k: int) -> list[Prediction]:
+        with self._on_the_way(1):  # its blocks are submitted together: one arrival
+            return await self._run_pixel_blocks(model, pixels, top_k)
+
+    async def _run_pixel_blocks(self, model: LoadedModel, pixels: np.ndarray,
+                                top_k: int) -> list[Prediction]:
         if self._decode_pool is None:
             raise ModelUnavailable("the inference core is not started; call start() first")
         pixels = _check_pixels_shape(pixels, model)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,14 @@ class ModelRegistry:
         config: CoreConfig,
         plan: ProviderInfo,
         stats: CoreStats,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
+        """``in_flight``: images on their way to a batcher (its signal to wait for company)."""
         self.repository = repository
         self.config = config
         self.plan = plan
         self.stats = stats
+        self._in_flight = in_flight or stats.pending
         self._served: dict[str, LoadedModel] = {}
         self._refused: dict[tuple[str, int], Fingerprint | None] = {}
         self._lock = threading.Lock()  # _served, leases, retirement
@@ -368,7 +372,7 @@ class ModelRegistry:
                                  max_batch_size=self.config.max_batch_size,
                                  max_wait_ms=self.config.max_wait_ms,
                                  stats=self.stats, stats_key=name,
-                                 in_flight=self.stats.pending).start()
+                                 in_flight=self._in_flight).start()
         return LoadedModel(name=name, version=version, path=resolved.path, card=card,
                            provider=provider, batcher=batcher, fingerprint=fp,
                            _session=session)

@@ -98,10 +98,36 @@ def test_unknown_model_and_version(core: InferenceCore, digits_model: FixtureMod
 def test_overloaded_when_the_queue_is_full(digits_model: FixtureModel):
     with InferenceCore.create(core_config(digits_model.repo_root, max_pending=1)) as core:
         images = [b for b, _ in digits_model.samples[:3]]
-        results = asyncio.run(core.predict_batch(images))
+
+        async def three_requests() -> list:
+            return await asyncio.gather(*(core.predict(im) for im in images),
+                                        return_exceptions=True)
+
+        results = asyncio.run(three_requests())
         assert results[0].label == "0"
         assert all(isinstance(r, Overloaded) and "--max-pending" in str(r) for r in results[1:])
         assert asyncio.run(core.predict(images[1])).label == "1"  # and it recovers
+
+
+def test_a_batch_is_one_request_however_many_images(digits_model: FixtureModel):
+    """A batch larger than --max-pending is served on an idle server (KServe batches may be
+    large), counts once against the limit, and reports each image's outcome."""
+    images = [b for b, _ in digits_model.valid[:12]] + [b"not an image"]
+    with InferenceCore.create(core_config(digits_model.repo_root, max_pending=1,
+                                          max_batch_size=4)) as core:
+        async def batch_and_one() -> list:
+            return await asyncio.gather(core.predict_batch(images), core.predict(images[0]),
+                                        return_exceptions=True)
+
+        results, refused = asyncio.run(batch_and_one())
+        assert isinstance(refused, Overloaded)  # the batch holds the one slot
+        assert [r.top[0].index for r in results[:12]] == digits_model.valid_pred[:12].tolist()
+        assert isinstance(results[12], InvalidImage)
+        stats = core.stats.snapshot()
+        assert stats["requests"] == {"digits/ok": 12, "digits/invalid_image": 1,
+                                     "digits/overloaded": 1}
+        assert max(stats["models"]["digits"]["batch_sizes"]) <= 4
+        assert core.pending == 0
 
 
 def test_image_limits_name_their_flags(core: InferenceCore):
