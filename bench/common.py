@@ -221,7 +221,8 @@ def _export_random(arch: str, size: int, resize_ratio: float, tta: Any, models_d
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
         torch.save(ckpt, path)
-        export_checkpoint(path, name=name, models_dir=models_dir, version=1, force=True)
+        export_checkpoint(path, name=name, models_dir=models_dir, version=1, force=True,
+                          random_inputs_only=True)
 
 
 def ensure_model(key: str) -> BenchModel:

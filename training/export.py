@@ -332,8 +332,6 @@ def recipe_valid_items(recipe: dict[str, Any] | None,
 
     d = (recipe or {}).get("data") or {}
     if not isinstance(d, dict) or not d.get("path") or not Path(d["path"]).is_dir():
-        log.warning("the recipe's data folder %r is not here; checking parity on random inputs "
-                    "only (pass --data DIR to check real images)", d.get("path"))
         return None
     try:
         # The split is decided before images are checked (load_items' contract), so skipping
@@ -341,7 +339,7 @@ def recipe_valid_items(recipe: dict[str, Any] | None,
         split = load_items(d["path"], csv=d.get("csv") or None, valid_pct=d.get("valid_pct", 0.2),
                            seed=d.get("seed", 42), check_images=False)
     except DataError as e:
-        log.warning("could not rebuild the validation split (%s); random inputs only", e)
+        log.warning("could not rebuild the validation split: %s", e)
         return None
     index = {name: i for i, name in enumerate(classes)}
     pairs = [(Path(p), index[split.classes[y]])
@@ -638,12 +636,15 @@ def export_checkpoint(
     int8: bool = False,
     tolerance: float = FP32_ATOL,
     max_images: int = MAX_CHECK_IMAGES,
+    random_inputs_only: bool = False,
 ) -> ModelVersion:
     """Export, verify and publish a checkpoint as ``models_dir/name/version``.
 
     ``version`` None publishes the next integer; an existing version is replaced only with
     ``force``. Raises ExportError (nothing published) when the checkpoint is unusable, the
-    export fails, or ONNX Runtime does not reproduce PyTorch within ``tolerance``.
+    export fails, or ONNX Runtime does not reproduce PyTorch within ``tolerance``. The check
+    needs real images (``data``, or the run's validation split) unless ``random_inputs_only``
+    (models without data, e.g. random-weight benchmark models).
     """
     require_single_process("export", "every rank would publish its own version")
     checkpoint = Path(checkpoint)
@@ -658,7 +659,15 @@ def export_checkpoint(
     except (TypeError, ValueError) as e:
         raise ExportError(f"{checkpoint}: eval_spec/tta are not valid: {e}") from e
     module = build_export_module(ckpt)
-    images = find_check_images(data, ckpt.get("recipe"), classes, spec, limit=max_images)
+    images = None if random_inputs_only else find_check_images(
+        data, ckpt.get("recipe"), classes, spec, limit=max_images)
+    if images is None and not random_inputs_only:
+        where = ((ckpt.get("recipe") or {}).get("data") or {}).get("path")
+        raise ExportError(
+            f"no real images to check {checkpoint} on: the recipe's data folder {where!r} is not "
+            "here. Pass --data DIR (a labelled folder of the model's classes), or "
+            "--random-inputs-only to check on random inputs alone (model.json then records "
+            "n_images 0)")
 
     staging = repo.staging_dir(name)
     try:

@@ -340,10 +340,15 @@ def test_data_option(tmp_path, trained, digits, fast_export) -> None:
     assert check["n_images"] == 50 and "validation split" in check["images_source"]
 
 
-def test_without_images_checks_random_inputs(tmp_path, trained, fast_export) -> None:
+def test_without_images_refuses_unless_random_inputs_only(tmp_path, trained,
+                                                          fast_export) -> None:
     recipe = {**trained.ckpt["recipe"], "data": {"path": str(tmp_path / "gone")}}
     ckpt = save_variant(trained, tmp_path / "run", recipe=recipe)
-    mv = export.export_checkpoint(ckpt, name="d", models_dir=tmp_path / "models")
+    with pytest.raises(ExportError, match="no real images.*gone.*--random-inputs-only"):
+        export.export_checkpoint(ckpt, name="d", models_dir=tmp_path / "models")
+    assert ModelRepository(tmp_path / "models").versions("d") == []
+    mv = export.export_checkpoint(ckpt, name="d", models_dir=tmp_path / "models",
+                                  random_inputs_only=True)
     check = mv.card.metrics["export_check"]
     assert check["n_images"] == 0 and check["n_random"] == 8
     assert check["accuracy_onnx"] is None and check["max_abs_diff"] <= 1e-4
@@ -441,7 +446,8 @@ def test_real_xresnet_tiny_exports(tmp_path) -> None:
             "tta": TTASpec().to_dict(), "model": model.state_dict(), "recipe": {},
             "metrics": {"accuracy": 0.5, "tta_accuracy": None}}
     torch.save(ckpt, tmp_path / "best.pt")
-    mv = export.export_checkpoint(tmp_path / "best.pt", name="x", models_dir=tmp_path / "m")
+    mv = export.export_checkpoint(tmp_path / "best.pt", name="x", models_dir=tmp_path / "m",
+                                  random_inputs_only=True)
     assert mv.card.metrics["export_check"]["max_abs_diff"] <= 1e-4
     session = ort.InferenceSession(str(mv.onnx_path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((7, 3, 32, 32), dtype=np.float32)
