@@ -51,6 +51,9 @@ from service.oip import grpc_servicer as oip_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
+# What grpc.health.v1 reports SERVING while the server runs ("" = the server as a whole), and
+# NOT_SERVING from the start of a shutdown (enter_graceful_shutdown covers every name set).
+HEALTH_SERVICES = ("", SERVICE_NAME, oip_grpc.SERVICE_NAME)
 
 STATUS_CODES: dict[type[CoreError], grpc.StatusCode] = {
     InvalidImage: grpc.StatusCode.INVALID_ARGUMENT,
@@ -294,7 +297,10 @@ class GrpcServer:
         limit = config.max_message_bytes or default_max_message_bytes(core.config.max_image_bytes)
         self.server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit),
-                     ("grpc.max_send_message_length", limit)],
+                     ("grpc.max_send_message_length", limit),
+                     # Without this a second server on a taken port binds too (SO_REUSEPORT)
+                     # and the two silently share its connections.
+                     ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         pb_grpc.add_ClassifierServicer_to_server(
@@ -310,12 +316,18 @@ class GrpcServer:
     async def start(self) -> int:
         """Bind, start serving and report SERVING; returns the bound port."""
         address = f"{self.config.host}:{self.config.port}"
-        self.port = self.server.add_insecure_port(address)
+        problem = f"cannot listen on {address}; is the port in use? (choose --port)"
+        try:
+            # grpcio (1.85) raises RuntimeError ("Failed to bind to address ..."); older
+            # releases returned 0.
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(problem) from e
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}; is the port in use? (choose --port)")
+            raise OSError(problem)
         await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:

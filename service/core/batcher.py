@@ -135,24 +135,27 @@ class DynamicBatcher:
         live = [(rows, fut, n) for rows, fut, n in batch if fut.set_running_or_notify_cancel()]
         if not live:
             return
-        x = live[0][0] if len(live) == 1 else np.concatenate([rows for rows, _, _ in live])
         images = sum(n for _, _, n in live)
-        start = time.perf_counter()
+        rows = sum(len(block) for block, _, _ in live)
         try:
+            # All of the pass, joining the blocks and the stats included: whatever raises fails
+            # these futures only, and the worker goes on to the next pass.
+            x = live[0][0] if len(live) == 1 else np.concatenate([b for b, _, _ in live])
+            start = time.perf_counter()
             out = self._run(x)
+            seconds = time.perf_counter() - start
+            if self._stats is not None:
+                self._stats.record_batch(self._stats_key, images, len(x), seconds)
         except Exception as e:
             log.exception("forward pass of %s failed (%d images, %d rows)",
-                          self.name, images, len(x))
+                          self.name, images, rows)
             error = ModelUnavailable(f"the forward pass of {self.name} failed: {e}")
             for _, fut, _ in live:
                 fut.set_exception(error)
             return
-        seconds = time.perf_counter() - start
-        if self._stats is not None:
-            self._stats.record_batch(self._stats_key, images, len(x), seconds)
         log.debug("%s: batch of %d images in %d blocks (%d rows) in %.1f ms",
                   self.name, images, len(live), len(x), seconds * 1000)
         offset = 0
-        for rows, fut, _ in live:
-            fut.set_result(out[offset:offset + len(rows)])
-            offset += len(rows)
+        for block, fut, _ in live:
+            fut.set_result(out[offset:offset + len(block)])
+            offset += len(block)

@@ -194,7 +194,7 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: A
             raise invalid(f"input {name!r} has shape {list(shape)} ({count} elements) but "
                           f"{len(elements)} BYTES elements were sent")
         data = np.empty(count, dtype=object)
-        data[:] = [e.encode() if isinstance(e, str) else bytes(e) for e in elements]
+        data[:] = [_bytes_element(name, i, e) for i, e in enumerate(elements)]
         return Tensor(name, datatype, shape, data.reshape(shape), parameters or {})
     try:
         flat = np.asarray(values, dtype=NUMPY_DTYPES[datatype].newbyteorder("=")).reshape(-1)
@@ -204,6 +204,19 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: A
         raise invalid(f"input {name!r} has shape {list(shape)} ({count} elements) but "
                       f"{flat.size} values were sent")
     return Tensor(name, datatype, shape, flat.reshape(shape), parameters or {})
+
+
+def _bytes_element(name: str, index: int, element: Any) -> bytes:
+    """One BYTES element: a string (UTF-8 encoded, as JSON sends it) or bytes (gRPC typed
+    contents). Anything else is refused: ``bytes(50000000)`` would be a 50 MB zero buffer."""
+    if isinstance(element, str):
+        return element.encode()
+    if isinstance(element, bytes | bytearray):
+        return bytes(element)
+    shown = repr(element)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise invalid(f"input {name!r}: BYTES element {index} is {type(element).__name__} "
+                  f"{shown}; each BYTES element must be a string")
 
 
 def _flatten(values: Any) -> Any:

@@ -45,6 +45,7 @@ from service.oip.core_adapter import (
     Status,
     Tensor,
     TensorSpec,
+    bool_parameter,
     invalid,
     raw_contents,
     tensor_from_raw,
@@ -99,7 +100,8 @@ def parse_infer_request(model: str, version: str, body: bytes,
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise invalid('the request must be a JSON object with an "inputs" list')
     parameters = _parameters(document.get("parameters"), "request")
-    binary_default = bool(parameters.pop(BINARY_DATA_OUTPUT, False))
+    binary_default = bool_parameter(BINARY_DATA_OUTPUT,
+                                    parameters.pop(BINARY_DATA_OUTPUT, False))
 
     inputs, offset = [], 0
     for item in document["inputs"]:
@@ -119,7 +121,8 @@ def parse_infer_request(model: str, version: str, body: bytes,
         if not isinstance(k, int) or isinstance(k, bool):
             raise invalid(f"output {item['name']!r}: {CLASSIFICATION_PARAMETER} must be an "
                           f"integer (top-k classes), got {k!r}")
-        binary_outputs[item["name"]] = bool(output_parameters.pop(BINARY_DATA, binary_default))
+        binary_outputs[item["name"]] = bool_parameter(
+            BINARY_DATA, output_parameters.pop(BINARY_DATA, binary_default))
         outputs.append(RequestedOutput(item["name"], k, output_parameters))
     request = InferRequest(model=model, version=version, inputs=inputs, outputs=outputs,
                            id=str(document.get("id", "")), parameters=parameters)

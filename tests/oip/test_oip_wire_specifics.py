@@ -134,3 +134,66 @@ def test_http_malformed_requests_get_json_errors(serving: RunningServers,
         ok = client.get(f"http://{serving.http_address}/v2/models/{MODEL}/versions/"
                         f"{SERVED_VERSION}/ready")
         assert ok.status_code == 200 and ok.json()["ready"] is True
+
+
+def _binary_image_request(image: bytes, parameters: dict,
+                          outputs: list | None = None) -> tuple[bytes, dict[str, str]]:
+    """An infer body with one image in the binary tensor data extension, and its headers."""
+    blob = len(image).to_bytes(4, "little") + image
+    document: dict = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                  "parameters": {"binary_data_size": len(blob)}}],
+                      "parameters": parameters}
+    if outputs is not None:
+        document["outputs"] = outputs
+    head = json.dumps(document).encode()
+    return head + blob, {"Inference-Header-Content-Length": str(len(head))}
+
+
+@pytest.mark.parametrize(("parameters", "outputs", "binary"), [
+    ({"binary_data_output": "false"}, None, False),
+    ({"binary_data_output": False}, None, False),
+    ({"binary_data_output": "true"}, None, True),
+    ({"binary_data_output": True}, [{"name": "probabilities",
+                                     "parameters": {"binary_data": "false"}}], False),
+    ({}, [{"name": "probabilities", "parameters": {"binary_data": "true"}}], True),
+])
+def test_http_binary_output_switches_read_false_strings_as_false(
+        serving: RunningServers, images: list[bytes], parameters: dict, outputs: list | None,
+        binary: bool) -> None:
+    body, headers = _binary_image_request(images[0], parameters, outputs)
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(f"http://{serving.http_address}/v2/models/{MODEL}/infer",
+                             content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert ("Inference-Header-Content-Length" in answer.headers) == binary
+    if not binary:
+        (output,) = answer.json()["outputs"]
+        assert "data" in output and len(output["data"]) == len(CLASSES)
+
+
+def test_http_binary_output_switch_must_be_a_boolean(serving: RunningServers,
+                                                      images: list[bytes]) -> None:
+    body, headers = _binary_image_request(images[0], {"binary_data_output": "sometimes"})
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(f"http://{serving.http_address}/v2/models/{MODEL}/infer",
+                             content=body, headers=headers)
+    assert answer.status_code == 400
+    assert "binary_data_output" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(("element", "shown"), [
+    (50_000_000, "int 50000000"),  # bytes(50000000) would be a 50 MB buffer of zeros
+    ({"b64": "iVBORw0K"}, "dict {'b64': 'iVBORw0K'}"),  # was HTTP 500
+    (None, "NoneType None"),
+    (True, "bool True"),
+])
+def test_http_json_bytes_elements_must_be_strings(serving: RunningServers, element: object,
+                                                  shown: str) -> None:
+    document = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                            "data": ["not an image", element]}]}
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(f"http://{serving.http_address}/v2/models/{MODEL}/infer",
+                             json=document)
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["error"]
+    assert "input 'image'" in message and f"BYTES element 1 is {shown}" in message

@@ -4,8 +4,10 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from service.core.batcher import DynamicBatcher
+from service.core.errors import ModelUnavailable
 from service.core.stats import CoreStats
 
 
@@ -37,5 +39,25 @@ def test_expected_request_is_waited_for_and_joins_the_pass():
         np.testing.assert_array_equal(first.result(timeout=10), np.full((1, 3), 2.0))
         np.testing.assert_array_equal(second[0].result(timeout=10), np.zeros((1, 3)))
         assert stats.batch_sizes("m") == {2: 1}  # one pass of both
+    finally:
+        batcher.close(wait=True)
+
+
+def test_a_pass_that_cannot_be_formed_fails_its_requests_and_the_worker_goes_on():
+    # Blocks whose rows differ in width cannot be joined into one pass: np.concatenate raises
+    # inside the worker. Those requests fail; the next one is served by the same worker.
+    stats = CoreStats()
+    admitted = [2]  # two admitted: one pass of both
+    batcher = _batcher(lambda: admitted[0], stats, wait_ms=5_000)
+    try:
+        narrow = batcher.submit(np.ones((1, 3), np.float32))
+        wide = batcher.submit(np.ones((1, 4), np.float32))
+        for future in (narrow, wide):
+            with pytest.raises(ModelUnavailable, match="forward pass of m failed"):
+                future.result(timeout=10)
+        admitted[0] = 1
+        good = batcher.submit(np.ones((2, 3), np.float32))
+        np.testing.assert_array_equal(good.result(timeout=10), np.full((2, 3), 2.0))
+        assert stats.batch_sizes("m") == {1: 1}  # only the good pass was counted (1 block)
     finally:
         batcher.close(wait=True)

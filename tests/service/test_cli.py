@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,11 +63,14 @@ def _read_until(stream, pattern: str, timeout: float) -> tuple[re.Match | None, 
     return None, seen
 
 
-def test_console_script_serves_and_stops_on_sigterm(digits_model: FixtureModel):
+def _tta_serve() -> list[str]:
     script = Path(sys.executable).with_name("tta-serve")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+
+
+def test_console_script_serves_and_stops_on_sigterm(digits_model: FixtureModel):
     process = subprocess.Popen(
-        [*command, "grpc", "--models-dir", str(digits_model.repo_root), "--host", "127.0.0.1",
+        [*_tta_serve(), "grpc", "--models-dir", str(digits_model.repo_root), "--host", "127.0.0.1",
          "--port", "0", "--device", "cpu", "--grace-s", "5"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -82,6 +87,61 @@ def test_console_script_serves_and_stops_on_sigterm(digits_model: FixtureModel):
             assert response.classes[0].label == label
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert "stopped" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_port_in_use_is_a_one_line_error(digits_model: FixtureModel):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = subprocess.run(
+            [*_tta_serve(), "grpc", "--models-dir", str(digits_model.repo_root), "--host",
+             "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert (f"tta-serve: error: cannot listen on 127.0.0.1:{port}; is the port in use? "
+            "(choose --port)") in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_lets_an_in_flight_request_finish(digits_model: FixtureModel):
+    """SIGTERM while an RPC is open: it is answered during the grace period, then exit 0.
+
+    A PredictStream the client holds open is in flight for certain (a lone Predict is answered
+    in milliseconds: the batcher waits for company only while company is on its way). Health
+    turning NOT_SERVING shows the shutdown has begun before the stream's next item is sent.
+    """
+    process = subprocess.Popen(
+        [*_tta_serve(), "grpc", "--models-dir", str(digits_model.repo_root), "--host",
+         "127.0.0.1", "--port", "0", "--device", "cpu", "--grace-s", "60"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        match, log = _read_until(process.stderr, r"gRPC listening on 127\.0\.0\.1:(\d+)", 60)
+        assert match, log
+        with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as channel:
+            (first, first_label), (second, second_label) = digits_model.samples[:2]
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+            responses = pb_grpc.ClassifierStub(channel).PredictStream(
+                iter(requests.get, None), timeout=60)
+            requests.put(pb.PredictRequest(image=first, request_id="1"))
+            assert next(responses).classes[0].label == first_label  # the stream is open
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(),
+                                                              timeout=60)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()  # else it, too, would hold the server for the whole grace period
+            requests.put(pb.PredictRequest(image=second, request_id="2"))
+            requests.put(None)  # the client's last message
+            assert [(r.request_id, r.classes[0].label) for r in responses] == [
+                ("2", second_label)]
+            assert responses.code() == grpc.StatusCode.OK
+        assert process.wait(timeout=30) == 0  # well inside the 60 s grace: nothing was left
         assert "stopped" in process.stderr.read()
     finally:
         if process.poll() is None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from PIL import Image
 from service_testkit import FixtureModel, RunningServer, core_config, publish, write_card
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
-from service.grpc_server import GrpcConfig
+from service.grpc_server import GrpcConfig, GrpcServer
 
 Code = grpc.StatusCode
 
@@ -169,11 +171,53 @@ def test_list_and_get_model(server: RunningServer, digits_model: FixtureModel):
     assert info.is_default and info.provider.name == "CPUExecutionProvider"
 
 
+HEALTH_SERVICES = ("", "tta_serve.v1.Classifier", "inference.GRPCInferenceService")
+
+
 def test_health_is_serving(server: RunningServer):
     health = health_pb2_grpc.HealthStub(server.channel)
-    for service in ("", "tta_serve.v1.Classifier"):
+    for service in HEALTH_SERVICES:
         response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_turns_not_serving_when_the_server_stops(digits_model: FixtureModel):
+    server = RunningServer(core_config(digits_model.repo_root),
+                           GrpcConfig(host="127.0.0.1", port=0, grace_s=10))
+    try:
+        health = health_pb2_grpc.HealthStub(server.channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
+                   for service in HEALTH_SERVICES]
+        try:
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            # Not server.run(): the open watches hold stop() in its grace period until cancelled.
+            stopping = asyncio.run_coroutine_threadsafe(server.server.stop(), server.loop)
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            for watch in watches:
+                watch.cancel()
+        stopping.result(timeout=30)
+    finally:
+        server.close()
+
+
+def test_a_taken_port_is_refused_with_a_clear_error(server: RunningServer,
+                                                    digits_model: FixtureModel):
+    async def start_another(port: int) -> int:  # grpc.aio binds to the loop it is created on
+        return await GrpcServer(server.core, GrpcConfig(host="127.0.0.1", port=port)).start()
+
+    # One port held by a plain socket, one by our own running server: grpcio's default
+    # SO_REUSEPORT would let a second gRPC server bind that one and silently share it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        for port in (held.getsockname()[1], server.port):
+            with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{port}; is the "
+                                              "port in use"):
+                server.run(start_another(port))
+    assert_still_serving(server, digits_model)
 
 
 def test_reflection_lists_the_service(server: RunningServer):
