@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import queue
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,19 +286,37 @@ def test_overload_is_unavailable_and_recovers(digits_model: FixtureModel):
 
 
 def test_graceful_stop_finishes_in_flight_requests(digits_model: FixtureModel):
-    # A 400 ms batching wait keeps the request in flight while the server is told to stop.
-    server = RunningServer(core_config(digits_model.repo_root, max_wait_ms=400,
-                                       max_batch_size=64),
-                           GrpcConfig(host="127.0.0.1", port=0, grace_s=10))
+    """An RPC open when stop() begins is answered; new ones are refused.
+
+    A PredictStream the client holds open is in flight for certain (a lone Predict is answered
+    in milliseconds: the batcher waits for company only while company is on its way).
+    """
+    server = RunningServer(core_config(digits_model.repo_root),
+                           GrpcConfig(host="127.0.0.1", port=0, grace_s=30))
+    stopping = threading.Thread(target=lambda: server.run(server.server.stop()))
     try:
-        image, label = digits_model.samples[9]
-        future = server.stub.Predict.future(pb.PredictRequest(image=image), timeout=30)
-        time.sleep(0.15)
-        server.run(server.server.stop())
-        assert future.result().classes[0].label == label
-        error = rpc_error(server.stub.Predict, pb.PredictRequest(image=image))
-        assert error.code() == Code.UNAVAILABLE
+        (first, first_label), (second, second_label) = digits_model.samples[:2]
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        responses = server.stub.PredictStream(iter(requests.get, None), timeout=30)
+        requests.put(pb.PredictRequest(image=first, request_id="1"))
+        assert next(responses).classes[0].label == first_label  # the stream is open
+        watch = health_pb2_grpc.HealthStub(server.channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopping.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        error = rpc_error(server.stub.Predict, pb.PredictRequest(image=second))
+        assert error.code() == Code.UNAVAILABLE  # new calls are refused ...
+        requests.put(pb.PredictRequest(image=second, request_id="2"))
+        requests.put(None)
+        assert [(r.request_id, r.classes[0].label) for r in responses] == [
+            ("2", second_label)]  # ... while the open one is answered
+        assert responses.code() == grpc.StatusCode.OK
+        stopping.join(timeout=30)
+        assert not stopping.is_alive()  # stop() returned as soon as nothing was in flight
     finally:
+        requests.put(None)
         server.close()
 
 
