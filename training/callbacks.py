@@ -1,4 +1,4 @@
-"""The callbacks every fit uses: progress display, history, checkpoints."""
+"""The callbacks every fit uses: progress display, history, checkpoints, frozen BatchNorm."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from training.learner import Callback, Learner
+from training.models.classifier import BN_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,34 @@ class ProgressCallback(Callback):
     def _write(self, line: str) -> None:
         if self.enabled:
             tqdm.write(line)
+
+
+def frozen_bn_layers(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose affine parameters are all frozen (``freeze_body(train_bn=False)``).
+
+    Layers without affine parameters cannot say whether they are frozen and are left alone.
+    """
+    out = []
+    for m in model.modules():
+        params = list(m.parameters(recurse=False))
+        if isinstance(m, BN_TYPES) and params and not any(p.requires_grad for p in params):
+            out.append(m)
+    return out
+
+
+class BnFreeze(Callback):
+    """Frozen BatchNorm layers stay in eval mode while training (fastai's ``BnFreeze``).
+
+    ``Learner.train_one_epoch`` puts the whole model in train mode; without this a frozen body's
+    running mean/var would still drift towards the new data. Layers whose parameters train (the
+    head, ``train_bn=true``, or after unfreezing) are untouched, so the callback can always run.
+    """
+
+    order = -10
+
+    def before_train(self, learn: Learner) -> None:
+        for m in frozen_bn_layers(learn.model):
+            m.eval()
 
 
 class HistoryCallback(Callback):

@@ -65,7 +65,9 @@ class TrainConfig:
     freeze_epochs: int = 0  # fine-tune: epochs training only the head (BN too) before unfreezing
     train_bn: bool = True  # BatchNorm stays trainable while the body is frozen
     lr_mult: float = 1.0  # discriminative LRs: groups get lr/lr_mult ... lr, geometrically
-    pct_start: float = 0.25  # one-cycle warm-up fraction
+    # one-cycle warm-up fraction; with freeze_epochs the two fine-tune phases use fastai's
+    # fine_tune shapes instead (frozen: 0.99; unfrozen: 0.3 from lr/5)
+    pct_start: float = 0.25
     metric: str = "accuracy"  # "accuracy" (higher is better) or "valid_loss" (lower is better)
     # Under torchrun (docs/distributed.md): the stages' lr is per device batch; scale it for the
     # global batch (batch_size x processes) by "linear" | "sqrt" | "none".
@@ -166,15 +168,22 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a TOML recipe, then apply ``key=value`` overrides (``stages.0.lr=1e-3``)."""
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The raw TOML of a recipe file; ConfigError (naming the file) if missing or not TOML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} not found")
     try:
-        d = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        raise ConfigError(f"recipe {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path} is not a UTF-8 text file: {e}") from e
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a TOML recipe, then apply ``key=value`` overrides (``stages.0.lr=1e-3``)."""
+    d = read_recipe_file(path)
     for item in overrides or []:
         apply_override(d, item)
     return recipe_from_dict(d)

@@ -19,6 +19,7 @@ from torch import nn
 
 from training.augment import BatchAugment, to_float_nchw
 from training.callbacks import (
+    BnFreeze,
     CheckpointCallback,
     HistoryCallback,
     ProgressCallback,
@@ -41,7 +42,15 @@ from training.errors import ConfigError
 from training.learner import Callback, Learner
 from training.mixing import build_mixer
 from training.models import Classifier, build_model
-from training.schedule import build_optimizer, discriminative_lrs, one_cycle
+from training.schedule import (
+    DIV,
+    FINE_TUNE_DIV,
+    FINE_TUNE_FROZEN_PCT_START,
+    FINE_TUNE_PCT_START,
+    build_optimizer,
+    discriminative_lrs,
+    one_cycle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,8 @@ class Phase:
     lr: float
     lr_mult: float
     frozen: bool
+    pct_start: float  # one-cycle warm-up fraction
+    div: float  # the schedule starts at lr / div
 
 
 @dataclass
@@ -71,16 +82,22 @@ class FitResult:
 
 
 def plan_phases(recipe: Recipe) -> list[Phase]:
-    """fastai's fine_tune on the first stage (freeze, then halve the LR and unfreeze)."""
+    """fastai's fine_tune on the first stage (freeze, then halve the LR and unfreeze).
+
+    As fastai's ``fine_tune``: the frozen phase's one-cycle peaks at the end (pct_start 0.99),
+    the unfrozen phase after it warms up for 0.3 of it from lr/5. Every other phase (no
+    freeze_epochs, later stages) is a plain one-cycle with train.pct_start from lr/25.
+    """
+    t = recipe.train
     phases = []
     for i, stage in enumerate(recipe.stages):
-        lr = stage.lr
-        if i == 0 and recipe.train.freeze_epochs > 0:
-            phases.append(Phase(f"stage{i + 1}-frozen", i, recipe.train.freeze_epochs, lr, 1.0,
-                                frozen=True))
-            lr /= 2
-        phases.append(Phase(f"stage{i + 1}", i, stage.epochs, lr, recipe.train.lr_mult,
-                            frozen=False))
+        lr, pct_start, div = stage.lr, t.pct_start, DIV
+        if i == 0 and t.freeze_epochs > 0:
+            phases.append(Phase(f"stage{i + 1}-frozen", i, t.freeze_epochs, lr, 1.0,
+                                frozen=True, pct_start=FINE_TUNE_FROZEN_PCT_START, div=DIV))
+            lr, pct_start, div = lr / 2, FINE_TUNE_PCT_START, FINE_TUNE_DIV
+        phases.append(Phase(f"stage{i + 1}", i, stage.epochs, lr, t.lr_mult, frozen=False,
+                            pct_start=pct_start, div=div))
     return [p for p in phases if p.epochs > 0]
 
 
@@ -108,6 +125,11 @@ def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...]
         return build_model(m.arch, len(classes), mean=mean, std=std,
                            pretrained=m.pretrained or None)
     ckpt = load_checkpoint(m.init_from)
+    if ckpt["arch"] != m.arch:
+        raise ConfigError(
+            f"model.init_from {m.init_from} is a {ckpt['arch']!r} checkpoint but model.arch is "
+            f"{m.arch!r}; set model.arch = {ckpt['arch']!r} (--set model.arch={ckpt['arch']}) "
+            "or start from a checkpoint of the recipe's architecture")
     model = build_model(ckpt["arch"], len(ckpt["classes"]), mean=ckpt["mean"], std=ckpt["std"])
     model.load_state_dict(ckpt["model"])
     if list(ckpt["classes"]) != list(classes):
@@ -159,9 +181,19 @@ def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe)
     lrs = discriminative_lrs(lr, len(groups), phase.lr_mult)
     learn.opt = build_optimizer(groups, lrs, recipe.train.weight_decay)
     learn.sched = one_cycle(learn.opt, phase.epochs * len(learn.train_dl),
-                            pct_start=recipe.train.pct_start)
+                            pct_start=phase.pct_start, div=phase.div)
     if learn.dist is not None:
         learn.train_model = learn.dist.wrap(model)
+
+
+def boundary_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint taken at the end of a phase carries into the next phase.
+
+    Mid-phase a resume restores everything (weights, optimiser, schedule position); at a phase
+    boundary the next phase starts a fresh optimiser and schedule (as the uninterrupted run
+    does), but keeps the weights, the EMA and the fp16 GradScaler's scale.
+    """
+    return {"model": state["model"], "ema": state.get("ema"), "scaler": state.get("scaler")}
 
 
 def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
@@ -218,8 +250,8 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     checkpoints = CheckpointCallback(out, recipe.train.metric, describe,
                                      best=state["best_metric"] if state else None,
                                      enabled=is_main(dist))
-    all_callbacks = [ProgressCallback(progress and is_main(dist)), HistoryCallback(history),
-                     checkpoints, *callbacks]
+    all_callbacks = [BnFreeze(), ProgressCallback(progress and is_main(dist)),
+                     HistoryCallback(history), checkpoints, *callbacks]
     learn: Learner | None = None
     loaded_stage = -1
     for index, phase in enumerate(phases):
@@ -252,10 +284,7 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
         current.update(index=index, size=stage.size)
         start_phase(learn, model, phase, recipe)
         if state is not None:
-            # Mid-phase: weights, optimiser and schedule position; at a phase boundary: weights.
-            mid_phase = index == start_index
-            learn.load_state_dict(state if mid_phase else {"model": state["model"],
-                                                           "ema": state.get("ema")})
+            learn.load_state_dict(state if index == start_index else boundary_state(state))
             log.info("resumed %s at epoch %d of %d", phase.name, first_epoch + 1, phase.epochs)
             state = None
         learn.fit(phase.epochs, phase=phase.name, start_epoch=first_epoch)

@@ -3,8 +3,8 @@
 Optional features are optional objects (timm's habit): ``mixer`` (MixUp/CutMix) may be None,
 ``precision`` carries the autocast context and a GradScaler or None, ``ema`` may be None.
 Callbacks get the learner as an argument and read its state; they do not write into it
-through delegation. Hook names follow fastai: before_fit, before_epoch, before_batch,
-after_loss, before_step, after_batch, after_epoch, after_fit.
+through delegation. Hook names follow fastai: before_fit, before_epoch, before_train (after
+``model.train()``), before_batch, after_loss, before_step, after_batch, after_epoch, after_fit.
 
 ``dist`` (training.distributed) is None unless launched by torchrun; then the training step runs
 through ``train_model`` (a DDP wrapper) and losses and metrics are summed over the ranks, while
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOOKS = ("before_fit", "before_epoch", "before_batch", "after_loss", "before_step",
-         "after_batch", "after_epoch", "after_fit")
+HOOKS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_loss",
+         "before_step", "after_batch", "after_epoch", "after_fit")
 
 
 class Callback:
@@ -44,6 +44,7 @@ class Callback:
 
     def before_fit(self, learn: Learner) -> None: ...
     def before_epoch(self, learn: Learner) -> None: ...
+    def before_train(self, learn: Learner) -> None: ...
     def before_batch(self, learn: Learner) -> None: ...
     def after_loss(self, learn: Learner) -> None: ...
     def before_step(self, learn: Learner) -> None: ...
@@ -176,6 +177,7 @@ class Learner:
 
     def train_one_epoch(self, epoch: int) -> float:
         self.model.train()
+        self._hook("before_train")  # e.g. BnFreeze puts frozen BatchNorm layers back in eval
         gen = self.epoch_generator(epoch)
         total, count = torch.zeros((), device=self.device), 0
         self.state.n_iter = len(self.train_dl)

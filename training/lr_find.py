@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from training.errors import ConfigError, DataError
 from training.learner import Callback, CancelFit, Learner
 
 log = logging.getLogger(__name__)
+
+MIN_BATCHES = 12  # the suggestions trim 5 points at each end and need a curve in between
 
 
 @dataclass
@@ -40,6 +43,7 @@ class _ExponentialLR(Callback):
         self.losses: list[float] = []
         self.avg = 0.0
         self.best = math.inf
+        self.diverged = False
 
     def lr_at(self, i: int) -> float:
         return self.start_lr * (self.end_lr / self.start_lr) ** (i / max(self.num_it - 1, 1))
@@ -59,6 +63,7 @@ class _ExponentialLR(Callback):
         if self.step >= self.num_it:
             raise CancelFit
         if self.stop_div and (not math.isfinite(smooth) or smooth > 4 * self.best):
+            self.diverged = True
             raise CancelFit
 
 
@@ -72,8 +77,16 @@ class _ConstantSchedule:
 
 def lr_find(learn: Learner, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
             stop_div: bool = True, weight_decay: float = 0.01) -> LRFindResult:
-    """Run the finder on ``learn`` and restore its weights afterwards."""
+    """Run the finder on ``learn`` and restore its weights afterwards.
+
+    Raises ConfigError when ``num_it`` is too small or the loss diverged before MIN_BATCHES
+    batches (start_lr too high), DataError when the training data gave too few batches.
+    """
     from training.schedule import build_optimizer
+
+    if num_it < MIN_BATCHES:
+        raise ConfigError(f"the LR finder needs at least {MIN_BATCHES} mini-batches to suggest "
+                          f"an LR; raise --num-it (got {num_it})")
 
     saved = copy.deepcopy(learn.model.state_dict())
     saved_opt, saved_sched = learn.opt, learn.sched
@@ -92,8 +105,16 @@ def lr_find(learn: Learner, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
         learn.remove_callbacks([finder])
         learn.model.load_state_dict(saved)
         learn.opt, learn.sched = saved_opt, saved_sched
-    if len(finder.lrs) < 12:
-        raise RuntimeError(f"the LR finder ran only {len(finder.lrs)} batches; need more data")
+    n = len(finder.lrs)
+    if n < MIN_BATCHES and finder.diverged:
+        raise ConfigError(
+            f"the loss diverged after {n} mini-batches (at lr {finder.lrs[-1]:.2e}), before the "
+            f"{MIN_BATCHES} the LR finder needs; lower --start-lr (got {start_lr:.2e})")
+    if n < MIN_BATCHES:
+        raise DataError(
+            f"the LR finder ran only {n} mini-batches ({len(learn.train_dl)} per epoch), fewer "
+            f"than the {MIN_BATCHES} it needs; add training images or lower the first stage's "
+            "batch_size")
     return LRFindResult(finder.lrs, finder.losses, suggest(finder.lrs, finder.losses))
 
 

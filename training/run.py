@@ -66,10 +66,14 @@ def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
 
 
 def labeled_items(folder: str | Path, classes: list[str]) -> Items:
-    """Every image of a labeled folder (its valid/ split if it has one), labels in ``classes``."""
+    """Every image of a labeled folder (its valid/ split if it has one), labels in ``classes``.
+
+    The folder may hold any subset of the model's classes, even one; a class folder the model
+    does not know is a DataError.
+    """
     folder = Path(folder)
     has_split = any((folder / name).is_dir() for name in ("valid", "val"))
-    split = load_items(folder, valid_pct=0.0 if not has_split else 0.2)
+    split = load_items(folder, valid_pct=0.0 if not has_split else 0.2, min_classes=1)
     items = split.valid if has_split else split.train
     unknown = sorted(set(split.classes) - set(classes))
     if unknown:

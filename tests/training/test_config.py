@@ -67,3 +67,24 @@ def test_overrides_set_nested_and_stage_keys(tmp_path):
     assert r.train.mixup == 0.0 and r.stages[1].lr == 5e-4 and r.data.path == "other/folder"
     with pytest.raises(ConfigError, match="key=value"):
         load_recipe(write(tmp_path, GOOD), ["train.mixup"])
+
+
+@pytest.mark.parametrize("command", ["fit", "lr-find", "ablation", "show-batch"])
+def test_invalid_toml_given_to_config_is_a_clear_cli_error(tmp_path, capsys, command):
+    from training.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nmixup = 0.4\n")
+    extra = ["--output", str(tmp_path / "grid.png")] if command == "show-batch" else []
+    assert main([command, "--config", str(bad), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: recipe ") and str(bad) in err
+    assert "is not valid TOML" in err and "line 1" in err
+    assert "Traceback" not in err
+
+
+def test_missing_config_file_is_a_clear_cli_error(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["fit", "--config", str(tmp_path / "nope.toml"), "--epochs", "1"]) == 2
+    assert f"recipe {tmp_path / 'nope.toml'} not found" in capsys.readouterr().err

@@ -404,6 +404,54 @@ def test_show_batch_command_writes_a_png(digits_dir: Path, tmp_path: Path) -> No
     assert img.format == "PNG" and img.size[0] > 100
 
 
+RECIPE = Path(__file__).parents[2] / "recipes" / "digits.toml"
+
+
+def _show_batch_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    show_batch.register(parser)
+    return parser.parse_args(argv)
+
+
+def test_show_batch_uses_the_recipes_augmentation_size_and_presize(
+    digits_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from training.config import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    out = tmp_path / "grid.png"
+    argv = ["--config", str(RECIPE), "--data", str(digits_dir), "--n", "4", "--output", str(out)]
+    view = show_batch.resolve(_show_batch_args(argv))
+    assert view.augment == recipe.augment and view.augment.flip is False  # digits: no flips
+    assert (view.size, view.presize) == (recipe.stages[0].size, recipe.presize) == (16, 40)
+    assert (view.valid_pct, view.seed, view.data) == (0.2, 42, digits_dir)
+    assert _run(show_batch, argv) == 0
+    assert "wrote 4 augmented training images (16x16, presize 40)" in capsys.readouterr().out
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+    # --set overrides the recipe, flags given on the command line win over both
+    argv += ["--set", "stages.0.size=12", "--set", "augment.max_rotate=0.0", "--min-scale", "0.5"]
+    view = show_batch.resolve(_show_batch_args(argv))
+    assert view.size == 12 and view.presize == 40
+    assert view.augment.max_rotate == 0.0 and view.augment.min_scale == 0.5
+    assert view.augment.flip is False
+    assert _run(show_batch, argv) == 0
+    assert "(12x12, presize 40)" in capsys.readouterr().out
+
+
+def test_show_batch_without_a_recipe_keeps_the_built_in_defaults(digits_dir: Path) -> None:
+    from training.augment import AugmentConfig
+    from training.errors import ConfigError
+
+    view = show_batch.resolve(_show_batch_args(["--data", str(digits_dir), "--output", "x.png"]))
+    assert view.augment == AugmentConfig() and (view.size, view.presize) == (32, 48)
+    with pytest.raises(ConfigError, match="--data DIR or --config RECIPE"):
+        show_batch.resolve(_show_batch_args(["--output", "x.png"]))
+    with pytest.raises(ConfigError, match="give --config"):
+        show_batch.resolve(_show_batch_args(["--data", str(digits_dir), "--output", "x.png",
+                                             "--set", "stages.0.size=12"]))
+
+
 def test_make_digits_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _run(make_digits, [str(tmp_path / "d")]) == 0
     assert len(list((tmp_path / "d").glob("*/*.png"))) == 1797

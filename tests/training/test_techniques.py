@@ -121,6 +121,25 @@ def test_one_cycle_matches_fastai_defaults():
     assert math.isclose(one_cycle_lr_at(99, 100, 1.0), 1e-5, rel_tol=1e-6)
 
 
+def test_one_cycle_pct_start_and_div_shape_the_schedule():
+    """fine_tune's unfrozen phase: from lr/5, peak at 0.3 of the steps, same final LR."""
+    params = [nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer([params], [1e-2], weight_decay=0.0)
+    total = 100
+    sched = one_cycle(opt, total, pct_start=0.3, div=5.0)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-2 / 5)
+    assert lrs.index(max(lrs)) == 29  # 0.3 * 100 - 1
+    assert lrs[-1] == pytest.approx(1e-2 / 1e5, rel=1e-2)  # div_final is relative to the peak
+    for step in (0, 10, 29, 60, 99):
+        assert lrs[step] == pytest.approx(
+            one_cycle_lr_at(step, total, 1e-2, pct_start=0.3, div=5.0), rel=1e-4)
+
+
 def test_discriminative_groups_each_get_their_lr_through_the_schedule():
     groups = [[nn.Parameter(torch.zeros(1))] for _ in range(3)]
     lrs = discriminative_lrs(1e-3, 3, 100)

@@ -12,15 +12,22 @@ from pathlib import Path
 from training.data import format_summary, load_items
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data / --csv / --valid-pct / --seed, shared with show-batch."""
-    parser.add_argument("--data", type=Path, required=True,
-                        help="image folder: <class>/ sub-folders, or train/ and valid/ (or val/)")
+def add_data_arguments(parser: argparse.ArgumentParser, *, from_recipe: bool = False) -> None:
+    """--data / --csv / --valid-pct / --seed, shared with show-batch.
+
+    ``from_recipe``: the command also takes --config, so every flag is optional and defaults to
+    None (the caller falls back to the recipe's [data], else to the defaults named here).
+    """
+    where = "the recipe's, else " if from_recipe else ""
+    parser.add_argument("--data", type=Path, required=not from_recipe,
+                        help="image folder: <class>/ sub-folders, or train/ and valid/ (or val/)"
+                             + ("; default: the recipe's data.path" if from_recipe else ""))
     parser.add_argument("--csv", type=Path, default=None,
                         help="CSV of path,label[,is_valid] (paths relative to the CSV or --data)")
-    parser.add_argument("--valid-pct", type=float, default=0.2,
-                        help="fraction held out when the data has no split (default 0.2)")
-    parser.add_argument("--seed", type=int, default=42, help="random split seed (default 42)")
+    parser.add_argument("--valid-pct", type=float, default=None if from_recipe else 0.2,
+                        help=f"fraction held out when the data has no split (default {where}0.2)")
+    parser.add_argument("--seed", type=int, default=None if from_recipe else 42,
+                        help=f"random split seed (default {where}42)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -83,6 +83,7 @@ def load_items(
     valid_pct: float = 0.2,
     seed: int = 42,
     check_images: bool = True,
+    min_classes: int = 2,
 ) -> DataSplit:
     """Find the labelled images under ``path`` and split them into train and valid.
 
@@ -94,6 +95,9 @@ def load_items(
     - ``path/<class>/...``: one tree, split at random (``valid_pct``, ``seed``), like fastai's
       ``RandomSplitter``. The split is decided on the sorted file list before images are checked,
       so a file's split does not depend on whether others are readable.
+
+    ``min_classes``: training needs two classes; evaluating a trained model on a labelled folder
+    may hold only some of its classes (even one), so evaluation passes 1.
 
     Raises DataError for anything that must be fixed before training.
     """
@@ -121,7 +125,8 @@ def load_items(
     classes = sort_classes(y for _, y in train)
     # valid_pct=0 (only meaningful for a random split) asks for everything in train, e.g. to
     # evaluate a model on a whole labelled folder.
-    _check_split(root, classes, train, valid, allow_empty_valid=valid_pct == 0.0)
+    _check_split(root, classes, train, valid, allow_empty_valid=valid_pct == 0.0,
+                 min_classes=min_classes)
     index = {c: i for i, c in enumerate(classes)}
     split = DataSplit(
         classes=classes,
@@ -308,7 +313,8 @@ def _resolve(name: str, bases: Sequence[Path]) -> Path | None:
 
 
 def _check_split(
-    root: Path, classes: list[str], train: _Labelled, valid: _Labelled, *, allow_empty_valid: bool
+    root: Path, classes: list[str], train: _Labelled, valid: _Labelled, *,
+    allow_empty_valid: bool, min_classes: int = 2,
 ) -> None:
     if not train and not valid:
         raise DataError(f"no readable images found under {root}")
@@ -318,7 +324,7 @@ def _check_split(
         raise DataError(
             f"the validation split under {root} is empty; add images to valid/ or raise valid_pct"
         )
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         hint = (
             "; did you mean to point at the folder above it, or add a valid/ folder?"
             if classes and classes[0] in ("train", *VALID_FOLDER_NAMES)

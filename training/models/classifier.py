@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class Normalize(nn.Module):
@@ -77,7 +77,7 @@ class Classifier(nn.Module):
         """Train only the head (and, with train_bn, the body's BatchNorm layers, as fastai does:
         their statistics must adapt to the new data)."""
         for module in self.body.modules():
-            trainable = train_bn and isinstance(module, _BN_TYPES)
+            trainable = train_bn and isinstance(module, BN_TYPES)
             for p in module.parameters(recurse=False):
                 p.requires_grad_(trainable)
         for p in self.head.parameters():
