@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from training.mixing import Mixer, mixed_loss
+from training.schedule import DIV, build_optimizer, one_cycle
 
 if TYPE_CHECKING:
     from training.distributed import DistContext
@@ -158,6 +159,25 @@ class Learner:
             log.debug("fit cancelled in phase %s", phase)
         finally:
             self._hook("after_fit")
+
+    def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float], *,
+                      weight_decay: float = 0.01, pct_start: float = 0.25,
+                      div: float = DIV, phase: str = "fit") -> None:
+        """fastai's ``fit_one_cycle``: a fresh AdamW over the trainable parameters, LR warm-up
+        from lr_max/div then cosine annealing to lr_max/1e5, momentum 0.95 -> 0.85 -> 0.95.
+
+        ``lr_max`` is one LR, or one per parameter group (discriminative LRs, stem to head)
+        of a model with ``layer_groups()``.
+        """
+        lrs = [lr_max] if isinstance(lr_max, int | float) else list(lr_max)
+        groups = (self.model.layer_groups() if len(lrs) > 1
+                  else [list(self.model.parameters())])
+        if len(groups) != len(lrs):
+            raise ValueError(f"{len(lrs)} learning rates for {len(groups)} layer groups")
+        self.opt = build_optimizer(groups, lrs, weight_decay)
+        self.sched = one_cycle(self.opt, n_epochs * len(self.train_dl), pct_start=pct_start,
+                               div=div)
+        self.fit(n_epochs, phase=phase)
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         """Every random draw of an epoch comes from (seed, phase, epoch): resumable exactly.

@@ -221,6 +221,40 @@ def _one_phase(learn: Learner, name: str) -> None:
     learn.fit(1, phase=name)
 
 
+class _Schedule(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.moms: list[float] = []
+
+    def before_batch(self, learn: Learner) -> None:
+        self.lrs.append([g["lr"] for g in learn.opt.param_groups])
+        self.moms.append(learn.opt.param_groups[-1]["betas"][0])
+
+
+def test_fit_one_cycle_follows_fastais_schedule():
+    torch.manual_seed(0)
+    model = build_model("xresnet_tiny", 3)
+    schedule = _Schedule()
+    learn = _tiny_learner(model, n_batches=10, callbacks=[schedule])
+    learn.fit_one_cycle(2, 1e-2)
+    head = [lrs[-1] for lrs in schedule.lrs]
+    assert len(head) == 20 and head[0] == pytest.approx(1e-2 / 25)
+    assert max(head) == pytest.approx(1e-2, rel=0.05) and head.index(max(head)) in (4, 5)
+    assert head[-1] < 1e-2 / 100  # annealed towards lr_max / 1e5
+    assert schedule.moms[0] == pytest.approx(0.95) and min(schedule.moms) == pytest.approx(
+        0.85, abs=0.01) and schedule.moms[-1] > 0.94
+    assert math.isfinite(learn.state.train_loss)
+
+    discriminative = _Schedule()
+    learn = _tiny_learner(model, callbacks=[discriminative])
+    lrs = discriminative_lrs(1e-2, len(model.layer_groups()), 100)
+    learn.fit_one_cycle(1, lrs)
+    peaks = [max(step[i] for step in discriminative.lrs) for i in range(len(lrs))]
+    assert peaks == pytest.approx(lrs, rel=0.05)  # each group peaks at its own LR
+    with pytest.raises(ValueError, match="learning rates for"):
+        learn.fit_one_cycle(1, [1e-3, 1e-2])
+
+
 def test_bn_freeze_keeps_only_frozen_batchnorm_in_eval_mode():
     model = build_model("xresnet_tiny", 3)
     modes = _BnModes()
