@@ -91,7 +91,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/tta
 EXPOSE 50051 3000
-# Healthy = the gRPC health service says SERVING (it turns NOT_SERVING on shutdown).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+# Healthy = the gRPC health service on :50051 says SERVING (NOT_SERVING on shutdown) or the HTTP
+# service's /readyz on :3000 answers 200, so `tta-serve`, `tta-serve grpc` and `tta-serve http`
+# all report correctly (service/runner.py: healthcheck; 2 s per probe).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import sys; from service.runner import healthcheck; sys.exit(healthcheck())"]
 ENTRYPOINT ["tta-serve"]

@@ -15,24 +15,31 @@ is configured by ``TTA_SERVE_*`` environment variables, see ``service.serve_env`
 
 Like the gRPC servicer, each route only parses, calls the core and maps the core's typed errors
 (``service.http_schema.STATUS_CODES``: 400 bad image or option, 413 too large, 404 unknown
-model, 503 overloaded). The GET routes are a small Starlette app mounted on the service, because
-BentoML's own API routes are POST-only; they delegate to methods of the service instance. The
-``/v2`` app is mounted the same way and asks the service instance for its core per request.
-Both are mounted at "/" (BentoML's mounts only take paths one of their routes matches, so they
-shadow none of the service's own routes) and carry their own prefixes.
+model, 503 overloaded). A multipart body with more files or fields than the form parser takes
+(1000 each) gets 413 from the ``FormLimits`` middleware, where BentoML would answer 500.
+
+The GET routes are a small Starlette app mounted on the service, because BentoML's own API
+routes are POST-only; they delegate to methods of the service instance. The ``/v2`` app is
+mounted the same way and asks the service instance for its core per request. Both are mounted
+at "/" (BentoML's mounts only take paths one of their routes matches, so they shadow none of
+the service's own routes) and carry their own prefixes.
 
 Batching: the APIs are not ``batchable=True``. The core's dynamic batcher already gathers
-concurrent requests (from every front end) into one forward pass and hands each its own rows;
-a BentoML batch on top would add a second wait, could not mix requests with different
-``tta``/``top_k``/``model`` options (batchable APIs take one argument), and fails a whole batch
-when one input raises, where the core answers each image on its own.
+concurrent requests (those of this process: the HTTP routes and ``/v2``) into one forward pass
+and hands each its own rows; a BentoML batch on top would add a second wait, could not mix
+requests with different ``tta``/``top_k``/``model`` options (batchable APIs take one argument),
+and fails a whole batch when one input raises, where the core answers each image on its own.
 
 One worker (``workers=1``): each worker would load its own core and models, and the core's
-counters, appended to /metrics by ``__metrics__``, are per process. Scale with replicas.
+counters, appended to /metrics by ``__metrics__``, are per process. Scale with replicas. The
+same holds across front ends: every serving process runs its own instance of the same core
+code, so under ``tta-serve all`` the gRPC server (main process) and this worker each load the
+models and batch their own requests (docs/deploy.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -44,15 +51,18 @@ from typing import Any
 
 import bentoml
 from pydantic import BaseModel
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
 from service.http_schema import (
     BatchResponse,
     EvaluationResponse,
+    FormPartCounter,
     ListModelsResponse,
     PredictResponse,
     archive_items,
@@ -65,6 +75,7 @@ from service.http_schema import (
     prediction_body,
     provider_body,
     several_images,
+    too_many_parts_response,
 )
 from service.oip.http_routes import build_app as build_oip_app
 from service.serve_env import LOG_LEVEL_ENV, core_config_from_env
@@ -104,6 +115,84 @@ def _json(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
+class TooManyFormParts(Exception):
+    """What the application reads in place of a multipart body over the form parser's limits."""
+
+
+class _QuietTooManyFormParts(logging.Filter):
+    """Drops BentoML's traceback of the request ``FormLimits`` answers (it logs one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TooManyFormParts))
+
+
+# BentoML logs an API's exception there (bentoml._internal.server.http_app.log_exception).
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietTooManyFormParts())
+
+
+class FormLimits:
+    """ASGI middleware: a multipart request over the form parser's limits gets 413, not 500.
+
+    Starlette's form parser takes at most ``MAX_FORM_FILES`` files and ``MAX_FORM_FIELDS`` other
+    fields and raises past them, which BentoML answers with a 500. This counts the parts as the
+    body streams to the application (``FormPartCounter``; no copy). At the first part over a
+    limit it reads and drops the rest of the body (the client is still uploading), ends the
+    application's read with ``TooManyFormParts``, drops the application's answer and sends the
+    413, which says to send large labelled sets as a zip.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        counter = _form_part_counter(scope)
+        if counter is None:
+            await self.app(scope, receive, send)
+            return
+        answered = False  # the application's response started before any limit was passed
+
+        async def counted_receive() -> Message:
+            if counter.exceeded and not answered:
+                raise TooManyFormParts("request body over the form limits")
+            message = await receive()
+            if message["type"] == "http.request":
+                counter.feed(message.get("body", b""))
+                if counter.exceeded and not answered:
+                    more = message.get("more_body", False)
+                    while more:  # drain, so the client gets to read the 413
+                        message = await receive()
+                        more = message["type"] == "http.request" and message.get("more_body")
+                    raise TooManyFormParts("request body over the form limits")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if counter.exceeded and not answered:
+                return  # the 413 below replaces it
+            answered = True
+            await send(message)
+
+        with contextlib.suppress(TooManyFormParts):  # the application let it through
+            await self.app(scope, counted_receive, guarded_send)
+        if counter.exceeded and not answered:
+            log.warning("%s %s: refused a multipart body of more than %d files or %d fields "
+                        "(413)", scope.get("method"), scope.get("path"), counter.max_files,
+                        counter.max_fields)
+            await too_many_parts_response(counter)(scope, receive, send)
+
+
+def _form_part_counter(scope: Scope) -> FormPartCounter | None:
+    """A counter for a multipart/form-data HTTP request; None for any other."""
+    if scope["type"] != "http":
+        return None
+    content_type = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), b"")
+    media_type, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if media_type != b"multipart/form-data" or not boundary:
+        return None
+    return FormPartCounter(boundary)
+
+
 async def _models_route(request: Request) -> Response:
     return await bentoml.get_current_service().list_models()
 
@@ -132,7 +221,7 @@ oip_routes = build_oip_app(lambda: bentoml.get_current_service().core)
 @bentoml.asgi_app(get_routes, path="/", name="get_routes")
 @bentoml.service(name="tta_serve", workers=1, traffic={"timeout": 600})
 class Classifier:
-    """Image classification with optional test-time augmentation (TTA), over the shared core."""
+    """Image classification with optional test-time augmentation (TTA), over this worker's core."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter
@@ -213,8 +302,8 @@ class Classifier:
         Send either a zip ``archive`` of class folders (CLASS/image.png), or ``images`` (or
         ``images_base64``) with ``labels``, one class name per image (in multipart, one field
         holding a JSON list). The report is the gRPC Evaluate's, from the same core code.
-        A multipart request carries at most 1000 files (Starlette's form limit; BentoML answers
-        more with a 500): send larger sets as a zip.
+        A multipart request carries at most 1000 files (Starlette's form limit; ``FormLimits``
+        answers more with a 413): send larger sets as a zip.
         """
         sources = [x for x in (images, images_base64, archive) if x is not None]
         if len(sources) != 1:
@@ -245,9 +334,10 @@ class Classifier:
 
     @_counts_outcome("model")
     async def get_model(self, name: str, version: str | None) -> Response:
+        """``?version=`` absent or 0 = the served version (as ``version`` 0 in POST /predict)."""
         if version is not None and not version.isdigit():
             raise InvalidRequest(f"version must be a whole number >= 0, got {version!r}")
-        info = self.core.get_model(name, int(version) if version else None)
+        info = self.core.get_model(name, int(version or 0) or None)
         return _json(model_info_body(info))
 
     def confusion_png(self, evaluation_id: str) -> Response:
@@ -257,3 +347,6 @@ class Classifier:
                                           f"the last {KEPT_EVALUATIONS}", "kind": "not_found"},
                                 status_code=404)
         return Response(png, media_type="image/png")
+
+
+Classifier.add_asgi_middleware(FormLimits)

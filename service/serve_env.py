@@ -40,12 +40,19 @@ def env_name(field: str) -> str:
 
 
 def core_config_to_env(config: CoreConfig) -> dict[str, str]:
-    """Every field of ``config`` as a variable (``models`` comma-separated, "" = all)."""
+    """Every field of ``config`` as a variable (``models`` comma-separated, "" = all).
+
+    ``models_dir`` is made absolute here, against this process's working directory: BentoML's
+    workers run in another one (``--working-dir``), where a relative path would name another
+    folder than the one the start-up check (``service.runner.check_core_starts``) loaded.
+    """
     env = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name == "models":
             value = ",".join(value or ())
+        elif f.name == "models_dir":
+            value = Path(value).resolve()
         env[env_name(f.name)] = str(value)
     return env
 

@@ -8,6 +8,8 @@ against pyproject.toml and the distributions installed in this environment.
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from packaging.markers import default_environment
@@ -133,8 +136,7 @@ def test_serving_image_is_the_default_target_and_runs_tta_serve(dockerfile) -> N
     assert set(" ".join(serve.args("EXPOSE")).split()) >= SERVING_PORTS
     assert any("tta-serve" in e for e in serve.args("ENTRYPOINT"))
     healthchecks = serve.args("HEALTHCHECK")
-    assert healthchecks and ("grpc_health" in healthchecks[0] or "/readyz" in healthchecks[0]
-                             or "/healthz" in healthchecks[0])
+    assert healthchecks and "service.runner import healthcheck" in healthchecks[0]
     users = serve.args("USER")
     assert users, "the serving image must not run as root"
     uid = users[-1].split(":")[0]
@@ -143,6 +145,31 @@ def test_serving_image_is_the_default_target_and_runs_tta_serve(dockerfile) -> N
     assert "TTA_SERVE_MODELS_DIR=/models" in env
     copies = " ".join(serve.args("COPY"))
     assert "models/ /models" in copies, "the bundled model repository is baked in at /models"
+
+
+def test_healthcheck_covers_grpc_and_http(dockerfile) -> None:
+    """The HEALTHCHECK runs ``service.runner.healthcheck()`` (its behaviour is tested against real
+    servers in tests/http/test_http_ops.py): gRPC health on the exposed gRPC port or HTTP /readyz
+    on the exposed HTTP port, so an image run as `tta-serve http` is healthy too."""
+    from service.runner import HEALTH_GRPC_ADDRESS, HEALTH_HTTP_URL, healthcheck
+
+    _, stages = dockerfile
+    (healthcheck_args,) = stages[-1].args("HEALTHCHECK")
+    options, _, command = healthcheck_args.partition("CMD ")
+    argv = json.loads(command)
+    assert argv[:2] == ["python3", "-c"], argv
+    compile(argv[2], "HEALTHCHECK", "exec")
+    assert "sys.exit(healthcheck())" in argv[2]
+    defaults = inspect.signature(healthcheck).parameters
+    assert (defaults["grpc_address"].default, defaults["http_url"].default) == (
+        HEALTH_GRPC_ADDRESS, HEALTH_HTTP_URL)
+    timeout = re.search(r"--timeout=(\d+)s", options)
+    assert timeout and int(timeout[1]) > 2 * defaults["timeout_s"].default, (
+        "both probes must fit in the HEALTHCHECK --timeout")
+    exposed = set(" ".join(stages[-1].args("EXPOSE")).split())
+    http = urlsplit(HEALTH_HTTP_URL)
+    assert {HEALTH_GRPC_ADDRESS.rsplit(":", 1)[1], str(http.port)} == exposed == SERVING_PORTS
+    assert http.path == "/readyz"
 
 
 def test_serving_image_is_cuda_runtime_with_cudnn_matching_onnxruntime(dockerfile) -> None:
@@ -187,6 +214,8 @@ def test_train_target_has_the_training_cli_and_volumes(dockerfile) -> None:
     assert any("training" in e for e in train.args("ENTRYPOINT"))
     volumes = " ".join(train.args("VOLUME"))
     assert "/data" in volumes and "/runs" in volumes
+    # `training export` publishes into $TTA_SERVE_MODELS_DIR by default: the /models volume
+    assert "TTA_SERVE_MODELS_DIR=/models" in " ".join(train.args("ENV")) and "/models" in volumes
 
 
 def test_every_pip_install_uses_the_constraints(dockerfile) -> None:

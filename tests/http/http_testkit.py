@@ -39,14 +39,15 @@ def cli_flags(config: CoreConfig, *, models_dir: bool = True) -> list[str]:
 class ServerProcess:
     """A ``tta-serve`` process with its output in a log file (a pipe could fill and block it)."""
 
-    def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.log_path = workdir / "server.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1",
                        "BENTOML_HOME": str(workdir / "bentoml"), **(env or {})}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "service.cli", *args],
                                             stdout=log, stderr=subprocess.STDOUT,
-                                            env=environment)
+                                            env=environment, cwd=cwd)
 
     @property
     def log(self) -> str:

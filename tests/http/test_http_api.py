@@ -18,6 +18,7 @@ from PIL import Image
 from service_testkit import FixtureModel, RunningServer, offline_probs, png_bytes
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
+from service.http_schema import MAX_FORM_FILES
 
 
 def predict(client: httpx.Client, image: bytes, **options: object) -> httpx.Response:
@@ -217,6 +218,10 @@ def test_models_list_and_get(client: httpx.Client, grpc_server: RunningServer,
 
     assert client.get("/models/digits").json() == info
     assert client.get("/models/digits", params={"version": 1}).json() == info
+    # 0 = the served version, as in POST /predict (and gRPC GetModel)
+    assert client.get("/models/digits", params={"version": 0}).json() == info
+    response = predict(client, digits_model.samples[1][0], version=0)
+    assert response.status_code == 200 and response.json()["model_version"] == 1
 
 
 # ---- errors: each maps to its status, and the server keeps answering
@@ -310,6 +315,33 @@ def test_batch_and_evaluate_errors(client: httpx.Client, digits_model: FixtureMo
         assert response.status_code == status, (path, kwargs.get("data"), response.text)
         assert words in response.json()["error"], response.text
         assert_still_serving(client, digits_model)
+
+
+def test_more_multipart_files_than_the_form_parser_takes_is_413(http_server: HttpServer,
+                                                                client: httpx.Client,
+                                                                digits_model: FixtureModel):
+    """Past Starlette's form limit (1000 files) BentoML would answer 500: the service answers
+    413 saying the limit and to send a zip; exactly the limit still works."""
+    image, label = digits_model.samples[5]
+    n = MAX_FORM_FILES + 1
+    files = [("images", (f"{i}.png", image, "image/png")) for i in range(n)]
+    response = client.post("/evaluate", files=files, data={"labels": json.dumps([label] * n)})
+    assert response.status_code == 413, response.text
+    body = response.json()
+    assert body["kind"] == "too_many_parts"
+    assert f"at most {MAX_FORM_FILES} files" in body["error"]
+    assert "zip 'archive' of class folders" in body["error"]
+    assert client.post("/predict_batch", files=files).status_code == 413
+    assert_still_serving(client, digits_model)
+
+    response = client.post("/predict_batch", files=files[:MAX_FORM_FILES])
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == MAX_FORM_FILES
+    assert {r["prediction"]["label"] for r in results} == {label}
+    log = http_server.process.log
+    assert "refused a multipart body of more than 1000 files" in log
+    assert "TooManyFormParts" not in log  # no traceback for a refused request
 
 
 def _zip_loose_image(image: bytes) -> bytes:

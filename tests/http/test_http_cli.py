@@ -3,6 +3,7 @@ start-up refusals; the core's settings crossing into BentoML's worker by environ
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -62,6 +63,33 @@ def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(
             server.process.kill()
 
 
+def test_http_relative_models_dir_from_another_directory(digits_model: FixtureModel,
+                                                        tmp_path: Path):
+    """``--models-dir`` relative to a directory that is not the repository: BentoML's worker runs
+    in its own working directory and must load the folder the user named (and the start-up check
+    loaded), not a path relative to its own directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relative = os.path.relpath(digits_model.repo_root, elsewhere)
+    assert not Path(relative).is_absolute() and relative.startswith("..")
+    port = free_port()
+    server = ServerProcess(["http", "--host", "127.0.0.1", "--port", str(port), "--grace-s", "5",
+                            *cli_flags(core_config(digits_model.repo_root), models_dir=False),
+                            "--models-dir", relative],
+                           tmp_path, env={"TTA_SERVE_MODELS_DIR": ""}, cwd=elsewhere)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        server.wait_http_ready(base_url, timeout_s=120)
+        image, label = digits_model.samples[4]
+        response = httpx.post(f"{base_url}/predict", timeout=30,
+                              files={"image": ("d.png", image, "image/png")})
+        assert response.status_code == 200, response.text
+        assert response.json()["label"] == label
+        assert f"serving digits v1 from {digits_model.repo_root.resolve()} on" in server.log
+    finally:
+        assert server.terminate() == 0, server.log
+
+
 def test_http_refuses_to_start_without_a_model(tmp_path: Path, capsys):
     started = time.monotonic()
     assert main(["http", "--models-dir", str(tmp_path), "--port", str(free_port())]) == 2
@@ -87,6 +115,9 @@ def test_core_config_crosses_the_environment(tmp_path: Path):
                         decode_threads=2, max_image_bytes=1234, max_pixels=5678,
                         poll_interval_s=0.0, default_top_k=2)
     assert core_config_from_env(core_config_to_env(config)) == config
+    relative = CoreConfig(models_dir=Path("some/models"))  # made absolute for the worker
+    assert core_config_to_env(relative)["TTA_SERVE_MODELS_DIR"] == str(
+        (Path.cwd() / "some/models").resolve())
     everything = core_config_from_env(core_config_to_env(CoreConfig(models_dir=tmp_path)))
     assert everything.models is None
     assert core_config_from_env({}).models_dir == default_models_dir()

@@ -1,5 +1,6 @@
-"""What operators use: BentoML's health routes, the OpenAPI page, /metrics that move, and the
-Open Inference Protocol's /v2 routes mounted beside the service's own."""
+"""What operators use: BentoML's health routes, the image's health check, the OpenAPI page,
+/metrics that move, and the Open Inference Protocol's /v2 routes mounted beside the service's
+own."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import struct
 
 import httpx
 import numpy as np
-from http_testkit import HttpServer
+from http_testkit import HttpServer, free_port
 from prometheus_client.parser import text_string_to_metric_families
-from service_testkit import FixtureModel
+from service_testkit import FixtureModel, RunningServer
 
 from service.imaging import decode_image, stack_views
+from service.runner import healthcheck
 
 
 def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
@@ -31,6 +33,19 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def test_health_routes(client: httpx.Client):
     for path in ("/livez", "/readyz"):
         assert client.get(path).status_code == 200, path
+
+
+def test_image_healthcheck_passes_with_either_front_end(http_server: HttpServer,
+                                                        grpc_server: RunningServer):
+    """The Dockerfile's HEALTHCHECK (``service.runner.healthcheck``): healthy for an HTTP-only
+    container (``tta-serve http``), a gRPC-only one, and unhealthy with neither listening."""
+    closed_grpc, closed_http = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}/readyz"
+    grpc_address = f"127.0.0.1:{grpc_server.port}"
+    assert healthcheck(closed_grpc, f"{http_server.base_url}/readyz") == 0
+    assert healthcheck(grpc_address, closed_http) == 0
+    assert healthcheck(grpc_address, f"{http_server.base_url}/readyz") == 0
+    assert healthcheck(closed_grpc, closed_http) == 1
+    assert healthcheck(closed_grpc, f"{http_server.base_url}/no-such-route") == 1
 
 
 def test_openapi_and_swagger_page(client: httpx.Client):

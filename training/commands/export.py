@@ -1,13 +1,24 @@
 """Export a checkpoint to ONNX, verify it against PyTorch and publish it as a model version.
 
-  training export runs/digits/best.pt --name digits [--version N] [--models-dir models] [--force]
+  training export runs/digits/best.pt --name digits [--version N] [--models-dir DIR] [--force]
                   [--data DIR] [--fp16] [--int8]
+
+--models-dir defaults to $TTA_SERVE_MODELS_DIR when it is set (the repository tta-serve serves;
+the Dockerfile's train target sets it to /models), else to models/ in the current directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+MODELS_DIR_ENV = "TTA_SERVE_MODELS_DIR"  # as service.cli.MODELS_DIR_ENV (not imported: fast help)
+
+
+def default_models_dir() -> Path:
+    """$TTA_SERVE_MODELS_DIR when set and not empty, else ./models."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or "models")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +28,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="model name in the repository")
     parser.add_argument("--version", type=int, default=None,
                         help="version number (default: the next integer)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"),
-                        help="model repository root (default: models)")
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir(),
+                        help=f"model repository root (default: ${MODELS_DIR_ENV} when set, else "
+                             "models; here: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace the version if it already exists")
     parser.add_argument("--data", type=Path, default=None,
