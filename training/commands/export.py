@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX, verify it against PyTorch and publish it as a model version.
 
   training export runs/digits/best.pt --name digits [--version N] [--models-dir DIR] [--force]
-                  [--data DIR] [--fp16] [--int8]
+                  [--data DIR | --random-inputs-only] [--fp16] [--int8]
 
 --models-dir defaults to $TTA_SERVE_MODELS_DIR when it is set (the repository tta-serve serves;
 the Dockerfile's train target sets it to /models), else to models/ in the current directory.
@@ -39,6 +39,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "split, rebuilt from the recorded recipe)")
     parser.add_argument("--check-images", type=int, default=512, metavar="N",
                         help="at most N real images in the check (default: 512)")
+    parser.add_argument("--random-inputs-only", action="store_true",
+                        help="check parity on random inputs alone, when no labelled images of "
+                             "the model's classes exist (recorded in model.json)")
     parser.add_argument("--fp16", action="store_true",
                         help="also write model.fp16.onnx (float32 in/out) and measure it")
     parser.add_argument("--int8", action="store_true",
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     mv = export_checkpoint(args.checkpoint, name=args.name, models_dir=args.models_dir,
                            version=args.version, force=args.force, data=args.data,
                            fp16=args.fp16, int8=args.int8,
-                           max_images=args.check_images)
+                           max_images=args.check_images,
+                           random_inputs_only=args.random_inputs_only)
     card = mv.card
     check = (card.metrics or {}).get("export_check", {})
     print(f"published {mv.name} version {mv.version} at {mv.path}")
