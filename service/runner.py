@@ -141,7 +141,7 @@ def healthcheck(grpc_address: str = HEALTH_GRPC_ADDRESS, http_url: str = HEALTH_
     """0 (healthy) when the gRPC health service says SERVING or HTTP /readyz answers 200, else 1.
 
     The Dockerfile's HEALTHCHECK runs ``sys.exit(healthcheck())``. gRPC is asked first (a closed
-    port fails at once); each probe waits at most ``timeout_s``, inside Docker's 5 s timeout.
+    port fails at once); each probe waits at most ``timeout_s``, inside the HEALTHCHECK's 10 s.
     """
     return 0 if _grpc_serving(grpc_address, timeout_s) or _http_ready(http_url, timeout_s) else 1
 
