@@ -346,7 +346,9 @@ class InferenceCore:
         async def one(image: bytes) -> Prediction | CoreError:
             async with limit:
                 try:
-                    result: Prediction | CoreError = await self._run(model, image, tta, top_k)
+                    with self._on_the_way(1):
+                        result: Prediction | CoreError = await self._run(model, image, tta,
+                                                                         top_k)
                 except CoreError as e:
                     result = e
             self.stats.record_request(model.name, result.kind if isinstance(result, CoreError)
@@ -370,8 +372,8 @@ class InferenceCore:
 
     async def _request(self, model: LoadedModel, run: Callable[[], Awaitable[T]]) -> T:
         """One admitted request (back-pressure), its outcome counted in the stats."""
-        try:
-            with self._admit():
+        try:  # one arrival at the batcher (a pixel tensor's blocks are submitted together)
+            with self._admit(), self._on_the_way(1):
                 result = await run()
         except CoreError as e:
             self.stats.record_request(model.name, e.kind)
@@ -390,11 +392,6 @@ class InferenceCore:
                 self._images -= images
 
     async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int) -> Prediction:
-        with self._on_the_way(1):
-            return await self._run_one(model, image, tta, top_k)
-
-    async def _run_one(self, model: LoadedModel, image: bytes, tta: bool,
-                       top_k: int) -> Prediction:
         if self._decode_pool is None:
             raise ModelUnavailable("the inference core is not started; call start() first")
         if len(image) > self.config.max_image_bytes:
@@ -415,11 +412,6 @@ class InferenceCore:
 
     async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray,
                           top_k: int) -> list[Prediction]:
-        with self._on_the_way(1):  # its blocks are submitted together: one arrival
-            return await self._run_pixel_blocks(model, pixels, top_k)
-
-    async def _run_pixel_blocks(self, model: LoadedModel, pixels: np.ndarray,
-                                top_k: int) -> list[Prediction]:
         if self._decode_pool is None:
             raise ModelUnavailable("the inference core is not started; call start() first")
         pixels = _check_pixels_shape(pixels, model)

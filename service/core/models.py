@@ -144,14 +144,14 @@ class ModelRegistry:
         config: CoreConfig,
         plan: ProviderInfo,
         stats: CoreStats,
-        in_flight: Callable[[], int] | None = None,
+        in_flight: Callable[[], int],
     ) -> None:
         """``in_flight``: images on their way to a batcher (its signal to wait for company)."""
         self.repository = repository
         self.config = config
         self.plan = plan
         self.stats = stats
-        self._in_flight = in_flight or stats.pending
+        self._in_flight = in_flight
         self._served: dict[str, LoadedModel] = {}
         self._refused: dict[tuple[str, int], Fingerprint | None] = {}
         self._lock = threading.Lock()  # _served, leases, retirement
