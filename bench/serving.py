@@ -246,34 +246,25 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
     all_c = [1, 8, 32]
     big = model.key == "xresnet50"
 
-    def grpc_ours(batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
+    def ours(protocol: str, batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
         port = free_port()
         label = "on" if batch > 1 else "off"
-        return ServerSpec(f"ours gRPC (batching {label})", "grpc",
-                          [PY, "-m", "service.cli", "grpc", *core_flags, "--host", "127.0.0.1",
-                           "--port", str(port), "--max-batch-size", str(batch)], {},
-                          f"127.0.0.1:{port}",
+        target = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/predict"
+        return ServerSpec(f"ours {'gRPC' if protocol == 'grpc' else 'HTTP'} (batching {label})",
+                          protocol,
+                          [PY, "-m", "service.cli", protocol, *core_flags, "--host", "127.0.0.1",
+                           "--port", str(port), "--max-batch-size", str(batch)], {}, target,
                           f"core, up to {batch} req/pass" if batch > 1 else "off", runs,
-                          log=logs / f"ours-grpc-b{batch}.log")
-
-    def http_ours(batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
-        port = free_port()
-        label = "on" if batch > 1 else "off"
-        return ServerSpec(f"ours HTTP (batching {label})", "http",
-                          [PY, "-m", "service.cli", "http", *core_flags, "--host", "127.0.0.1",
-                           "--port", str(port), "--max-batch-size", str(batch)], {},
-                          f"http://127.0.0.1:{port}/predict",
-                          f"core, up to {batch} req/pass" if batch > 1 else "off", runs,
-                          log=logs / f"ours-http-b{batch}.log")
+                          log=logs / f"ours-{protocol}-b{batch}.log")
 
     plain_grpc_port, plain_bento_port = free_port(), free_port()
     tta_runs = [(True, 1), (True, 8)] if big else [(True, c) for c in all_c]
     single = [(False, c) for c in all_c]
     specs = [
-        grpc_ours(32, single + ([] if quick else tta_runs)),
-        grpc_ours(1, [(False, 32)] if quick or big else single),
-        http_ours(32, single + ([] if quick else [(True, 1), (True, 32)])),
-        http_ours(1, [(False, 32)]) if not quick else None,
+        ours("grpc", 32, single + ([] if quick else tta_runs)),
+        ours("grpc", 1, [(False, 32)] if quick or big else single),
+        ours("http", 32, single + ([] if quick else [(True, 1), (True, 32)])),
+        ours("http", 1, [(False, 32)]) if not quick else None,
         ServerSpec("plain grpcio peer", "grpc",
                    [PY, "bench/peers/plain_grpc_server.py", "--model-dir", version_dir,
                     "--port", str(plain_grpc_port)], {}, f"127.0.0.1:{plain_grpc_port}",
