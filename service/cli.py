@@ -25,6 +25,7 @@ from pathlib import Path
 from service.core import CoreConfig, CoreError, VersionPolicy
 from service.core.config import DEVICES, default_threads
 from service.imaging import DEFAULT_MAX_PIXELS
+from service.predict_cli import add_evaluate, add_predict
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser]
     _add_grpc,
     _add_http,
     _add_all,
+    add_predict,  # tta-serve predict / evaluate: service.predict_cli
+    add_evaluate,
 ]
 
 
