@@ -37,11 +37,14 @@ class ProgressCallback(Callback):
                         f"{'accuracy':>10}{'time':>8}")
             self.header_done = True
         s = learn.state
-        self.bar = tqdm(total=len(learn.train_dl), leave=False, disable=not self.enabled,
+        # disable=None: no bar when stderr is not a terminal (a log file gets one line per
+        # epoch, not hundreds of carriage-return frames).
+        self.bar = tqdm(total=len(learn.train_dl), leave=False,
+                        disable=None if self.enabled else True,
                         desc=f"{s.phase} {s.epoch + 1}/{s.n_epochs}", dynamic_ncols=True)
 
     def after_batch(self, learn: Learner) -> None:
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             self.bar.update(1)
             if learn.state.iteration % 10 == 0:  # .item() syncs the device: not every batch
                 loss = learn.state.loss.item()
@@ -148,12 +151,26 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A tta-serve training checkpoint; ConfigError (not an unpickling traceback) for a missing
+    file, a recipe or other file given in its place, or a plain state dict."""
+    from training.errors import ConfigError
+
     path = Path(path)
     if not path.is_file():
-        from training.errors import ConfigError
-
         raise ConfigError(f"checkpoint {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    hint = ("give a checkpoint that `training fit` wrote, e.g. runs/digits/best.pt"
+            + (" (a .toml recipe goes to `training fit --config`)"
+               if path.suffix.lower() == ".toml" else ""))
+    try:
+        # weights_only=False: the checkpoint holds the recipe and specs as plain Python objects;
+        # checkpoints are this project's own training output.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, ...)
+        raise ConfigError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}); "
+                          f"{hint}") from e
+    if not isinstance(ckpt, dict) or "arch" not in ckpt or "model" not in ckpt:
+        raise ConfigError(f"{path} is not a tta-serve training checkpoint; {hint}")
+    return ckpt
 
 
 def write_json(obj: Any, path: Path) -> None:

@@ -213,6 +213,60 @@ def apply_override(d: dict[str, Any], item: str) -> None:
     node[last] = value
 
 
+# Every numeric key of the recipe with its range: (low, high, low included, high included);
+# None is unbounded. A stage's size/batch_size/epochs/lr are checked in validate() by index.
+BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.valid_pct": (0, 1, True, False),
+    "data.seed": (0, None, True, False),
+    "data.presize": (0, None, True, False),  # 0: 1.25 x the largest stage size
+    "data.num_workers": (0, None, True, False),
+    "train.seed": (0, None, True, False),
+    "train.weight_decay": (0, None, True, False),
+    "train.label_smoothing": (0, 1, True, False),
+    "train.mixup": (0, None, True, False),  # a Beta(alpha, alpha) needs alpha > 0; 0 is off
+    "train.cutmix": (0, None, True, False),
+    "train.ema": (0, 1, True, False),
+    "train.freeze_epochs": (0, None, True, False),
+    "train.lr_mult": (1, None, True, False),
+    "train.pct_start": (0, 1, False, False),
+    "augment.min_scale": (0, 1, False, True),
+    "augment.max_rotate": (0, 180, True, True),  # degrees
+    "augment.max_zoom": (1, None, True, False),
+    "augment.min_zoom": (0, 1, False, True),
+    "augment.max_aspect": (1, None, True, False),
+    "augment.max_translate": (0, 1, True, False),
+    "augment.max_warp": (0, 1, True, False),
+    "augment.max_lighting": (0, 1, True, False),
+    "augment.p_affine": (0, 1, True, True),
+    "augment.p_lighting": (0, 1, True, True),
+    "eval.resize_ratio": (1, None, True, False),
+    "tta.zoom_ratio": (1, None, True, False),
+    "tta.beta": (None, 1, False, True),  # negative: every view weighs the same
+}
+
+
+def _format_range(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    if low is None:
+        return f"{'<=' if high_in else '<'} {high:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def check_bounds(recipe: Recipe) -> None:
+    """ConfigError naming the key, its value and its range for any number out of bounds."""
+    for key, (low, high, low_in, high_in) in BOUNDS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name, None)
+        if value is None:  # a key another version of a section does not have
+            continue
+        too_low = low is not None and (value < low if low_in else value <= low)
+        too_high = high is not None and (value > high if high_in else value >= high)
+        if too_low or too_high or value != value:  # value != value: NaN
+            raise ConfigError(f"{key} must be {_format_range(low, high, low_in, high_in)}, "
+                              f"got {value!r} (set it in the recipe or with --set {key}=...)")
+
+
 def validate(recipe: Recipe) -> None:
     if not recipe.stages:
         raise ConfigError("the recipe needs at least one [[stages]] entry")
@@ -222,7 +276,7 @@ def validate(recipe: Recipe) -> None:
                 raise ConfigError(f"stages[{i}].{name} must be >= 1, got {getattr(s, name)}")
         if s.epochs < 0:
             raise ConfigError(f"stages[{i}].epochs must be >= 0, got {s.epochs}")
-        if s.lr <= 0:
+        if not s.lr > 0:  # also NaN
             raise ConfigError(f"stages[{i}].lr must be > 0, got {s.lr}")
     if recipe.presize < max(s.size for s in recipe.stages):
         raise ConfigError(f"data.presize ({recipe.data.presize}) must be >= the largest stage size")
@@ -238,12 +292,7 @@ def validate(recipe: Recipe) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} is {value!r}; choose one of {list(allowed)}")
-    if not 0 <= recipe.train.label_smoothing < 1:
-        raise ConfigError("train.label_smoothing must be in [0, 1)")
-    if recipe.train.lr_mult < 1:
-        raise ConfigError("train.lr_mult must be >= 1")
-    if not 0 <= recipe.train.ema < 1:
-        raise ConfigError("train.ema must be in [0, 1)")
+    check_bounds(recipe)
     try:
         tta_spec(recipe)
         eval_spec(recipe, recipe.stages[-1].size)

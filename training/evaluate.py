@@ -70,7 +70,7 @@ def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: T
         loader = dist.shard_eval_loader(loader)
     probs, view_probs, targets = [], [], []
     for xb, yb in tqdm(loader, desc="evaluate" + (" (TTA)" if tta else ""), leave=False,
-                       disable=not progress):
+                       disable=None if progress else True):  # None: off when not a TTY
         n = len(yb)
         out = torch.softmax(model(to_float_nchw(xb.to(device))).float(), dim=1).cpu().numpy()
         if plain_from_views:

@@ -21,6 +21,14 @@ def add_set_arg(parser: argparse.ArgumentParser) -> None:
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
     parser.add_argument("--data", help="image folder; overrides data.path")
+    parser.add_argument("--csv", help="CSV of path,label[,is_valid] (paths relative to it); "
+                                      "overrides data.csv")
+    parser.add_argument("--arch", help="architecture (xresnet18, resnet50, timm/resnet50d, ...); "
+                                       "overrides model.arch")
+    parser.add_argument("--pretrained", metavar="PATH",
+                        help="local weights file for the body (a torchvision or timm state dict, "
+                             "or a tta-serve checkpoint; nothing is downloaded); overrides "
+                             "model.pretrained")
     parser.add_argument("--output", help="run folder; overrides train.output")
     parser.add_argument("--epochs", type=int, help="epochs of every stage")
     parser.add_argument("--lr", type=float, help="peak learning rate of every stage")
@@ -40,12 +48,11 @@ def load_with_overrides(config: str, overrides: list[str]) -> Recipe:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """Recipe file, then --set overrides, then the named flags (the command line wins)."""
     overrides = list(args.set)
-    if args.data:
-        overrides.append(f"data.path={_q(args.data)}")
-    if args.output:
-        overrides.append(f"train.output={_q(args.output)}")
-    if args.device:
-        overrides.append(f"train.device={_q(args.device)}")
+    for flag, key in (("data", "data.path"), ("csv", "data.csv"), ("arch", "model.arch"),
+                      ("pretrained", "model.pretrained"), ("output", "train.output"),
+                      ("device", "train.device")):
+        if getattr(args, flag, None):
+            overrides.append(f"{key}={_q(getattr(args, flag))}")
     stages = read_recipe_file(args.config).get("stages", [])
     for i in range(len(stages) if isinstance(stages, list) else 0):
         if args.epochs is not None:

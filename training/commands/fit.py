@@ -6,6 +6,9 @@ The same command runs under torchrun for several GPUs or machines (docs/distribu
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
 
 from training.commands._recipe_args import add_recipe_args, recipe_from_args
 
@@ -26,8 +29,13 @@ def run(args: argparse.Namespace) -> int:
         args.set.append(f'model.init_from="{args.init_from}"')
     recipe = recipe_from_args(args)
     # Under torchrun (docs/distributed.md) every process runs this; rank 0 writes and prints.
-    with distributed_session(recipe.train.device) as dist:
-        summary = fit_and_report(recipe, resume=args.resume, tta=not args.no_tta, dist=dist)
+    try:
+        with distributed_session(recipe.train.device) as dist:
+            summary = fit_and_report(recipe, resume=args.resume, tta=not args.no_tta, dist=dist)
+    except KeyboardInterrupt:
+        print(interrupted_hint(Path(recipe.train.output), getattr(args, "argv", None)),
+              file=sys.stderr)
+        return 130  # the shell's code for SIGINT
     if dist is not None and not dist.is_main:
         return 0
     tta = summary.get("tta_accuracy")
@@ -35,3 +43,16 @@ def run(args: argparse.Namespace) -> int:
           + (f" (TTA {tta:.4f})" if tta is not None else "")
           + f"; best checkpoint: {summary['checkpoint']}")
     return 0
+
+
+def interrupted_hint(output: Path, argv: list[str] | None) -> str:
+    """What Ctrl-C leaves behind and the command that continues it (not a traceback)."""
+    last = output / "last.pt"
+    if not last.is_file():
+        return (f"interrupted before the first epoch finished: nothing saved in {output}; "
+                "run the same command again to start over")
+    command = "training " + shlex.join(argv or ["fit", "..."])
+    if "--resume" not in (argv or []):
+        command += " --resume"
+    return (f"interrupted: the last finished epoch is saved in {last}\n"
+            f"continue exactly where it stopped with:\n  {command}")

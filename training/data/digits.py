@@ -29,6 +29,6 @@ def make_digits(out_dir: Path) -> Path:
         (out_dir / str(name)).mkdir(parents=True, exist_ok=True)
     for i, (img, target) in enumerate(zip(pixels, digits.target, strict=True)):
         Image.fromarray(img).save(out_dir / str(target) / f"{i}.png")
-    logger.info("wrote %d digit images in %d classes to %s", len(pixels),
-                len(digits.target_names), out_dir)
+    logger.debug("wrote %d digit images in %d classes to %s", len(pixels),
+                 len(digits.target_names), out_dir)
     return out_dir
