@@ -33,7 +33,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from service.core.errors import ModelUnavailable
-from service.core.stats import CoreStats
+from service.core.stats import CoreStats, RequestTimes
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,11 @@ class DynamicBatcher:
         max_wait_ms: float,
         stats: CoreStats | None = None,
         stats_key: str | None = None,
+        stats_version: int = 0,
         in_flight: Callable[[], int] | None = None,
     ) -> None:
         """``in_flight``: requests admitted and not yet answered (None: always wait)."""
+        self._stats_version = stats_version
         self._run = run
         self._in_flight = in_flight
         self.name = name
@@ -71,14 +73,16 @@ class DynamicBatcher:
         self._thread.start()
         return self
 
-    def submit(self, rows: np.ndarray, images: int = 1) -> Future:
+    def submit(self, rows: np.ndarray, images: int = 1,
+               times: RequestTimes | None = None) -> Future:
         """Queue (R, ...) model-input rows standing for ``images`` images (1 for one image's TTA
-        views, R for preprocessed images); the future resolves to their (R, C) outputs."""
+        views, R for preprocessed images); the future resolves to their (R, C) outputs.
+        ``times`` gets the block's queue wait and forward-pass duration."""
         future: Future = Future()
         with self._close_lock:
             if self._closed:
                 raise ModelUnavailable(f"{self.name} is shutting down; retry the request")
-            self._queue.put((rows, future, max(1, images)))
+            self._queue.put((rows, future, max(1, images), times, time.perf_counter_ns()))
         return future
 
     def close(self, wait: bool = False, timeout: float | None = None) -> None:
@@ -130,32 +134,42 @@ class DynamicBatcher:
         """More admitted requests than blocks in hand: someone is decoding and will submit."""
         return self._in_flight is None or self._in_flight() > gathered
 
-    def _run_batch(self, batch: list[tuple[np.ndarray, Future, int]]) -> None:
+    def _run_batch(self, batch: list[tuple[np.ndarray, Future, int, RequestTimes | None, int]],
+                   ) -> None:
         # Requests whose caller gave up (cancelled) are dropped before the pass.
-        live = [(rows, fut, n) for rows, fut, n in batch if fut.set_running_or_notify_cancel()]
+        live = [item for item in batch if item[1].set_running_or_notify_cancel()]
         if not live:
             return
-        images = sum(n for _, _, n in live)
-        rows = sum(len(block) for block, _, _ in live)
+        images = sum(item[2] for item in live)
+        rows = sum(len(item[0]) for item in live)
         try:
             # All of the pass, joining the blocks and the stats included: whatever raises fails
             # these futures only, and the worker goes on to the next pass.
-            x = live[0][0] if len(live) == 1 else np.concatenate([b for b, _, _ in live])
-            start = time.perf_counter()
+            joining = time.perf_counter_ns()
+            x = live[0][0] if len(live) == 1 else np.concatenate([item[0] for item in live])
+            start = time.perf_counter_ns()
             out = self._run(x)
-            seconds = time.perf_counter() - start
+            infer_ns = time.perf_counter_ns() - start
+            seconds = infer_ns / 1e9
             if self._stats is not None:
                 self._stats.record_batch(self._stats_key, images, len(x), seconds)
         except Exception as e:
             log.exception("forward pass of %s failed (%d images, %d rows)",
                           self.name, images, rows)
             error = ModelUnavailable(f"the forward pass of {self.name} failed: {e}")
-            for _, fut, _ in live:
-                fut.set_exception(error)
+            for item in live:
+                item[1].set_exception(error)
             return
         log.debug("%s: batch of %d images in %d blocks (%d rows) in %.1f ms",
                   self.name, images, len(live), len(x), seconds * 1000)
+        handing_out = time.perf_counter_ns()
         offset = 0
-        for block, fut, _ in live:
+        for block, fut, _, times, submitted in live:
+            if times is not None:
+                times.observe_pass(joining - submitted, infer_ns)
             fut.set_result(out[offset:offset + len(block)])
             offset += len(block)
+        if self._stats is not None:
+            self._stats.record_execution(
+                self._stats_key, self._stats_version, images, input_ns=start - joining,
+                infer_ns=infer_ns, output_ns=time.perf_counter_ns() - handing_out)

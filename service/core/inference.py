@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,9 +50,9 @@ from service.core.errors import (
     ModelUnavailable,
     Overloaded,
 )
-from service.core.models import LoadedModel, ModelInfo, ModelRegistry
+from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
 from service.core.runtime import ProviderInfo, plan_device
-from service.core.stats import CoreStats
+from service.core.stats import CoreStats, RequestTimes
 from service.imaging import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -240,6 +241,15 @@ class InferenceCore:
         with self._lease(name, version) as model:
             return self._require_registry().info(model)
 
+    def repository_index(self) -> list[VersionState]:
+        """Every model and version in the repository: served, or why not."""
+        return self._require_registry().index()
+
+    def load_model(self, name: str) -> str | None:
+        """Blocking: scan ``name``'s versions now and serve the policy's choice (the poller's
+        work, for one model); returns what changed, None when nothing did."""
+        return self._require_registry().load(name)
+
     # ---- inference
 
     @contextlib.contextmanager
@@ -342,43 +352,60 @@ class InferenceCore:
         at most ``max_batch_size`` of them decoded or queued at once, so memory stays bounded.
         A bad image's CoreError takes its place; each image's outcome is counted."""
         limit = asyncio.Semaphore(max(1, self.config.max_batch_size))
+        times = RequestTimes()  # the request's (Triton statistics): each stage's longest image
 
         async def one(image: bytes) -> Prediction | CoreError:
+            mine = RequestTimes()
             async with limit:
                 try:
                     with self._on_the_way(1):
                         result: Prediction | CoreError = await self._run(model, image, tta,
-                                                                         top_k)
+                                                                         top_k, mine)
                 except CoreError as e:
                     result = e
+            times.merge(mine)
             self.stats.record_request(model.name, result.kind if isinstance(result, CoreError)
                                       else "ok")
             return result
 
+        started = time.perf_counter_ns()
         try:
             with self._admit():
-                return list(await asyncio.gather(*(one(image) for image in images)))
+                results = list(await asyncio.gather(*(one(image) for image in images)))
         except CoreError as e:  # refused as a whole (overloaded)
             self.stats.record_request(model.name, e.kind)
+            self.stats.record_inference(model.name, model.version, ok=False, images=len(images),
+                                        duration_ns=time.perf_counter_ns() - started)
             raise
+        ok = not any(isinstance(r, CoreError) for r in results)
+        self.stats.record_inference(model.name, model.version, ok=ok, images=len(results),
+                                    duration_ns=time.perf_counter_ns() - started, times=times)
+        return results
 
     async def _predict_one(self, model: LoadedModel, image: bytes, tta: bool,
                            top_k: int) -> Prediction:
-        return await self._request(model, lambda: self._run(model, image, tta, top_k))
+        return await self._request(model, lambda t: self._run(model, image, tta, top_k, t))
 
     async def _predict_pixels(self, model: LoadedModel, pixels: np.ndarray,
                               top_k: int) -> list[Prediction]:
-        return await self._request(model, lambda: self._run_pixels(model, pixels, top_k))
+        return await self._request(model, lambda t: self._run_pixels(model, pixels, top_k, t))
 
-    async def _request(self, model: LoadedModel, run: Callable[[], Awaitable[T]]) -> T:
+    async def _request(self, model: LoadedModel,
+                       run: Callable[[RequestTimes], Awaitable[T]]) -> T:
         """One admitted request (back-pressure), its outcome counted in the stats."""
+        times, started = RequestTimes(), time.perf_counter_ns()
         try:  # one arrival at the batcher (a pixel tensor's blocks are submitted together)
             with self._admit(), self._on_the_way(1):
-                result = await run()
+                result = await run(times)
         except CoreError as e:
             self.stats.record_request(model.name, e.kind)
+            self.stats.record_inference(model.name, model.version, ok=False, images=1,
+                                        duration_ns=time.perf_counter_ns() - started)
             raise
         self.stats.record_request(model.name, "ok")
+        self.stats.record_inference(model.name, model.version, ok=True,
+                                    images=len(result) if isinstance(result, list) else 1,
+                                    duration_ns=time.perf_counter_ns() - started, times=times)
         return result
 
     @contextlib.contextmanager
@@ -391,7 +418,8 @@ class InferenceCore:
             with self._pending_lock:
                 self._images -= images
 
-    async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int) -> Prediction:
+    async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int,
+                   times: RequestTimes) -> Prediction:
         if self._decode_pool is None:
             raise ModelUnavailable("the inference core is not started; call start() first")
         if len(image) > self.config.max_image_bytes:
@@ -399,21 +427,27 @@ class InferenceCore:
                 f"image is {len(image):,} bytes; the limit is {self.config.max_image_bytes:,} "
                 "bytes (raise it with --max-image-bytes)")
         loop = asyncio.get_running_loop()
+        started = time.perf_counter_ns()
         try:
             decoding = loop.run_in_executor(self._decode_pool, self._preprocess, image,
                                             model.card, tta)
         except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
             raise ModelUnavailable("the inference core is stopping; retry") from e
         rows = await decoding
-        out = await asyncio.wrap_future(model.batcher.submit(rows))
+        times.compute_input = time.perf_counter_ns() - started
+        out = await asyncio.wrap_future(model.batcher.submit(rows, times=times))
+        answered = time.perf_counter_ns()
         card = model.card
         probs = combine_tta(out[None], card.tta)[0] if tta else out[0]
-        return _prediction(model, probs, tta, len(rows), top_k)
+        prediction = _prediction(model, probs, tta, len(rows), top_k)
+        times.compute_output = time.perf_counter_ns() - answered
+        return prediction
 
-    async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray,
-                          top_k: int) -> list[Prediction]:
+    async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray, top_k: int,
+                          times: RequestTimes) -> list[Prediction]:
         if self._decode_pool is None:
             raise ModelUnavailable("the inference core is not started; call start() first")
+        started = time.perf_counter_ns()
         pixels = _check_pixels_shape(pixels, model)
         loop = asyncio.get_running_loop()
         try:  # a pass over every value: in the pool, like decoding, not on the event loop
@@ -421,13 +455,18 @@ class InferenceCore:
         except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
             raise ModelUnavailable("the inference core is stopping; retry") from e
         await checking
+        times.compute_input = time.perf_counter_ns() - started
         # One block, or blocks of max_batch_size images: a pass never exceeds that many.
         step = self.config.max_batch_size
         blocks = [pixels[i:i + step] for i in range(0, len(pixels), step)]
-        futures = [model.batcher.submit(block, images=len(block)) for block in blocks]
+        futures = [model.batcher.submit(block, images=len(block), times=times)
+                   for block in blocks]
         outs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        answered = time.perf_counter_ns()
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        return [_prediction(model, row, False, 1, top_k) for row in out]
+        predictions = [_prediction(model, row, False, 1, top_k) for row in out]
+        times.compute_output = time.perf_counter_ns() - answered
+        return predictions
 
     def _preprocess(self, image: bytes, card: ModelCard, tta: bool) -> np.ndarray:
         """Bytes -> (V, 3, H, W) float32 model input; V = 1, or the TTA views. Runs in the pool."""

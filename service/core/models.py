@@ -48,6 +48,16 @@ class ModelLoadError(Exception):
 
 
 @dataclass(frozen=True)
+class VersionState:
+    """One version in the repository: served (READY) or not (UNAVAILABLE, and why)."""
+
+    name: str
+    version: int
+    ready: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a client may know about one served model version."""
 
@@ -154,6 +164,7 @@ class ModelRegistry:
         self._in_flight = in_flight
         self._served: dict[str, LoadedModel] = {}
         self._refused: dict[tuple[str, int], Fingerprint | None] = {}
+        self._refusals: dict[tuple[str, int], str] = {}  # why, for the repository index
         self._lock = threading.Lock()  # _served, leases, retirement
         self._reload_lock = threading.Lock()  # one scan at a time (poller or reload())
         self._stop = threading.Event()
@@ -251,6 +262,45 @@ class ModelRegistry:
             path=model.path,
         )
 
+    def index(self) -> list[VersionState]:
+        """Every model and version in the repository, and whether (or why not) it is served."""
+        with self._lock:
+            served = {name: model.version for name, model in self._served.items()}
+            refusals = dict(self._refusals)
+        pinned = self.config.version_policy.pinned
+        states = []
+        for name in self.repository.model_names():
+            for version in self.repository.versions(name):
+                if served.get(name) == version:
+                    states.append(VersionState(name, version, True))
+                    continue
+                if (name, version) in refusals:
+                    reason = f"refused: {refusals[(name, version)]}"
+                elif not self._allowed(name):
+                    reason = "not among the models this server serves (--model)"
+                elif pinned is not None and version != pinned:
+                    reason = f"--version-policy pinned:{pinned} serves version {pinned}"
+                elif name in served and version < served[name]:
+                    reason = (f"version {served[name]} is served (--version-policy latest "
+                              "serves the newest valid version)")
+                else:
+                    reason = "not loaded yet (the repository is scanned every " \
+                             f"{self.config.poll_interval_s:g} s; RepositoryModelLoad scans now)"
+                states.append(VersionState(name, version, False, reason))
+        return states
+
+    def load(self, name: str) -> str | None:
+        """Scan one model's versions now and serve the policy's choice (what the poller does);
+        returns what changed. ModelNotFound when it is not this server's to serve."""
+        if name not in self.repository.model_names():
+            known = ", ".join(self.repository.model_names()) or "none"
+            raise ModelNotFound(f"model {name!r} is not in {self.repository.root} (models: "
+                                f"{known})")
+        if not self._allowed(name):
+            raise ModelNotFound(f"model {name!r} is not among the models this server serves "
+                                "(--model)")
+        return self._update(name)
+
     # ---- reload
 
     def reload(self) -> list[str]:
@@ -316,10 +366,12 @@ class ModelRegistry:
                     raise
                 except ModelLoadError as e:
                     self._refused[(name, version)] = fp
+                    self._refusals[(name, version)] = str(e)
                     still = f"; still serving {current.label}" if current else ""
                     log.error("refusing %s v%d: %s%s", name, version, e, still)
                     continue
                 self._refused.pop((name, version), None)
+                self._refusals.pop((name, version), None)
                 return self._swap(loaded, current)
             return None
 
@@ -371,7 +423,7 @@ class ModelRegistry:
         batcher = DynamicBatcher(run, name=f"{name}-v{version}",
                                  max_batch_size=self.config.max_batch_size,
                                  max_wait_ms=self.config.max_wait_ms,
-                                 stats=self.stats, stats_key=name,
+                                 stats=self.stats, stats_key=name, stats_version=version,
                                  in_flight=self._in_flight).start()
         return LoadedModel(name=name, version=version, path=resolved.path, card=card,
                            provider=provider, batcher=batcher, fingerprint=fp,

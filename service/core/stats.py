@@ -11,9 +11,12 @@ registers it where it serves /metrics::
 from __future__ import annotations
 
 import bisect
+import copy
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 # Images per forward pass (each image with all its TTA views).
@@ -42,6 +45,72 @@ class _Histogram:
         return out
 
 
+@dataclass
+class Duration:
+    """How many times something happened and how long it took in all (Triton's
+    StatisticDuration)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += max(0, int(ns))
+
+
+@dataclass
+class BatchDurations:
+    """Forward passes of one batch size: joining the rows, the pass, handing out the rows."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class RequestTimes:
+    """One request's stages in ns, filled in along its path (the core and the batcher). A
+    request of several images (or blocks) keeps each stage's longest: they run side by side."""
+
+    queue: int = 0  # submitted to the batcher -> its forward pass starts
+    compute_input: int = 0  # decoding + evaluation transform (or the pixel checks)
+    compute_infer: int = 0  # the forward pass it ran in
+    compute_output: int = 0  # model output -> the request's predictions
+
+    def observe_pass(self, queue_ns: int, infer_ns: int) -> None:
+        """Called by the batcher's one worker thread for each block of the request."""
+        self.queue = max(self.queue, queue_ns)
+        self.compute_infer = max(self.compute_infer, infer_ns)
+
+    def merge(self, other: RequestTimes) -> None:
+        self.queue = max(self.queue, other.queue)
+        self.compute_input = max(self.compute_input, other.compute_input)
+        self.compute_infer = max(self.compute_infer, other.compute_infer)
+        self.compute_output = max(self.compute_output, other.compute_output)
+
+
+@dataclass
+class VersionStats:
+    """Triton's ModelStatistics for one model version, from the requests this core served.
+
+    success/fail count requests (a request of N images is one) with their whole duration;
+    queue and compute_* count successful requests; inference_count counts the images of
+    successful requests; execution_count counts forward passes, whose sizes (images) are in
+    ``batches``.
+    """
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchDurations] = field(default_factory=dict)
+
+
 class CoreStats:
     """What the core has done since it started; safe to update from any thread."""
 
@@ -53,6 +122,7 @@ class CoreStats:
         self._forward_hist: dict[str, _Histogram] = {}
         self._rows: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
+        self._versions: dict[tuple[str, int], VersionStats] = {}
 
     def pending(self) -> int:
         """Requests admitted by the core and not yet answered."""
@@ -71,6 +141,40 @@ class CoreStats:
         """outcome: "ok" or a CoreError kind."""
         with self._lock:
             self._requests[(model, outcome)] += 1
+
+    def record_execution(self, model: str, version: int, images: int, *, input_ns: int,
+                         infer_ns: int, output_ns: int) -> None:
+        """One forward pass of ``images`` images on that version (Triton's batch_stats)."""
+        with self._lock:
+            stats = self._versions.setdefault((model, version), VersionStats())
+            stats.execution_count += 1
+            batch = stats.batches.setdefault(images, BatchDurations())
+            batch.compute_input.add(input_ns)
+            batch.compute_infer.add(infer_ns)
+            batch.compute_output.add(output_ns)
+
+    def record_inference(self, model: str, version: int, *, ok: bool, images: int,
+                         duration_ns: int, times: RequestTimes | None = None) -> None:
+        """One request's outcome on that version: ``images`` it asked about, its whole duration
+        and (successful ones) its stages."""
+        with self._lock:
+            stats = self._versions.setdefault((model, version), VersionStats())
+            if not ok:
+                stats.fail.add(duration_ns)
+                return
+            stats.success.add(duration_ns)
+            stats.inference_count += images
+            stats.last_inference_ms = int(time.time() * 1000)
+            times = times or RequestTimes()
+            stats.queue.add(times.queue)
+            stats.compute_input.add(times.compute_input)
+            stats.compute_infer.add(times.compute_infer)
+            stats.compute_output.add(times.compute_output)
+
+    def version_stats(self) -> dict[tuple[str, int], VersionStats]:
+        """A copy of every (model, version)'s statistics recorded so far."""
+        with self._lock:
+            return copy.deepcopy(self._versions)
 
     def batch_sizes(self, model: str | None = None) -> Counter[int]:
         """How many forward passes had each batch size (images), for one model or all."""

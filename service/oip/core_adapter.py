@@ -19,6 +19,7 @@ parameter ``classification: k`` returns k ``"score:index:label"`` strings per im
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
@@ -42,11 +43,14 @@ from service.core import (
     PinnedModel,
     Prediction,
 )
+from service.core.stats import Duration, VersionStats
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "tta-serve"
-EXTENSIONS = ("classification", "binary_tensor_data")
+# Triton's extension names, exactly what is served: model control is load (a scan now) only.
+EXTENSIONS = ("classification", "binary_tensor_data", "parameters", "model_configuration",
+              "statistics", "model_repository(index,load)")
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX models
 IMAGE_INPUT = "image"
 IMAGE_DATATYPE = "BYTES"
@@ -362,6 +366,88 @@ class OipAdapter:
         except CoreError as e:
             raise from_core_error(e) from e
 
+    # ---- Triton's extensions: model_configuration, statistics, model_repository
+
+    def model_config(self, name: str, version: str = "") -> Any:
+        """The served version's configuration (``inference.ModelConfig``); NOT_FOUND as
+        model_metadata."""
+        from service.oip.model_config import served_config
+
+        config = self.core.config
+        try:
+            with self.core.pin(name or None, parse_version(name, version)) as pinned:
+                info = self.core.get_model(pinned.name, pinned.version)
+                return served_config(
+                    pinned.name, pinned.card, image_input=IMAGE_INPUT,
+                    max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                    pinned_version=config.version_policy.pinned,
+                    on_gpu=info.provider.name == "CUDAExecutionProvider")
+        except CoreError as e:
+            raise from_core_error(e) from e
+
+    def model_statistics(self, name: str = "", version: str = "") -> Any:
+        """``inference.ModelStatisticsResponse`` from the core's counters: every served version
+        (zeros before its first request) and every version that answered requests."""
+        from service._proto.inference import grpc_predict_v2_pb2 as pb
+
+        recorded = self.core.stats.version_stats()
+        served = {(m.name, m.version) for m in self.core.list_models()}
+        keys = sorted(set(recorded) | served)
+        wanted = parse_version(name, version)
+        if name:
+            keys = [k for k in keys if k[0] == name]
+            if not keys:
+                raise OipError(Status.NOT_FOUND, f"model {name!r} is not served and has no "
+                                                 "statistics")
+        if wanted is not None:
+            keys = [k for k in keys if k[1] == wanted]
+            if not keys:
+                raise OipError(Status.NOT_FOUND, f"model {name!r} version {wanted} is not "
+                                                 "served and has no statistics")
+        response = pb.ModelStatisticsResponse()
+        for key in keys:
+            response.model_stats.append(_statistics(pb, key, recorded.get(key, VersionStats())))
+        return response
+
+    def repository_index(self, ready_only: bool = False) -> Any:
+        """``inference.RepositoryIndexResponse``: every model and version in the repository,
+        READY (served) or UNAVAILABLE with the reason."""
+        from service._proto.inference import grpc_predict_v2_pb2 as pb
+
+        try:
+            states = self.core.repository_index()
+        except CoreError as e:
+            raise from_core_error(e) from e
+        response = pb.RepositoryIndexResponse()
+        for state in states:
+            if ready_only and not state.ready:
+                continue
+            response.models.add(name=state.name, version=str(state.version),
+                                state="READY" if state.ready else "UNAVAILABLE",
+                                reason=state.reason)
+        return response
+
+    async def load_model(self, name: str) -> None:
+        """Triton's RepositoryModelLoad: scan the model's versions now and serve the version
+        policy's choice (what the poller does every poll interval). Errors when afterwards no
+        version of it is served."""
+        try:
+            change = await asyncio.to_thread(self.core.load_model, name)
+        except CoreError as e:
+            raise from_core_error(e) from e
+        if not self.model_ready(name):
+            reasons = "; ".join(f"v{s.version}: {s.reason}" for s in self.core.repository_index()
+                                if s.name == name) or "it has no versions"
+            raise OipError(Status.UNAVAILABLE, f"model {name!r} could not be loaded: {reasons}")
+        log.info("RepositoryModelLoad %s: %s", name, change or "no change")
+
+    @staticmethod
+    def unload_model(name: str) -> None:
+        raise OipError(Status.UNIMPLEMENTED,
+                       f"unloading is not supported: this server serves what the model "
+                       f"repository holds (its version policy); remove {name!r} from the "
+                       "repository, or restart with --model naming the models to serve")
+
     # ---- inference
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -395,6 +481,28 @@ class OipAdapter:
             raise from_core_error(e) from e
 
 
+def _statistics(pb: Any, key: tuple[str, int], stats: VersionStats) -> Any:
+    def duration(d: Duration) -> Any:
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    message = pb.ModelStatistics(
+        name=key[0], version=str(key[1]), last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count, execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(stats.success), fail=duration(stats.fail),
+            queue=duration(stats.queue), compute_input=duration(stats.compute_input),
+            compute_infer=duration(stats.compute_infer),
+            compute_output=duration(stats.compute_output),
+            cache_hit=pb.StatisticDuration(), cache_miss=pb.StatisticDuration()))
+    for size in sorted(stats.batches):
+        batch = stats.batches[size]
+        message.batch_stats.append(pb.InferBatchStatistics(
+            batch_size=size, compute_input=duration(batch.compute_input),
+            compute_infer=duration(batch.compute_infer),
+            compute_output=duration(batch.compute_output)))
+    return message
+
+
 def _metadata(pinned: PinnedModel) -> ModelMetadata:
     card = pinned.card
     size = card.input_size
@@ -402,7 +510,9 @@ def _metadata(pinned: PinnedModel) -> ModelMetadata:
         name=pinned.name,
         versions=(str(pinned.version),),
         platform=PLATFORM,
-        inputs=(TensorSpec(IMAGE_INPUT, IMAGE_DATATYPE, (-1,)),
+        # [N, 1]: the batch, then one encoded image per element (config dims [1], as Triton
+        # shows a batching model's input); [N] is accepted too.
+        inputs=(TensorSpec(IMAGE_INPUT, IMAGE_DATATYPE, (-1, 1)),
                 TensorSpec(card.input_name, PIXELS_DATATYPE, (-1, 3, size, size))),
         outputs=(TensorSpec(card.output_name, "FP32", (-1, len(card.classes))),),
     )

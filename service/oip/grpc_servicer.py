@@ -186,6 +186,36 @@ class GRPCInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                   response.id, [(t.name, t.shape) for t in response.outputs])
         return response_to_proto(response)
 
+    # ---- Triton's extensions: the adapter builds the messages, shared with the HTTP routes
+
+    @_maps_oip_errors
+    async def ModelConfig(self, request: pb.ModelConfigRequest,
+                          context: Any) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.adapter.model_config(request.name,
+                                                                       request.version))
+
+    @_maps_oip_errors
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              context: Any) -> pb.ModelStatisticsResponse:
+        return self.adapter.model_statistics(request.name, request.version)
+
+    @_maps_oip_errors
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                              context: Any) -> pb.RepositoryIndexResponse:
+        return self.adapter.repository_index(ready_only=request.ready)
+
+    @_maps_oip_errors
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                                  context: Any) -> pb.RepositoryModelLoadResponse:
+        await self.adapter.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_maps_oip_errors
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Any) -> pb.RepositoryModelUnloadResponse:
+        self.adapter.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
 
 def add_to_server(core: InferenceCore, server: grpc.aio.Server) -> str:
     """Serve the protocol on ``server``; returns the service name (for reflection, health)."""

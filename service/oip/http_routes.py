@@ -11,6 +11,10 @@ when it is mounted at the root of another app, e.g. the BentoML service)::
     GET  /v2/models/{m}[/versions/{v}]            model metadata
     GET  /v2/models/{m}[/versions/{v}]/ready      200 = ready, 4xx = not
     POST /v2/models/{m}[/versions/{v}]/infer      inference
+    GET  /v2/models/{m}[/versions/{v}]/config     Triton's model configuration
+    GET  /v2/models[/{m}[/versions/{v}]]/stats    Triton's statistics
+    POST /v2/repository/index                     Triton's repository index
+    POST /v2/repository/models/{m}/load|unload    Triton's model control (load = scan now)
 
 Binary tensor data extension: a request whose JSON is followed by binary tensors carries the
 JSON's length in ``Inference-Header-Content-Length``; each input with parameter
@@ -51,6 +55,7 @@ from service.oip.core_adapter import (
     tensor_from_raw,
     tensor_from_values,
 )
+from service.oip.model_config import message_json
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +268,52 @@ class OipRoutes:
         return Response(content, media_type="application/octet-stream",
                         headers={HEADER_LENGTH: str(json_length)})
 
+    # ---- Triton's extensions: the adapter builds the messages, written as Triton writes them
+
+    async def model_config(self, request: Request) -> Response:
+        model, version = _model_and_version(request)
+        try:
+            return JSONResponse(message_json(self.adapter.model_config(model, version)))
+        except OipError as e:
+            return error_response(e)
+
+    async def model_statistics(self, request: Request) -> Response:
+        model = request.path_params.get("model", "")
+        try:
+            return JSONResponse(message_json(self.adapter.model_statistics(
+                model, request.path_params.get("version", ""))))
+        except OipError as e:
+            return error_response(e)
+
+    async def repository_index(self, request: Request) -> Response:
+        try:
+            body = await request.body()
+            try:
+                document = json.loads(body) if body.strip() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise invalid(f"the request is not valid JSON: {e}") from e
+            if not isinstance(document, dict):
+                raise invalid('the request must be a JSON object, e.g. {"ready": true}')
+            ready = bool_parameter("ready", document.get("ready", False))
+            index = message_json(self.adapter.repository_index(ready_only=ready))
+        except OipError as e:
+            return error_response(e)
+        return JSONResponse(index.get("models", []))
+
+    async def model_load(self, request: Request) -> Response:
+        try:
+            await self.adapter.load_model(request.path_params["model"])
+        except OipError as e:
+            return error_response(e)
+        return Response(status_code=200)
+
+    async def model_unload(self, request: Request) -> Response:
+        try:
+            self.adapter.unload_model(request.path_params["model"])
+        except OipError as e:
+            return error_response(e)
+        return Response(status_code=200)
+
 
 def _model_and_version(request: Request) -> tuple[str, str]:
     return request.path_params["model"], request.path_params.get("version", "")
@@ -283,9 +334,16 @@ def build_app(core: CoreSource) -> Starlette:
         Route("/v2", routes.server_metadata, methods=["GET"]),
         Route("/v2/health/live", routes.live, methods=["GET"]),
         Route("/v2/health/ready", routes.ready, methods=["GET"]),
+        # Before /v2/models/{model}, which would take "stats" for a model name (as in Triton).
+        Route("/v2/models/stats", routes.model_statistics, methods=["GET"]),
+        Route("/v2/repository/index", routes.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", routes.model_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", routes.model_unload, methods=["POST"]),
         *(route for prefix in (model, version) for route in (
             Route(prefix, routes.model_metadata, methods=["GET"]),
             Route(prefix + "/ready", routes.model_ready, methods=["GET"]),
             Route(prefix + "/infer", routes.infer, methods=["POST"]),
+            Route(prefix + "/config", routes.model_config, methods=["GET"]),
+            Route(prefix + "/stats", routes.model_statistics, methods=["GET"]),
         )),
     ])

@@ -53,7 +53,7 @@ def test_server_and_model_metadata(triton: TritonClient) -> None:
     # grpc's as_json renders int64 as strings
     shapes = {t["name"]: ([int(d) for d in t["shape"]], t["datatype"])
               for t in meta["inputs"] + meta["outputs"]}
-    assert shapes == {"image": ([-1], "BYTES"), "pixels": ([-1, 3, SIZE, SIZE], "FP32"),
+    assert shapes == {"image": ([-1, 1], "BYTES"), "pixels": ([-1, 3, SIZE, SIZE], "FP32"),
                       "probabilities": ([-1, len(CLASSES)], "FP32")}
     assert triton.call("get_model_metadata", name=MODEL, version=str(SERVED_VERSION)) == meta
 
