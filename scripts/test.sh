@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh "train,dev"
+# The /ui browser tests drive chromium + chromedriver: system packages, installed when missing.
+[ "${TTA_SERVE_SKIP_BROWSER_TESTS:-}" = 1 ] || scripts/install_browser.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -79,6 +79,7 @@ from service.http_schema import (
 )
 from service.oip.http_routes import build_app as build_oip_app
 from service.serve_env import LOG_LEVEL_ENV, core_config_from_env
+from service.web import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ get_routes = Starlette(routes=[
     Route("/models", _models_route, methods=["GET"]),
     Route("/models/{name}", _model_route, methods=["GET"]),
     Route("/evaluations/{evaluation_id}/confusion.png", _confusion_route, methods=["GET"]),
+    *web_routes(),  # /ui (service.web)
 ])
 
 
