@@ -91,6 +91,16 @@ class TTAConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment trackers (training/trackers): callbacks, optional, off by default."""
+
+    loggers: list[str] = field(default_factory=list)  # any of "tensorboard", "mlflow", "csv"
+    every_n_steps: int = 10  # per-batch scalars every N batches (each syncs the device)
+    mlflow_uri: str = ""  # MLflow tracking URI; "" = a local mlruns/ in the working directory
+    experiment: str = "tta-serve"  # MLflow experiment name
+
+
+@dataclass
 class Recipe:
     stages: list[StageConfig]
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,6 +109,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -242,6 +253,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval.resize_ratio": (1, None, True, False),
     "tta.zoom_ratio": (1, None, True, False),
     "tta.beta": (None, 1, False, True),  # negative: every view weighs the same
+    "log.every_n_steps": (1, None, True, False),
 }
 
 
@@ -292,6 +304,9 @@ def validate(recipe: Recipe) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} is {value!r}; choose one of {list(allowed)}")
+    from training.trackers import check_available
+
+    check_available(recipe.log.loggers)
     check_bounds(recipe)
     try:
         tta_spec(recipe)

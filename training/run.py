@@ -15,9 +15,11 @@ from training.device import select_device
 from training.distributed import DistContext, is_main, require_single_process
 from training.errors import DataError
 from training.evaluate import load_model, predict
-from training.fit import build_classifier, build_data, build_learner, fit
+from training.fit import FitResult, build_classifier, build_data, build_learner, fit, plan_phases
 from training.interpret import write_interpretation
 from training.lr_find import LRFindResult, lr_find, plot_lr_find
+from training.trackers import build_trackers
+from training.trackers.curves import RunRecorder, write_run_pictures
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +30,58 @@ def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
 
     Under torchrun (``dist``) every rank trains and evaluates its shard; rank 0 writes.
     """
-    result = fit(recipe, resume=resume, progress=progress, dist=dist)
-    summary = evaluate_checkpoint(result.best_checkpoint, output=result.output / "report",
-                                  tta=tta, device_name=recipe.train.device, split=result.split,
-                                  progress=progress, dist=dist)
-    if not is_main(dist):
-        return {**summary, "checkpoint": str(result.best_checkpoint)}
+    offsets = epoch_offsets(recipe)
+    main = is_main(dist)
+    recorder = RunRecorder(recipe.train.output, offsets, resume=resume, enabled=main)
+    trackers = build_trackers(recipe, offsets, resume=resume) if main else []
+    status = "FAILED"
+    try:
+        result = fit(recipe, resume=resume, progress=progress, dist=dist,
+                     callbacks=[recorder, *trackers])
+        report_dir = result.output / "report"
+        summary = evaluate_checkpoint(result.best_checkpoint, output=report_dir, tta=tta,
+                                      device_name=recipe.train.device, split=result.split,
+                                      progress=progress, dist=dist)
+        if main:
+            write_run_pictures(recorder, result.history, result.split.classes, report_dir)
+            record_final_metrics(result, summary)
+            for tracker in trackers:
+                tracker.log_report(report_dir, summary)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for tracker in trackers:
+            tracker.close(status)
+    return {**summary, "checkpoint": str(result.best_checkpoint)}
+
+
+def epoch_offsets(recipe: Recipe) -> dict[str, int]:
+    """Each phase's name -> the epochs the run trains before it (its global epoch offset)."""
+    offsets, total = {}, 0
+    for phase in plan_phases(recipe):
+        offsets[phase.name] = total
+        total += phase.epochs
+    return offsets
+
+
+def record_final_metrics(result: FitResult, summary: dict[str, Any]) -> None:
+    """The best checkpoint's evaluation (plain + TTA) into it and into metrics.json."""
     ckpt = load_checkpoint(result.best_checkpoint)
+    select = ckpt.get("recipe", {}).get("train", {}).get("select", "best")
+    history = result.history
     ckpt["metrics"] = {**ckpt.get("metrics", {}), "accuracy": summary["accuracy"],
                        "tta_accuracy": summary.get("tta_accuracy"), "n_valid": summary["n"],
-                       "valid_set": result.split.source}
+                       "valid_set": result.split.source,
+                       # honest numbers: was this epoch picked on the split it is reported on?
+                       "epoch_selected_on_valid_set": select == "best",
+                       "last_epoch_accuracy": history[-1].get("accuracy") if history else None}
     atomic_save(ckpt, result.best_checkpoint)
     metrics_path = result.output / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["final"] = ckpt["metrics"]
     metrics_path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    return {**summary, "checkpoint": str(result.best_checkpoint)}
 
 
 def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,

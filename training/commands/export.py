@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
                            fp16=args.fp16, int8=args.int8,
                            max_images=args.check_images,
                            random_inputs_only=args.random_inputs_only)
+    from training.trackers.mlflow import log_exported_model
+
+    if log_exported_model(args.checkpoint, mv.path, mv.name, mv.version):
+        print("  added to the MLflow run that trained it (artifacts: model/)")
     card = mv.card
     check = (card.metrics or {}).get("export_check", {})
     print(f"published {mv.name} version {mv.version} at {mv.path}")

@@ -19,6 +19,12 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted run from OUTPUT/last.pt")
     parser.add_argument("--init-from", help="start from an earlier run's checkpoint (retraining)")
     parser.add_argument("--no-tta", action="store_true", help="skip the final TTA evaluation")
+    parser.add_argument("--log", action="append", default=[], metavar="LOGGER",
+                        choices=["tensorboard", "mlflow", "csv"],
+                        help="experiment tracker: tensorboard, mlflow or csv (repeatable; "
+                             "replaces the recipe's log.loggers)")
+    parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: a local mlruns/); "
+                                             "overrides log.mlflow_uri")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.init_from:
         args.set.append(f'model.init_from="{args.init_from}"')
+    if args.log:
+        args.set.append("log.loggers=[" + ", ".join(f'"{name}"' for name in args.log) + "]")
+    if args.mlflow_uri:
+        args.set.append(f'log.mlflow_uri="{args.mlflow_uri}"')
     recipe = recipe_from_args(args)
     # Under torchrun (docs/distributed.md) every process runs this; rank 0 writes and prints.
     try:
