@@ -6,7 +6,9 @@ with a dynamic batch axis, output ``probabilities``. Nothing is published until 
 reproduced PyTorch's probabilities on random inputs and on real images read through
 ``service.imaging`` (the path the service itself uses): max |p_onnx - p_torch| <= 1e-4 and the
 same top-1 class. A failure raises ExportError and leaves no version behind: everything is written
-into a hidden staging folder and renamed into place by ``ModelRepository.publish``.
+into a hidden staging folder and renamed into place by ``ModelRepository.publish``. Publishing
+the newest version also (re)writes ``NAME/config.pbtxt`` and ``NAME/labels.txt``
+(``service.oip.model_config``), so NVIDIA Triton can serve the same folder (docs/deploy.md).
 
 Exporter choice: ``torch.onnx.export(..., dynamo=True)``, the torch.export-based exporter (the
 TorchScript one is deprecated in torch 2.9+). It captures the graph without Python tracing
@@ -65,6 +67,7 @@ from service.model_repository import (
     ModelVersion,
     sha256_file,
 )
+from service.oip.model_config import write_triton_files
 from training.distributed import require_single_process
 from training.errors import ConfigError, ExportError
 
@@ -688,7 +691,11 @@ def export_checkpoint(
             variants=variants,
         )
         log.info("staged %s (%d report file(s))", staging, len(report))
-        return publish_staged(repo, staging, card, force=force, auto_version=auto_version)
+        published = publish_staged(repo, staging, card, force=force, auto_version=auto_version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # NVIDIA Triton can serve the same folder: models/NAME/config.pbtxt + labels.txt (newest).
+    if published.version == repo.latest(name):
+        write_triton_files(repo.root / name, published.card)
+    return published

@@ -67,6 +67,21 @@ class Worker:
     def op_get_model_metadata(self, name: str, version: str = "") -> dict:
         return self.client.get_model_metadata(name, version, **self.metadata_kwargs())
 
+    def op_get_model_config(self, name: str, version: str = "") -> dict:
+        return self.client.get_model_config(name, version, **self.metadata_kwargs())
+
+    def op_get_inference_statistics(self, name: str = "", version: str = "") -> dict:
+        return self.client.get_inference_statistics(name, version, **self.metadata_kwargs())
+
+    def op_get_model_repository_index(self) -> Any:
+        return self.client.get_model_repository_index(**self.metadata_kwargs())
+
+    def op_load_model(self, name: str) -> None:
+        self.client.load_model(name)
+
+    def op_unload_model(self, name: str) -> None:
+        self.client.unload_model(name)
+
     def op_infer(self, model: str, inputs: list[dict], outputs: list[dict] | None = None,
                  version: str = "", parameters: dict | None = None, request_id: str = "",
                  binary_inputs: bool = True, **options: Any) -> dict:

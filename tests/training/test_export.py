@@ -152,8 +152,11 @@ def save_variant(trained: Trained, folder: Path, **changes) -> Path:
 
 
 def entries(models: Path, name: str) -> list[str]:
+    """The version folders and anything left over (not the Triton files export writes)."""
     folder = models / name
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    triton = {"config.pbtxt", "labels.txt"}
+    return sorted(p.name for p in folder.iterdir() if p.name not in triton) \
+        if folder.exists() else []
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -198,6 +201,28 @@ def test_onnx_runtime_matches_pytorch(published, trained, batch: int) -> None:
         assert np.abs(got - want).max() <= 1e-4
         np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
         np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+def test_export_writes_a_triton_config_that_agrees_with_the_version(published) -> None:
+    """models/NAME/config.pbtxt: Triton's ModelConfig (our field-compatible copy of it; the
+    check against Triton's own message is tests/oip/test_oip_triton_protos.py)."""
+    import onnx
+    from google.protobuf import text_format
+
+    from service._proto.inference import model_config_pb2 as mc
+
+    folder = published.path.parent
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    graph = onnx.load(str(published.onnx_path), load_external_data=False).graph
+    graph_input = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    (pixels,), (output,) = config.input, config.output
+    assert config.name == folder.name and config.platform == "onnxruntime_onnx"
+    assert pixels.name == graph.input[0].name == published.card.input_name
+    assert list(pixels.dims) == graph_input[1:] == [3, SIZE, SIZE]
+    assert output.name == graph.output[0].name and list(output.dims) == [
+        len(published.card.classes)]
+    labels = (folder / output.label_filename).read_text().splitlines()
+    assert labels == list(published.card.classes)
 
 
 def test_model_json_round_trip(published, trained) -> None:
