@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled default model models/digits/1 with our own training CLI on real data
+# Reproduce the bundled test model models/digits/1 with our own training CLI on real data
 # (scikit-learn's handwritten digits). Pass --force to replace an existing version 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."

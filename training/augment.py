@@ -32,7 +32,6 @@ _BYTE_TO_UNIT = torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(2
 _LUT_CACHE: dict[torch.device, Tensor] = {}
 
 _CROP_TRIES = 10  # as torchvision's RandomResizedCrop
-_RATIO = (3 / 4, 4 / 3)  # crop aspect ratio range (width / height)
 _LOGIT_EPS = 1e-6
 
 
@@ -41,9 +40,14 @@ class AugmentConfig:
     """fastai ``aug_transforms`` defaults; each transform is off at its neutral value.
 
     min_scale: smallest crop area as a fraction of the image (1.0 turns the random crop off).
+    max_aspect: crop aspect ratios (width / height) range over [1 / max_aspect, max_aspect],
+        log-uniform (torchvision's RandomResizedCrop: 4/3).
     flip / flip_vert: mirror left-right / top-bottom with probability 0.5.
     max_rotate: degrees, uniform in [-max_rotate, max_rotate].
-    max_zoom: zoom in by a factor uniform in [1, max_zoom] about a random point.
+    max_zoom, min_zoom: zoom by a factor uniform in [min_zoom, max_zoom] about a random point
+        (fastai's ``min_zoom``: below 1 zooms out, the border filled by reflection).
+    max_translate: shift by up to this fraction of the side in x and y, uniform, reflection at
+        the border (the CIFAR standard "pad 4 and crop" is 0.125 at 32 px).
     max_warp: perspective warp magnitude (normalised coordinates), uniform in [-max, max].
     max_lighting: brightness and contrast change (0.2 = +-20% around neutral).
     p_affine: probability of each of rotate / zoom / warp, per image.
@@ -51,10 +55,13 @@ class AugmentConfig:
     """
 
     min_scale: float = 0.35
+    max_aspect: float = 4 / 3
     flip: bool = True
     flip_vert: bool = False
     max_rotate: float = 10.0
     max_zoom: float = 1.1
+    min_zoom: float = 1.0
+    max_translate: float = 0.0
     max_warp: float = 0.2
     max_lighting: float = 0.2
     p_affine: float = 0.75
@@ -65,6 +72,12 @@ class AugmentConfig:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
         if self.max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {self.max_zoom}")
+        if not 0.0 < self.min_zoom <= 1.0:
+            raise ValueError(f"min_zoom must be in (0, 1], got {self.min_zoom}")
+        if self.max_aspect < 1.0:
+            raise ValueError(f"max_aspect must be >= 1, got {self.max_aspect}")
+        if not 0.0 <= self.max_translate < 1.0:
+            raise ValueError(f"max_translate must be in [0, 1), got {self.max_translate}")
         if not 0.0 <= self.max_lighting < 1.0:
             raise ValueError(f"max_lighting must be in [0, 1), got {self.max_lighting}")
         for name in ("p_affine", "p_lighting"):
@@ -103,7 +116,7 @@ class BatchAugment:
     _NAMED = (
         "crop_x", "crop_y", "flip", "flip_vert", "p_rotate", "rotate", "p_zoom", "zoom",
         "zoom_x", "zoom_y", "p_warp", "warp_x", "warp_y", "p_bright", "bright", "p_contrast",
-        "contrast",
+        "contrast", "shift_x", "shift_y",
     )
 
     def __init__(self, cfg: AugmentConfig, size: int) -> None:
@@ -168,12 +181,17 @@ class BatchAugment:
         cos, sin = torch.cos(theta), torch.sin(theta)
         rotate = _affine(cos, -sin, 0.0 * cos, sin, cos, 0.0 * cos)
 
-        s = 1.0 / (1.0 + (c.max_zoom - 1.0) * u["zoom"])
+        s = 1.0 / (c.min_zoom + (c.max_zoom - c.min_zoom) * u["zoom"])
         s = torch.where(u["p_zoom"] < c.p_affine, s, torch.ones_like(s))
         zoom = _affine(s, 0.0 * s, (1 - s) * (2 * u["zoom_x"] - 1), 0.0 * s, s,
                        (1 - s) * (2 * u["zoom_y"] - 1))
 
         mat = crop @ zoom @ rotate @ flip
+        if c.max_translate > 0:  # a fraction f of the side is 2f in normalised coordinates
+            tx = 2 * c.max_translate * (2 * u["shift_x"] - 1)
+            ty = 2 * c.max_translate * (2 * u["shift_y"] - 1)
+            one = torch.ones_like(tx)
+            mat = _affine(one, 0.0 * one, tx, 0.0 * one, one, ty) @ mat
         if c.max_warp > 0 and c.p_affine > 0:
             mx = c.max_warp * (2 * u["warp_x"] - 1)
             my = c.max_warp * (2 * u["warp_y"] - 1)
@@ -183,14 +201,15 @@ class BatchAugment:
         return mat
 
     def _crop(self, u: dict, h: int, w: int) -> Tensor:
-        """Random resized crop (area in [min_scale, 1], ratio 3/4..4/3) as a matrix."""
+        """Random resized crop (area in [min_scale, 1], ratio in [1/max_aspect, max_aspect])."""
         n = u["crop_x"].shape[0]
         dev = u["crop_x"].device
         if self.cfg.min_scale >= 1.0:
             one = torch.ones(n, device=dev)
             return _affine(one, 0.0 * one, 0.0 * one, 0.0 * one, one, 0.0 * one)
         area = self.cfg.min_scale + (1.0 - self.cfg.min_scale) * u["scale"]
-        lo, hi = math.log(_RATIO[0]), math.log(_RATIO[1])
+        ratio_range = (1.0 / self.cfg.max_aspect, self.cfg.max_aspect)
+        lo, hi = math.log(ratio_range[0]), math.log(ratio_range[1])
         ratio = torch.exp(lo + (hi - lo) * u["ratio"])
         fw = torch.sqrt(area * ratio * h / w)  # crop width as a fraction of the image width
         fh = torch.sqrt(area / ratio * w / h)
@@ -200,8 +219,8 @@ class BatchAugment:
         fh_try = fh.gather(1, first)[:, 0]
         # torchvision's fallback: the whole image, aspect ratio clamped into the allowed range.
         in_ratio = w / h
-        fb_w = min(1.0, _RATIO[1] / in_ratio)
-        fb_h = min(1.0, in_ratio / _RATIO[0])
+        fb_w = min(1.0, ratio_range[1] / in_ratio)
+        fb_h = min(1.0, in_ratio / ratio_range[0])
         any_ok = ok.any(dim=1)
         fw = torch.where(any_ok, fw_try, torch.full_like(fw_try, fb_w))
         fh = torch.where(any_ok, fh_try, torch.full_like(fh_try, fb_h))

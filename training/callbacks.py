@@ -109,6 +109,10 @@ class HistoryCallback(Callback):
 class CheckpointCallback(Callback):
     """Saves ``last.pt`` every epoch (to resume) and ``best.pt`` when the metric improves.
 
+    select="last": ``best.pt`` is simply the latest epoch. The epoch is then not chosen on the
+    validation split, so the accuracy measured on that split is an honest estimate; with
+    "best" it is optimistic (picked and reported on the same images), which the report says.
+
     ``describe`` returns the run-level fields (arch, classes, eval spec, progress...) that the
     runner owns; this callback only decides when to write.
     """
@@ -116,13 +120,17 @@ class CheckpointCallback(Callback):
     order = 60
 
     def __init__(self, out_dir: Path, metric: str, describe: Callable[[Learner], dict[str, Any]],
-                 best: float | None = None, enabled: bool = True) -> None:
+                 best: float | None = None, enabled: bool = True,
+                 select: str = "best") -> None:
         self.out_dir, self.metric, self.describe = Path(out_dir), metric, describe
+        self.select = select
         self.higher_is_better = metric != "valid_loss"
         self.best = best if best is not None else (-math.inf if self.higher_is_better else math.inf)
         self.enabled = enabled
 
     def improved(self, value: float) -> bool:
+        if self.select == "last":
+            return True
         return value > self.best if self.higher_is_better else value < self.best
 
     def after_epoch(self, learn: Learner) -> None:
@@ -137,7 +145,8 @@ class CheckpointCallback(Callback):
         if is_best:
             atomic_save({**meta, "model": learn.eval_model.state_dict(),
                          "metrics": dict(learn.state.metrics)}, self.out_dir / "best.pt")
-            log.info("best %s %.4f: saved %s", self.metric, value, self.out_dir / "best.pt")
+            log.info("%s %s %.4f: saved %s", "last epoch" if self.select == "last" else "best",
+                     self.metric, value, self.out_dir / "best.pt")
         atomic_save({**meta, **learn.state_dict(), "metrics": dict(learn.state.metrics)},
                     self.out_dir / "last.pt")
 

@@ -28,7 +28,11 @@ class DataConfig:
     valid_pct: float = 0.2  # fraction held out when the folder has no valid/ split
     seed: int = 42  # seed of the random splitter
     presize: int = 0  # item-stage size in pixels (0: 1.25 x the largest stage size)
-    num_workers: int = 0  # DataLoader worker processes for decoding
+    num_workers: int = 0  # DataLoader worker processes for decoding (only with cache = "off")
+    # decode every training image once per run: "auto" (in memory when it fits, else a memory
+    # map under cache_dir that later runs reuse) | "memory" | "disk" | "off" (decode per epoch)
+    cache: str = "auto"
+    cache_dir: str = ""  # default: $TTA_SERVE_CACHE or ~/.cache/tta-serve, then presized/
     normalize: str = "imagenet"  # "imagenet" | "dataset" (stats from the training data) | "none"
 
 
@@ -54,6 +58,7 @@ class TrainConfig:
     seed: int = 42
     output: str = "runs/run"
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    threads: int = 0  # CPU threads for torch's ops (0: torch's default, one per core)
     weight_decay: float = 0.01  # AdamW, decoupled
     label_smoothing: float = 0.0  # eps; 0 is plain cross-entropy (fastai's default eps is 0.1)
     mixup: float = 0.0  # Beta(alpha, alpha) for MixUp; 0 turns it off (fastai uses 0.4)
@@ -69,6 +74,9 @@ class TrainConfig:
     # fine_tune shapes instead (frozen: 0.99; unfrozen: 0.3 from lr/5)
     pct_start: float = 0.25
     metric: str = "accuracy"  # "accuracy" (higher is better) or "valid_loss" (lower is better)
+    # which epoch best.pt (what export publishes) holds: "best" by the metric on the validation
+    # split (its accuracy there is then optimistic), or "last" (not chosen on it: honest)
+    select: str = "best"
     # Under torchrun (docs/distributed.md): the stages' lr is per device batch; scale it for the
     # global batch (batch_size x processes) by "linear" | "sqrt" | "none".
     scale_lr: str = "linear"
@@ -232,6 +240,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.presize": (0, None, True, False),  # 0: 1.25 x the largest stage size
     "data.num_workers": (0, None, True, False),
     "train.seed": (0, None, True, False),
+    "train.threads": (0, None, True, False),
     "train.weight_decay": (0, None, True, False),
     "train.label_smoothing": (0, 1, True, False),
     "train.mixup": (0, None, True, False),  # a Beta(alpha, alpha) needs alpha > 0; 0 is off
@@ -294,10 +303,12 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"data.presize ({recipe.data.presize}) must be >= the largest stage size")
     choices = {
         "data.normalize": (recipe.data.normalize, ("imagenet", "dataset", "none")),
+        "data.cache": (recipe.data.cache, ("auto", "memory", "disk", "off")),
         "train.device": (recipe.train.device, ("auto", "cpu", "cuda")),
         "train.mixed_precision": (recipe.train.mixed_precision, ("auto", "bf16", "fp16", "off")),
         "train.channels_last": (recipe.train.channels_last, ("auto", "on", "off")),
         "train.metric": (recipe.train.metric, ("accuracy", "valid_loss")),
+        "train.select": (recipe.train.select, ("best", "last")),
         "train.scale_lr": (recipe.train.scale_lr, ("linear", "sqrt", "none")),
         "tta.combine": (recipe.tta.combine, ("mean", "max")),
     }

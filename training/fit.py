@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from service.imaging import decode_side
 from training.augment import BatchAugment, to_float_nchw
 from training.callbacks import (
     BnFreeze,
@@ -36,6 +37,7 @@ from training.data import (
     compute_stats,
     load_items,
 )
+from training.data.cache import PresizedImages, build_presized
 from training.device import select_device, select_precision, use_channels_last
 from training.distributed import DistContext, convert_sync_bn, is_main
 from training.errors import ConfigError
@@ -115,6 +117,25 @@ def build_data(recipe: Recipe) -> tuple[DataSplit, tuple[float, ...], tuple[floa
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     return split, tuple(mean), tuple(std)
+
+
+def build_presized_set(recipe: Recipe, split: DataSplit, device: torch.device,
+                      progress: bool) -> PresizedImages | None:
+    """The training split decoded once for the whole run (None with data.cache = "off")."""
+    d = recipe.data
+    if d.cache == "off":
+        return None
+    t0 = time.perf_counter()
+    interpolation = eval_spec(recipe, recipe.stages[-1].size).interpolation
+    presized = build_presized(split.train, recipe.presize, interpolation, mode=d.cache,
+                              cache_dir=d.cache_dir or None, threads=recipe.train.threads,
+                              progress=progress)
+    presized = presized.to(device)
+    seconds = time.perf_counter() - t0
+    log.info("presized %d training images to %d px once for the run (%s, %.1f MB) in %.1f s "
+             "(%.0f images/s)", len(presized), recipe.presize, presized.where,
+             presized.nbytes / 1e6, seconds, len(presized) / max(seconds, 1e-9))
+    return presized
 
 
 def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...],
@@ -207,6 +228,8 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.train.seed)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
     device = dist.device if dist is not None else select_device(recipe.train.device)
     world_size = dist.world_size if dist is not None else 1
     split, mean, std = build_data(recipe)
@@ -218,6 +241,8 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     model.to(device)
     if use_channels_last(recipe.train.channels_last, device):
         model.to(memory_format=torch.channels_last)
+    presized = build_presized_set(recipe, split, device, progress and is_main(dist))
+    min_side = decode_side(eval_spec(recipe, recipe.stages[-1].size), tta_spec(recipe))
 
     phases = plan_phases(recipe)
     state = load_checkpoint(out / "last.pt") if resume else None
@@ -249,7 +274,7 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
 
     checkpoints = CheckpointCallback(out, recipe.train.metric, describe,
                                      best=state["best_metric"] if state else None,
-                                     enabled=is_main(dist))
+                                     enabled=is_main(dist), select=recipe.train.select)
     all_callbacks = [BnFreeze(), ProgressCallback(progress and is_main(dist)),
                      HistoryCallback(history), checkpoints, *callbacks]
     learn: Learner | None = None
@@ -265,7 +290,7 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
             dls = build_dataloaders(
                 split, size=stage.size, batch_size=stage.batch_size, presize=recipe.presize,
                 eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
-                seed=recipe.train.seed)
+                seed=recipe.train.seed, presized=presized, min_side=min_side)
             if dist is not None:
                 dls = dist.shard_loaders(dls, recipe.train.seed)
             if learn is None:

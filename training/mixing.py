@@ -1,7 +1,14 @@
-"""MixUp and CutMix: mix a batch with a shuffled copy of itself, one lambda per batch.
+"""MixUp and CutMix: mix a batch with a shuffled copy of itself.
 
-The loss is the lambda-weighted loss of both targets (``mixed_loss``), so label smoothing
-composes with either.
+MixUp draws one lambda per image, as fastai's ``MixUp`` does (``lam = max(lam, 1 - lam)``, so
+each image stays mostly itself); CutMix one box, hence one lambda, per batch. The loss is the
+lambda-weighted loss of both targets (``mixed_loss``, per image when lambda is), so label
+smoothing composes with either.
+
+Hand-written rather than torchvision.transforms.v2.MixUp/CutMix: those mix one-hot targets
+(soft labels) and draw from the global RNG with one lambda per batch; ours keep integer targets
+(label smoothing stays in the loss) and draw from the epoch's generator so a resumed run repeats
+its draws exactly.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-MixedTargets = tuple[Tensor, Tensor, float]  # (targets_a, targets_b, lambda of a)
+# (targets_a, targets_b, lambda of a): a float, or one per image (N,)
+MixedTargets = tuple[Tensor, Tensor, "float | Tensor"]
 
 
 def _beta(alpha: float, gen: torch.Generator) -> float:
@@ -47,15 +55,28 @@ class Mixer:
 
 
 class MixUp(Mixer):
-    """x = lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha) (fastai: alpha 0.4)."""
+    """x_i = lam_i x_i + (1 - lam_i) x_perm(i), lam_i = max(b, 1 - b), b ~ Beta(alpha, alpha)
+    per image (fastai: alpha 0.4)."""
 
     def __init__(self, alpha: float = 0.4) -> None:
         self.alpha = alpha
 
     def __call__(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, MixedTargets]:
-        lam = _beta(self.alpha, gen)
+        lam = beta_per_image(self.alpha, len(x), gen).to(x.device)
+        lam = torch.maximum(lam, 1.0 - lam)
         perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
         return mix_inputs(x, perm, lam), (y, y[perm], lam)
+
+
+def beta_per_image(alpha: float, n: int, gen: torch.Generator) -> Tensor:
+    """n draws of Beta(alpha, alpha), reproducible from ``gen``.
+
+    torch.distributions takes no generator, so the draws are Marsaglia-Tsang on a CPU generator
+    seeded from ``gen`` (one device sync per batch, not one per draw).
+    """
+    seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
+    cpu = torch.Generator().manual_seed(seed)
+    return torch.tensor([_beta(alpha, cpu) for _ in range(n)], dtype=torch.float32)
 
 
 class CutMix(Mixer):
@@ -89,7 +110,9 @@ class MixUpOrCutMix(Mixer):
         return (self.cutmix if use_cutmix else self.mixup)(x, y, gen)
 
 
-def mix_inputs(x: Tensor, perm: Tensor, lam: float) -> Tensor:
+def mix_inputs(x: Tensor, perm: Tensor, lam: float | Tensor) -> Tensor:
+    if isinstance(lam, Tensor):
+        lam = lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
     return lam * x + (1.0 - lam) * x[perm]
 
 
@@ -101,8 +124,21 @@ def paste_box(x: Tensor, perm: Tensor, box: tuple[int, int, int, int]) -> Tensor
 
 
 def mixed_loss(loss_fn: Callable[[Tensor, Tensor], Tensor], out: Tensor, y_a: Tensor,
-               y_b: Tensor, lam: float) -> Tensor:
-    return lam * loss_fn(out, y_a) + (1.0 - lam) * loss_fn(out, y_b)
+               y_b: Tensor, lam: float | Tensor) -> Tensor:
+    """The lambda-weighted loss of both targets; per image when lambda is a tensor."""
+    if not isinstance(lam, Tensor):
+        return lam * loss_fn(out, y_a) + (1.0 - lam) * loss_fn(out, y_b)
+    if not isinstance(loss_fn, torch.nn.CrossEntropyLoss):
+        raise TypeError("per-image MixUp needs an nn.CrossEntropyLoss (per-sample losses)")
+    per_a = _per_image(loss_fn, out, y_a)
+    per_b = _per_image(loss_fn, out, y_b)
+    lam = lam.to(per_a.dtype)
+    return (lam * per_a + (1.0 - lam) * per_b).mean()
+
+
+def _per_image(loss_fn: torch.nn.CrossEntropyLoss, out: Tensor, y: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(out, y, weight=loss_fn.weight, reduction="none",
+                                             label_smoothing=loss_fn.label_smoothing)
 
 
 def build_mixer(mixup_alpha: float, cutmix_alpha: float) -> Mixer | None:

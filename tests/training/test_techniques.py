@@ -22,30 +22,44 @@ def _gen(seed: int = 0) -> torch.Generator:
     return g
 
 
-def test_mixup_inputs_and_targets_are_lambda_combinations():
+def test_mixup_inputs_and_targets_are_lambda_combinations_per_image():
     x = torch.rand(6, 3, 4, 4)
     y = torch.arange(6)
     mixed, (y_a, y_b, lam) = MixUp(0.4)(x, y, _gen(1))
-    assert 0.0 < lam < 1.0
+    assert lam.shape == (6,)
+    assert bool(((lam >= 0.5) & (lam <= 1.0)).all())  # fastai: max(lam, 1 - lam)
+    assert len(set(lam.tolist())) > 1  # one lambda per image, not per batch
     assert torch.equal(y_a, y)
     perm = y_b  # labels are their own indices, so y_b is the permutation
-    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm], atol=1e-6)
+    expected = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
+    assert torch.allclose(mixed, expected, atol=1e-6)
 
 
 def test_mixup_is_reproducible_with_the_same_generator():
     x, y = torch.rand(8, 3, 4, 4), torch.arange(8)
     a, (_, ya, la) = MixUp(0.4)(x, y, _gen(7))
     b, (_, yb, lb) = MixUp(0.4)(x, y, _gen(7))
-    assert la == lb and torch.equal(ya, yb) and torch.equal(a, b)
+    assert torch.equal(la, lb) and torch.equal(ya, yb) and torch.equal(a, b)
 
 
-def test_mixup_lambda_follows_beta_distribution_mean():
-    g = _gen(3)
-    x, y = torch.zeros(2, 1, 1, 1), torch.arange(2)
-    lams = [MixUp(0.4)(x, y, g)[1][2] for _ in range(2000)]
-    assert abs(sum(lams) / len(lams) - 0.5) < 0.03  # Beta(a, a) has mean 1/2
-    var = sum((v - 0.5) ** 2 for v in lams) / len(lams)
-    assert abs(var - 1 / (4 * (2 * 0.4 + 1))) < 0.02  # Beta(a,a) variance 1/(4(2a+1))
+def test_mixup_lambda_follows_folded_beta_distribution():
+    x, y = torch.zeros(4000, 1, 1, 1), torch.arange(4000)
+    lams = MixUp(0.4)(x, y, _gen(3))[1][2].double()
+    # max(B, 1 - B) for B ~ Beta(a, a): E|B - 1/2| + 1/2; Var(B) = E(B - 1/2)^2 = 1/(4(2a+1))
+    second_moment = ((lams - 0.5) ** 2).mean().item()
+    assert abs(second_moment - 1 / (4 * (2 * 0.4 + 1))) < 0.01
+    assert lams.min().item() >= 0.5
+
+
+def test_per_image_mixed_loss_weights_each_image_by_its_own_lambda():
+    out = torch.randn(3, 4)
+    y_a, y_b = torch.tensor([0, 1, 2]), torch.tensor([3, 3, 3])
+    lam = torch.tensor([1.0, 0.5, 0.75])
+    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
+    per = [lam[i] * ce(out[i:i + 1], y_a[i:i + 1]) + (1 - lam[i]) * ce(out[i:i + 1], y_b[i:i + 1])
+           for i in range(3)]
+    assert mixed_loss(ce, out, y_a, y_b, lam).item() == pytest.approx(
+        torch.stack(per).mean().item(), rel=1e-6)
 
 
 def test_cutmix_pastes_a_box_and_lambda_is_the_kept_area():

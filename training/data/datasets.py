@@ -8,6 +8,8 @@ views, so validation accuracy is measured on the pixels the service will see.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,9 @@ from service.imaging import (
     TTASpec,
     decode_image,
     eval_view,
-    resize_center_crop,
     tta_views,
 )
+from training.data.cache import DECODES, PresizedImages, presize_one
 from training.data.sources import Items
 from training.errors import DataError
 
@@ -34,12 +36,14 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
-def _decode(path: Path) -> Image.Image:
+def _decode(path: Path, min_side: int | None = None) -> Image.Image:
     try:
-        return decode_image(path)
+        img = decode_image(path, min_side=min_side)
     except (ImageDecodeError, ImageTooLargeError) as e:
         # Only reachable with check_images=False: load_items would have skipped the file.
         raise DataError(f"cannot read training image {path}: {e}") from e
+    DECODES.add()
+    return img
 
 
 class PresizedDataset(Dataset):
@@ -56,26 +60,92 @@ class PresizedDataset(Dataset):
         return len(self.items.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = _decode(self.items.paths[i])
-        arr = resize_center_crop(img, self.presize, self.presize, self.interpolation)
+        arr = presize_one(self.items.paths[i], self.presize, self.interpolation)
         return _to_tensor(arr), self.items.labels[i]
 
 
-class EvalDataset(Dataset):
-    """(uint8 (size, size, 3) eval view, or (V, size, size, 3) TTA views, label) per item."""
+class CachedDataset(Dataset):
+    """The presized set (training.data.cache), decoded once: batches are gathered by index
+    where the set lives (host memory, a memory map or the GPU), with no per-item Python work.
 
-    def __init__(self, items: Items, eval_spec: EvalSpec, tta: TTASpec | None = None) -> None:
+    ``__getitems__`` hands the DataLoader a whole batch; use ``collate_batch`` as its
+    collate_fn.
+    """
+
+    def __init__(self, presized: PresizedImages) -> None:
+        self.presized = presized
+
+    def __len__(self) -> int:
+        return len(self.presized)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.presized.images[i], int(self.presized.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.presized.images.device)
+        return self.presized.images[idx], self.presized.labels[idx]
+
+
+def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CachedDataset already returns the stacked batch."""
+    return batch
+
+
+class EvalDataset(Dataset):
+    """(uint8 (size, size, 3) eval view, or (V, size, size, 3) TTA views, label) per item.
+
+    min_side: ``service.imaging.decode_side(eval_spec, model's TTA spec)``, as every server
+    decodes for the model, so the views are the very pixels the service will see.
+    """
+
+    def __init__(self, items: Items, eval_spec: EvalSpec, tta: TTASpec | None = None,
+                 min_side: int | None = None) -> None:
         self.items = items
         self.eval_spec = eval_spec
         self.tta = tta
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.items.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = _decode(self.items.paths[i])
+        img = _decode(self.items.paths[i], self.min_side)
         if self.tta is None:
             arr = eval_view(img, self.eval_spec)
         else:
             arr = tta_views(img, self.eval_spec, self.tta)
         return _to_tensor(arr), self.items.labels[i]
+
+
+class PrecomputedEvalDataset(Dataset):
+    """An EvalDataset's views computed once (threaded), for loaders used every epoch: the
+    validation set then decodes once per stage instead of once per epoch."""
+
+    def __init__(self, source: EvalDataset, *, threads: int = 0) -> None:
+        n = len(source)
+        first, _ = source[0]
+        self.views = torch.empty((n, *first.shape), dtype=torch.uint8)
+        self.views[0] = first
+        self.labels = torch.as_tensor(source.items.labels, dtype=torch.int64)
+
+        def fill(i: int) -> None:
+            self.views[i] = source[i][0]
+
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+            list(pool.map(fill, range(1, n)))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.views[i], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.views[idx], self.labels[idx]
+
+
+def eval_views_nbytes(n_items: int, eval_spec: EvalSpec, tta: TTASpec | None) -> int:
+    """Bytes an EvalDataset's views take when precomputed."""
+    views = len(tta.views) if tta is not None else 1
+    return n_items * views * eval_spec.size * eval_spec.size * 3

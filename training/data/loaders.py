@@ -3,6 +3,10 @@
 Batches stay uint8 NHWC until they reach the device: 4x less to copy than float32, and the
 random augmentation (training.augment.BatchAugment) or the plain /255 conversion
 (training.augment.to_float_nchw) happens there, on the whole batch at once.
+
+With a presized set (training.data.cache) the training loader gathers batches from it and
+decodes nothing; the validation views are computed once per stage when they fit in
+``EVAL_CACHE_BYTES``. So only the first epoch of a run decodes files.
 """
 
 from __future__ import annotations
@@ -15,11 +19,21 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from service.imaging import EvalSpec, TTASpec
-from training.data.datasets import EvalDataset, PresizedDataset
+from training.data.cache import PresizedImages
+from training.data.datasets import (
+    CachedDataset,
+    EvalDataset,
+    PrecomputedEvalDataset,
+    PresizedDataset,
+    collate_batch,
+    eval_views_nbytes,
+)
 from training.data.sources import DataSplit, Items
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+EVAL_CACHE_BYTES = 2 << 30  # validation views kept in memory for a stage up to this size
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -69,6 +83,8 @@ def build_dataloaders(
     drop_last: bool = True,
     valid_batch_size: int | None = None,
     pin_memory: bool | None = None,
+    presized: PresizedImages | None = None,
+    min_side: int | None = None,
 ) -> DataLoaders:
     """Loaders for one progressive-resizing stage.
 
@@ -80,6 +96,9 @@ def build_dataloaders(
         the number of TTA views when tta is given.
     drop_last: drop the ragged last training batch (a batch of 1 breaks BatchNorm); ignored,
         with a warning, when the training set is smaller than one batch.
+    presized: the training split decoded once (training.data.cache.build_presized); without
+        it every epoch decodes every file again.
+    min_side: ``service.imaging.decode_side`` of the model, for the validation decode.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -98,20 +117,27 @@ def build_dataloaders(
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     sampler = EpochShuffleSampler(n_train, seed=seed)
-    train = DataLoader(
-        PresizedDataset(split.train, presize, eval_spec.interpolation),
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+    if presized is not None:
+        on_device = presized.images.device.type != "cpu"
+        train = DataLoader(CachedDataset(presized), batch_size=batch_size, sampler=sampler,
+                           drop_last=drop_last, collate_fn=collate_batch, num_workers=0,
+                           pin_memory=pin_memory and not on_device)
+    else:
+        train = DataLoader(
+            PresizedDataset(split.train, presize, eval_spec.interpolation),
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+        )
     if valid_batch_size is None:
         valid_batch_size = max(1, 2 * batch_size // (len(tta.views) if tta else 1))
     valid = make_eval_loader(
         split.valid, eval_spec=eval_spec, tta=tta, batch_size=valid_batch_size,
-        num_workers=num_workers, pin_memory=pin_memory,
+        num_workers=num_workers, pin_memory=pin_memory, min_side=min_side,
+        precompute=presized is not None,
     )
     return DataLoaders(train=train, valid=valid, classes=list(split.classes))
 
@@ -124,12 +150,23 @@ def make_eval_loader(
     batch_size: int = 64,
     num_workers: int = 0,
     pin_memory: bool | None = None,
+    min_side: int | None = None,
+    precompute: bool = False,
 ) -> DataLoader:
-    """In-order batches of (uint8 (N, size, size, 3) or (N, V, size, size, 3), int64 labels)."""
+    """In-order batches of (uint8 (N, size, size, 3) or (N, V, size, size, 3), int64 labels).
+
+    precompute: compute every view once now (when they fit in EVAL_CACHE_BYTES), for a loader
+    that is iterated every epoch.
+    """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    dataset = EvalDataset(items, eval_spec, tta, min_side)
+    if precompute and len(items) and eval_views_nbytes(len(items), eval_spec, tta) \
+            <= EVAL_CACHE_BYTES:
+        return DataLoader(PrecomputedEvalDataset(dataset), batch_size=batch_size, shuffle=False,
+                          drop_last=False, collate_fn=collate_batch, pin_memory=pin_memory)
     return DataLoader(
-        EvalDataset(items, eval_spec, tta),
+        dataset,
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,

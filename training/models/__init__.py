@@ -17,6 +17,12 @@ from torch import nn
 from training.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from training.errors import ConfigError
 from training.models.classifier import Classifier, Normalize, init_linear, make_head
+from training.models.small_photo_nets import (
+    SMALL_PHOTO_CONFIGS,
+    build_small_photo_net,
+    global_max_pool,
+)
+from training.models.timm_models import build_timm_body, is_timm_arch
 from training.models.torchvision_models import (
     build_torchvision,
     family_of,
@@ -38,13 +44,14 @@ __all__ = [
 ]
 
 _MAX_KEYS_LISTED = 5
-_ARCH_HINT = ("use xresnet18/34/50, xresnet_tiny or a torchvision classification model such as "
-              "resnet50 (training.models.available_archs() lists them)")
+_ARCH_HINT = ("use xresnet18/34/50, xresnet_tiny, airbench (small photos) or a torchvision "
+              "classification model such as resnet50 (training.models.available_archs() lists "
+              "them)")
 
 
 def available_archs() -> list[str]:
     """Our xresnets, then every torchvision classification model that can be cut into groups."""
-    return [*XRESNET_CONFIGS, *supported_torchvision_models()]
+    return [*XRESNET_CONFIGS, *SMALL_PHOTO_CONFIGS, *supported_torchvision_models()]
 
 
 def build_model(
@@ -73,6 +80,10 @@ def build_model(
         body, n_features = build_xresnet(arch)
         model = Classifier(normalize, body, make_head(n_features, n_classes, dropout=dropout),
                            arch=arch)
+    elif arch in SMALL_PHOTO_CONFIGS:
+        body, n_features = build_small_photo_net(arch)
+        head = make_head(n_features, n_classes, dropout=dropout, pre=global_max_pool())
+        model = Classifier(normalize, body, head, arch=arch)
     elif family_of(arch) is not None:
         try:
             tv = build_torchvision(arch, n_classes)
@@ -84,6 +95,12 @@ def build_model(
             state = None
         head = nn.Sequential(*pre, *([nn.Dropout(dropout)] if dropout > 0 else []), final)
         model = Classifier(normalize, nn.Sequential(*groups), head, arch=arch)
+    elif is_timm_arch(arch):  # "timm/NAME": a timm backbone, created locally (no download)
+        timm_state = None if state is None or _is_classifier_state(state) else state
+        body, n_features = build_timm_body(arch, state=timm_state, source=pretrained)
+        state = None if timm_state is not None else state
+        model = Classifier(normalize, body, make_head(n_features, n_classes, dropout=dropout,
+                                                      pre=[nn.Flatten()]), arch=arch)
     else:
         raise ConfigError(f"unknown arch {arch!r}; {_ARCH_HINT}")
     if state is not None:
