@@ -55,7 +55,8 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
                    help=f"model repository, NAME/VERSION/{{model.onnx,model.json}} (default: "
                         f"${MODELS_DIR_ENV} or the repository's models/)")
     g.add_argument("--model", default=d.default_model,
-                   help="default model, used when a request names none (default: %(default)s)")
+                   help="default model, used when a request names none (default: the only "
+                        "model in the repository, else cifar10 when it is there)")
     g.add_argument("--version-policy", type=_version_policy, default=VersionPolicy(),
                    metavar="latest|pinned:N",
                    help="serve the newest valid version (hot-reloading new ones) or one pinned "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from service.imaging import EvalSpec, TTASpec, combine_tta
+from service.imaging import EvalSpec, TTASpec, combine_tta, decode_side
 from training.augment import to_float_nchw
 from training.callbacks import load_checkpoint
 from training.data import Items, make_eval_loader
@@ -56,16 +56,22 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Classifier
 @torch.no_grad()
 def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: TTASpec | None,
             device: torch.device, batch_size: int = 64, num_workers: int = 0,
-            progress: bool = True, dist: DistContext | None = None) -> Predictions:
+            progress: bool = True, dist: DistContext | None = None,
+            min_side: int | None = None) -> Predictions:
     """Plain predictions, and TTA ones when ``tta`` is given (one forward pass per batch).
+
+    min_side: ``service.imaging.decode_side`` of the model (its eval spec and *its* TTA spec,
+    even for plain predictions), as the servers decode; default: from ``tta``.
 
     With ``dist`` each rank predicts its unpadded shard and every rank gets all predictions, in
     item order: the same arrays as one process computes.
     """
     model.eval()
+    if min_side is None:
+        min_side = decode_side(eval_spec, tta)
     plain_from_views = tta is not None and "center" in tta.views
     loader = make_eval_loader(items, eval_spec=eval_spec, tta=tta if plain_from_views else None,
-                              batch_size=batch_size, num_workers=num_workers)
+                              batch_size=batch_size, num_workers=num_workers, min_side=min_side)
     if dist is not None:
         loader = dist.shard_eval_loader(loader)
     probs, view_probs, targets = [], [], []
@@ -86,7 +92,8 @@ def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: T
     if tta is not None:
         if not plain_from_views:  # views without 'center': a second pass over the views alone
             views = predict_views(model, items, eval_spec=eval_spec, tta=tta, device=device,
-                                  batch_size=batch_size, num_workers=num_workers, dist=dist)
+                                  batch_size=batch_size, num_workers=num_workers, dist=dist,
+                                  min_side=min_side)
         else:
             views = np.concatenate(view_probs)
         tta_probs = combine_tta(views, tta)
@@ -99,10 +106,12 @@ def predict(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: T
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, items: Items, *, eval_spec: EvalSpec, tta: TTASpec,
                   device: torch.device, batch_size: int = 64, num_workers: int = 0,
-                  dist: DistContext | None = None) -> np.ndarray:
+                  dist: DistContext | None = None, min_side: int | None = None) -> np.ndarray:
     """Per-view probabilities (N, V, C); with ``dist``, of this rank's shard."""
     loader = make_eval_loader(items, eval_spec=eval_spec, tta=tta, batch_size=batch_size,
-                              num_workers=num_workers)
+                              num_workers=num_workers,
+                              min_side=decode_side(eval_spec, tta) if min_side is None
+                              else min_side)
     if dist is not None:
         loader = dist.shard_eval_loader(loader)
     chunks = []

@@ -55,6 +55,7 @@ from service.imaging import (
     ImageTooLargeError,
     TTASpec,
     decode_image,
+    decode_side,
     eval_view,
     to_model_input,
 )
@@ -292,11 +293,12 @@ def _spread(pairs: list[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]
     return chosen[:limit]
 
 
-def _read_views(pairs: list[tuple[Path, int]], spec: EvalSpec, source: str) -> CheckImages | None:
+def _read_views(pairs: list[tuple[Path, int]], spec: EvalSpec, source: str,
+                min_side: int | None) -> CheckImages | None:
     views, labels = [], []
     for path, label in pairs:
         try:
-            views.append(eval_view(decode_image(path), spec))
+            views.append(eval_view(decode_image(path, min_side=min_side), spec))
         except (ImageDecodeError, ImageTooLargeError) as e:
             log.warning("skipping check image: %s", e)
             continue
@@ -352,8 +354,10 @@ def recipe_valid_items(recipe: dict[str, Any] | None,
 
 
 def find_check_images(data: Path | None, recipe: dict[str, Any] | None, classes: list[str],
-                      spec: EvalSpec, *, limit: int = MAX_CHECK_IMAGES) -> CheckImages | None:
-    """Real images for the check, through service.imaging exactly as the service reads them.
+                      spec: EvalSpec, *, limit: int = MAX_CHECK_IMAGES,
+                      min_side: int | None = None) -> CheckImages | None:
+    """Real images for the check, through service.imaging exactly as the service reads them
+    (``min_side``: the model's ``decode_side``, as the servers decode).
 
     ``data`` given: that folder (it must hold images of the model's classes), unless it is the
     recipe's own data folder. Otherwise the run's validation split, rebuilt from the recorded
@@ -376,7 +380,7 @@ def find_check_images(data: Path | None, recipe: dict[str, Any] | None, classes:
         if found is None:
             return None
         pairs, source = found
-    images = _read_views(_spread(pairs, limit), spec, source)
+    images = _read_views(_spread(pairs, limit), spec, source, min_side)
     if images is None and data is not None:
         raise ExportError(f"--data {data}: none of the images could be decoded")
     return images
@@ -663,7 +667,8 @@ def export_checkpoint(
         raise ExportError(f"{checkpoint}: eval_spec/tta are not valid: {e}") from e
     module = build_export_module(ckpt)
     images = None if random_inputs_only else find_check_images(
-        data, ckpt.get("recipe"), classes, spec, limit=max_images)
+        data, ckpt.get("recipe"), classes, spec, limit=max_images,
+        min_side=decode_side(spec, tta))
     if images is None and not random_inputs_only:
         where = ((ckpt.get("recipe") or {}).get("data") or {}).get("path")
         raise ExportError(

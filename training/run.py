@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from service.imaging import EvalSpec, TTASpec
+from service.imaging import EvalSpec, TTASpec, decode_side
 from training.callbacks import atomic_save, load_checkpoint
 from training.config import Recipe, eval_spec
 from training.data import DataSplit, Items, build_dataloaders, load_items
@@ -144,7 +144,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Pat
     spec = EvalSpec.from_dict(ckpt["eval_spec"])
     tta_spec = TTASpec.from_dict(ckpt["tta"]) if tta else None
     preds = predict(model, items, eval_spec=spec, tta=tta_spec, device=device,
-                    batch_size=batch_size, progress=progress and is_main(dist), dist=dist)
+                    batch_size=batch_size, progress=progress and is_main(dist), dist=dist,
+                    min_side=decode_side(spec, TTASpec.from_dict(ckpt["tta"])))
     if not is_main(dist):
         return {"n": len(preds.targets), "accuracy": preds.accuracy,
                 **({"tta_accuracy": preds.tta_accuracy} if tta_spec is not None else {})}

@@ -6,11 +6,14 @@ which is why error messages name the flags.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.core.errors import ModelNotFound
 from service.imaging import DEFAULT_MAX_PIXELS
+from service.model_repository import ModelRepository
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -47,6 +50,10 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
+# what models/ ships as the default (scripts/make_default_model.sh)
+BUNDLED_DEFAULT_MODEL = "cifar10"
+
+
 @dataclass(frozen=True)
 class CoreConfig:
     """Everything the inference core needs to start.
@@ -55,7 +62,9 @@ class CoreConfig:
     """
 
     models_dir: Path
-    default_model: str = "digits"
+    # The model a request that names none gets; "" chooses (resolve_default_model): the only
+    # model of the repository, else the bundled default (BUNDLED_DEFAULT_MODEL) if present.
+    default_model: str = ""
     # Serve only these models (None: every model in the repository, including ones added later).
     models: tuple[str, ...] | None = None
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
@@ -95,3 +104,27 @@ class CoreConfig:
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
+
+
+def resolve_default_model(config: CoreConfig, repository: ModelRepository) -> CoreConfig:
+    """``config`` with ``default_model`` chosen when it is "".
+
+    The only model the server may serve (the repository's, or ``--models``) is the default;
+    among several, the bundled default if it is one of them; otherwise the user must say, and
+    the error lists the choices. A user who trains and exports ``pets`` into an empty folder
+    serves it with no flag at all.
+    """
+    if config.default_model:
+        return config
+    names = list(config.models) if config.models else repository.model_names()
+    if len(names) == 1:
+        choice = names[0]
+    elif BUNDLED_DEFAULT_MODEL in names:
+        choice = BUNDLED_DEFAULT_MODEL
+    elif not names:
+        raise ModelNotFound(f"the model repository {repository.root} holds no model; export one "
+                            "there (training export CHECKPOINT --name NAME --models-dir DIR)")
+    else:
+        raise ModelNotFound(f"the model repository {repository.root} holds several models "
+                            f"({', '.join(names)}): choose the default with --model NAME")
+    return dataclasses.replace(config, default_model=choice)

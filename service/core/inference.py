@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from service.core.config import CoreConfig
+from service.core.config import CoreConfig, resolve_default_model
 from service.core.errors import (
     CoreError,
     ImageTooLarge,
@@ -58,6 +58,7 @@ from service.imaging import (
     ImageTooLargeError,
     combine_tta,
     decode_image,
+    decode_side,
     eval_view,
     to_model_input,
     tta_views,
@@ -173,6 +174,7 @@ class InferenceCore:
         Raises DeviceUnavailable (``device="cuda"`` without a usable GPU), ModelNotFound or
         ModelUnavailable (the default model cannot be served); nothing is left running then.
         """
+        self.config = resolve_default_model(self.config, self.repository)
         plan = plan_device(self.config.device)
         if plan.reason:
             log.info("running on the CPU: %s", plan.reason)
@@ -474,7 +476,10 @@ class InferenceCore:
             raise InvalidImage("image is empty (0 bytes); send the encoded file's bytes "
                                "(JPEG, PNG, WebP, BMP, GIF, TIFF)")
         try:
-            img = decode_image(bytes(image), max_pixels=self.config.max_pixels)
+            # The model's TTA spec whether or not this request asks for TTA: the same DCT
+            # scale as training's evaluation, so the tensors are the same (imaging.decode_side).
+            img = decode_image(bytes(image), max_pixels=self.config.max_pixels,
+                               min_side=decode_side(card.eval_spec, card.tta))
         except ImageTooLargeError as e:
             raise ImageTooLarge(str(e).replace("image bytes is", "image is", 1)) from e
         except ImageDecodeError as e:
