@@ -196,3 +196,27 @@ def test_fits_a_phone_screen(browser: webdriver.Chrome, http_server: HttpServer)
             assert overflow <= 0, f"{tab}: {overflow} px wider than the screen"
     finally:
         browser.set_window_size(1200, 900)
+
+
+@pytest.mark.parametrize("operation, expected", [
+    ("operations-Classify_and_evaluate-tta_serve__predict", '"label": "7"'),
+    ("operations-Classify_and_evaluate-tta_serve__evaluate", '"accuracy": 1'),
+    ("operations-Models-get_model", '"name": "digits"'),
+])
+def test_swagger_try_it_out_works_as_it_is(browser: webdriver.Chrome, http_server: HttpServer,
+                                           operation: str, expected: str):
+    """The API reference at /: "Try it out", then "Execute" without editing anything -> 200."""
+    browser.get(f"{http_server.base_url}/")
+    _wait(browser, lambda d: d.find_elements(By.ID, operation), "Swagger UI did not render")
+    assert browser.find_element(By.CSS_SELECTOR, ".info .title").text.startswith("tta-serve")
+    block = browser.find_element(By.ID, operation)
+    block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    _wait(browser, lambda d: block.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "no button")
+    block.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
+    _wait(browser, lambda d: block.find_elements(By.CSS_SELECTOR, ".execute"), "no Execute")
+    block.find_element(By.CSS_SELECTOR, ".execute").click()
+    status = _wait(browser, lambda d: block.find_elements(
+        By.CSS_SELECTOR, ".live-responses-table tbody .response-col_status"), "no response")
+    body = block.find_element(By.CSS_SELECTOR, ".live-responses-table tbody .microlight").text
+    assert status[0].text.strip().startswith("200"), body[:300]
+    assert expected in body
