@@ -122,6 +122,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
              for r in rows]
     return markdown_table(shown, [
         ("wire", "wire", ""), ("input", "input", ""), ("concurrency", "concurrency", ".0f"),
+        ("mode", "measured", ""),
         ("throughput", "infer/s", ".0f"), ("p50_us", "p50 ms", ".2f"),
         ("p90_us", "p90 ms", ".2f"), ("p99_us", "p99 ms", ".2f"),
         ("queue_us", "server queue µs", ".0f"), ("compute_input_us", "decode+preprocess µs", ".0f"),
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="digits")
     parser.add_argument("--quick", action="store_true", help=f"concurrency {QUICK_CONCURRENCY}")
     parser.add_argument("--measurement-ms", type=int, default=2000)
+    parser.add_argument("--stability-pct", type=int, default=25,
+                        help="perf_analyzer's -s: 3 windows within this %% count as stable")
     args = parser.parse_args(argv)
 
     work = RESULTS / "logs" / "perf_analyzer"
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 for c in concurrency:
                     result = run(args.perf_analyzer, model=args.model, protocol=spec.protocol,
                                  url=url, input_file=files[kind], concurrency=c,
-                                 measurement_ms=args.measurement_ms)
+                                 measurement_ms=args.measurement_ms,
+                                 stability_pct=args.stability_pct)
                     mode = "windows"
                     if "Failed to obtain stable measurement" in result.output:
                         # A busy machine: one fixed-size measurement instead of the search.
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows)
     info = machine()
     path = write_results("perf_analyzer", {"machine": info, "model": args.model,
-                                           "command": "bash bench/perf_analyzer.sh sweep",
+                                           "command": "bash bench/perf_analyzer.sh sweep "
+                                                      + " ".join(argv or sys.argv[1:]),
                                            "rows": rows, "failures": failures})
     print(f"{describe_machine(info)}\n\n{table}\n\nwritten to {path.relative_to(ROOT)}")
     for failure in failures:
