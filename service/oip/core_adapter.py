@@ -391,7 +391,10 @@ class OipAdapter:
         from service._proto.inference import grpc_predict_v2_pb2 as pb
 
         recorded = self.core.stats.version_stats()
-        served = {(m.name, m.version) for m in self.core.list_models()}
+        try:
+            served = {(m.name, m.version) for m in self.core.list_models()}
+        except CoreError as e:
+            raise from_core_error(e) from e
         keys = sorted(set(recorded) | served)
         wanted = parse_version(name, version)
         if name:
