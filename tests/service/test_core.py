@@ -219,6 +219,8 @@ def test_ready_follows_the_lifecycle(digits_model: FixtureModel):
 
 def test_missing_default_model_refuses_to_start(tmp_path: Path):
     with pytest.raises(ModelNotFound, match="no versions in"):
+        InferenceCore.create(core_config(tmp_path, default_model="digits")).start()
+    with pytest.raises(ModelNotFound, match="holds no model"):
         InferenceCore.create(core_config(tmp_path)).start()
 
 
