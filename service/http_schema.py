@@ -10,11 +10,13 @@ what was wrong and what to do.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import inspect
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -177,24 +179,72 @@ def several_images(images: list[Path] | None, images_base64: list[str] | None) -
     return out
 
 
-def archive_items(archive: Path, max_image_bytes: int) -> Iterator[tuple[bytes, str]]:
-    """(bytes, label) of every image in a zip laid out as [ROOT/]CLASS/image, in name order."""
+# A zip for /evaluate: entries it may list, and how much larger than the zip its declared
+# contents may be (images are compressed already; a zip that inflates far more is no image set).
+MAX_ARCHIVE_ENTRIES = 100_000
+MAX_ARCHIVE_EXPANSION = 10
+MIN_ARCHIVE_ALLOWANCE = 64 << 20  # bytes any archive may declare, whatever its own size
+
+
+def _archive_entries(archive: Path, max_image_bytes: int) -> list[tuple[zipfile.ZipInfo, str]]:
+    """The image entries of a zip and their labels, checked from its directory before a byte
+    of them is read: layout, count, each entry's declared size, and the declared total."""
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError) as e:
         raise InvalidRequest(f"archive is not a zip file ({e}); send a zip of class folders "
                              "(CLASS/image.png)") from e
     with zf:
-        for info in sorted(zf.infolist(), key=lambda i: i.filename):
-            path = PurePosixPath(info.filename)
-            hidden = any(p.startswith(".") or p == "__MACOSX" for p in path.parts)
-            if info.is_dir() or hidden or path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            if len(path.parts) < 2:
-                raise InvalidRequest(f"archive entry {info.filename!r} is not in a class folder; "
-                                     "lay the zip out as CLASS/image.png")
-            with zf.open(info) as f:  # one byte over the limit is enough for the core to refuse
-                yield f.read(max_image_bytes + 1), path.parent.name
+        infos = zf.infolist()
+    if len(infos) > MAX_ARCHIVE_ENTRIES:
+        raise ImageTooLarge(f"archive lists {len(infos):,} entries; the limit is "
+                            f"{MAX_ARCHIVE_ENTRIES:,}: split the set into several evaluations")
+    entries, total = [], 0
+    for info in sorted(infos, key=lambda i: i.filename):
+        path = PurePosixPath(info.filename)
+        hidden = any(p.startswith(".") or p == "__MACOSX" for p in path.parts)
+        if info.is_dir() or hidden or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if len(path.parts) < 2:
+            raise InvalidRequest(f"archive entry {info.filename!r} is not in a class folder; "
+                                 "lay the zip out as CLASS/image.png")
+        if info.file_size > max_image_bytes:
+            raise ImageTooLarge(f"archive entry {info.filename!r} is {info.file_size:,} bytes "
+                                f"uncompressed; the limit is {max_image_bytes:,} bytes per image "
+                                "(raise it with --max-image-bytes)")
+        total += info.file_size
+        entries.append((info, path.parent.name))
+    allowance = max(MIN_ARCHIVE_ALLOWANCE, MAX_ARCHIVE_EXPANSION * archive.stat().st_size)
+    if total > allowance:
+        raise ImageTooLarge(f"archive declares {total:,} bytes of images in a zip of "
+                            f"{archive.stat().st_size:,} bytes (more than "
+                            f"{MAX_ARCHIVE_EXPANSION}x, and over {MIN_ARCHIVE_ALLOWANCE:,}): "
+                            "that is not a zip of image files")
+    return entries
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_image_bytes: int) -> bytes:
+    try:
+        with zf.open(info) as f:
+            return f.read(max_image_bytes + 1)  # one byte over is enough for the core to refuse
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
+        raise InvalidRequest(f"archive entry {info.filename!r} cannot be read ({e})") from e
+
+
+async def archive_items(archive: Path,
+                        max_image_bytes: int) -> AsyncIterator[tuple[bytes, str]]:
+    """(bytes, label) of every image in a zip laid out as [ROOT/]CLASS/image, in name order.
+
+    The zip's directory is checked first (``_archive_entries``); entries are then read one at a
+    time as the evaluation takes them, each at most ``max_image_bytes`` + 1 bytes, off the
+    event loop."""
+    entries = await asyncio.to_thread(_archive_entries, archive, max_image_bytes)
+    zf = zipfile.ZipFile(archive)
+    try:
+        for info, label in entries:
+            yield await asyncio.to_thread(_read_entry, zf, info, max_image_bytes), label
+    finally:
+        zf.close()
 
 
 def labelled_items(images: list[Path] | None, images_base64: list[str] | None,

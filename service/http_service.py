@@ -59,6 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
+from service.http_hardening import DRAIN, HttpDrain, install
 from service.http_schema import (
     BatchResponse,
     EvaluationResponse,
@@ -129,6 +130,9 @@ class _QuietTooManyFormParts(logging.Filter):
 
 # BentoML logs an API's exception there (bentoml._internal.server.http_app.log_exception).
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietTooManyFormParts())
+# BentoML 1.4 / uvicorn corrections (memory held per request, URL fetching and 500s on client
+# mistakes, a traceback per 400, connections reset on SIGTERM): see service.http_hardening.
+install()
 
 
 class FormLimits:
@@ -249,7 +253,7 @@ class Classifier:
 
     def __is_ready__(self) -> bool:
         """/readyz: 503 unless the default model is being served."""
-        return self.core.ready
+        return self.core.ready and not DRAIN.draining
 
     def __metrics__(self, content: str) -> str:
         """BentoML's /metrics, plus the core's batch sizes, forward times and outcomes."""
@@ -352,3 +356,4 @@ class Classifier:
 
 
 Classifier.add_asgi_middleware(FormLimits)
+Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http_hardening)

@@ -178,7 +178,12 @@ def decode_image(source: bytes | str | Path, *,
         raise ImageDecodeError(
             f"{name} is not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
         ) from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # over Pillow's own limit: too large, not bad
+        raise ImageTooLargeError(
+            f"{name} is over Pillow's decompression-bomb limit ({e}); the limit is "
+            f"{max_pixels:,} pixels (raise it with --max-pixels)"
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"{name} could not be decoded: {e}") from e
     return _to_rgb(img)
 

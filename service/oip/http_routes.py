@@ -25,7 +25,7 @@ the response then carries the same header. Request bodies may be gzip/deflate en
 
 from __future__ import annotations
 
-import gzip
+import asyncio
 import json
 import logging
 import zlib
@@ -70,19 +70,71 @@ CoreSource = InferenceCore | Callable[[], InferenceCore]
 # ---- pure helpers: HTTP bodies <-> adapter objects
 
 
-def decode_body(body: bytes, content_encoding: str | None) -> bytes:
+def max_body_bytes(core: InferenceCore) -> int:
+    """An infer body's byte limit, compressed or not and once decompressed: the gRPC front
+    end's default message limit for the same core, max(64 MiB, --max-image-bytes + 1 MiB)."""
+    from service.grpc_server import default_max_message_bytes
+
+    return default_max_message_bytes(core.config.max_image_bytes)
+
+
+def _too_large(limit: int, what: str = "") -> OipError:
+    return OipError(Status.RESOURCE_EXHAUSTED,
+                    f"the request body is larger than {limit:,} bytes{what}, the limit of an "
+                    "infer request (max(64 MiB, --max-image-bytes + 1 MiB)); send fewer images "
+                    "per request")
+
+
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The raw body, refused (413) as soon as it passes ``limit`` bytes: never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return body
+
+
+INFLATE_STEP = 1 << 20  # bytes fed to zlib, and taken from it, at a time
+
+
+def decode_body(body: bytes | bytearray, content_encoding: str | None,
+                limit: int) -> bytes | bytearray:
+    """The body with its Content-Encoding (gzip or deflate) undone, in bounded steps: a body
+    that inflates past ``limit`` bytes is refused (413) after at most ``limit`` + 1 MiB of
+    output, whatever it would have inflated to. Run it off the event loop."""
     encoding = (content_encoding or "identity").strip().lower()
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as e:
-        raise invalid(f"the request body is not valid {encoding} data: {e}") from e
-    if encoding != "identity":
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
         raise OipError(Status.INVALID_ARGUMENT,
                        f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
-    return body
+    wbits = 31 if encoding == "gzip" else 15  # gzip member / zlib stream (HTTP's "deflate")
+    out = bytearray()
+    data = memoryview(body)
+    position = 0
+    try:
+        while position < len(data):  # a gzip body may hold several members, one after another
+            inflater = zlib.decompressobj(wbits)
+            while position < len(data) and not inflater.eof:
+                chunk = data[position:position + INFLATE_STEP]
+                position += len(chunk)
+                while chunk and not inflater.eof:
+                    out += inflater.decompress(chunk, min(INFLATE_STEP, limit + 1 - len(out)))
+                    if len(out) > limit:
+                        raise _too_large(limit, " once decompressed")
+                    chunk = inflater.unconsumed_tail
+            if not inflater.eof:
+                raise invalid(f"the request body is not valid {encoding} data: it ends early")
+            position -= len(inflater.unused_data)  # fed, but after this member
+            if encoding == "deflate" and position < len(data):
+                raise invalid("the request body has bytes after its deflate stream")
+    except zlib.error as e:
+        raise invalid(f"the request body is not valid {encoding} data: {e}") from e
+    return out
 
 
 def parse_infer_request(model: str, version: str, body: bytes,
@@ -102,6 +154,8 @@ def parse_infer_request(model: str, version: str, body: bytes,
         document = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise invalid(f"the request is not valid JSON: {e}") from e
+    except RecursionError as e:  # e.g. 100,000 nested lists: the parser's stack, not a 500
+        raise invalid("the request JSON is nested too deeply to parse") from e
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise invalid('the request must be a JSON object with an "inputs" list')
     parameters = _parameters(document.get("parameters"), "request")
@@ -255,7 +309,11 @@ class OipRoutes:
     async def infer(self, request: Request) -> Response:
         model, version = _model_and_version(request)
         try:
-            body = decode_body(await request.body(), request.headers.get("content-encoding"))
+            limit = max_body_bytes(self.adapter.core)
+            body: bytes | bytearray = await read_body(request, limit)
+            encoding = request.headers.get("content-encoding")
+            if encoding and encoding.strip().lower() != "identity":  # inflate off the loop
+                body = await asyncio.to_thread(decode_body, body, encoding, limit)
             parsed, binary_outputs = parse_infer_request(model, version, body,
                                                          request.headers.get(HEADER_LENGTH))
             response = await self.adapter.infer(parsed)
