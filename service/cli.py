@@ -61,6 +61,10 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
                    metavar="latest|pinned:N",
                    help="serve the newest valid version (hot-reloading new ones) or one pinned "
                         "version (default: latest)")
+    g.add_argument("--variant", default=d.variant, metavar="int8|fp16|NAME=KIND,...",
+                   help="serve the reduced-precision variant training export recorded in "
+                        "model.json (--int8/--fp16) instead of model.onnx: for every model that "
+                        "has one, or per model (NAME=KIND, required) (default: model.onnx)")
     g.add_argument("--device", choices=DEVICES, default=d.device,
                    help="auto = CUDA when usable, else CPU; cuda refuses to start without a "
                         "GPU (default: %(default)s)")
@@ -102,6 +106,7 @@ def core_config_from_args(args: argparse.Namespace) -> CoreConfig:
         decode_threads=args.decode_threads,
         max_image_bytes=args.max_image_bytes,
         max_pixels=args.max_pixels,
+        variant=args.variant,
     )
 
 

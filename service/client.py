@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -188,6 +188,8 @@ class ModelInfo:
     is_default: bool
     created_at: str
     provider: ExecutionProvider
+    variant: str | None = None  # the reduced-precision variant served; None = model.onnx
+    variants: dict[str, Any] = field(default_factory=dict)  # per kind: accuracy, file, bytes ...
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,8 @@ def _model_info(message: pb.ModelInfo) -> ModelInfo:
         tta_beta=message.tta_beta if message.HasField("tta_beta") else None,
         metrics=json_format.MessageToDict(message.metrics),
         is_default=message.is_default, created_at=message.created_at,
-        provider=ExecutionProvider(p.name, p.device, p.requested))
+        provider=ExecutionProvider(p.name, p.device, p.requested),
+        variant=message.variant or None, variants=json_format.MessageToDict(message.variants))
 
 
 def _evaluation(message: pb.EvaluateResponse) -> Evaluation:

@@ -155,6 +155,8 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         is_default=info.is_default,
         created_at=info.created_at,
         provider=provider_to_proto(info.provider),
+        variant=info.variant or "",
+        variants=_struct(info.variants),
     )
     if info.tta.beta is not None and info.tta.combine == "mean":
         message.tta_beta = info.tta.beta

@@ -312,6 +312,11 @@ class ModelInfoResponse(BaseModel):
     is_default: bool
     created_at: str
     provider: ExecutionProvider
+    variant: str | None = Field(None, description="the reduced-precision variant served "
+                                                  "(--variant), null = model.onnx")
+    variants: dict[str, Any] = Field(default_factory=dict, description=(
+        "reduced-precision variants in model.json, as measured at export: file, accuracy, "
+        "top-1 agreement with model.onnx, bytes"))
 
 
 class ListModelsResponse(BaseModel):
@@ -393,6 +398,8 @@ def model_info_body(info: ModelInfo) -> ModelInfoResponse:
         is_default=info.is_default,
         created_at=info.created_at,
         provider=provider_body(info.provider),
+        variant=info.variant,
+        variants=info.variants,
     )
 
 

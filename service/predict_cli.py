@@ -316,7 +316,8 @@ def _model_info_from_json(body: dict[str, Any]) -> ModelInfo:
         tta_combine=body["tta_combine"], tta_beta=body.get("tta_beta"),
         metrics=body.get("metrics") or {}, is_default=body["is_default"],
         created_at=body["created_at"],
-        provider=ExecutionProvider(p["name"], p["device"], p["requested"]))
+        provider=ExecutionProvider(p["name"], p["device"], p["requested"]),
+        variant=body.get("variant"), variants=body.get("variants") or {})
 
 
 def _chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
@@ -508,7 +509,8 @@ def _format(args: argparse.Namespace) -> str:
 
 def _describe(info: ModelInfo, tta: bool) -> str:
     views = f"TTA on, {len(info.tta_views)} views" if tta else "TTA off"
-    return f"{info.name} v{info.version} ({views}, {info.provider.name})"
+    variant = f", {info.variant} variant" if info.variant else ""
+    return f"{info.name} v{info.version} ({views}{variant}, {info.provider.name})"
 
 
 def run_predict(args: argparse.Namespace) -> int:

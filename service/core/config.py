@@ -16,6 +16,7 @@ from service.imaging import DEFAULT_MAX_PIXELS
 from service.model_repository import ModelRepository
 
 DEVICES = ("auto", "cpu", "cuda")
+VARIANT_KINDS = ("int8", "fp16")  # what training export --int8/--fp16 writes
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class CoreConfig:
     # Hot reload: seconds between model repository scans (0 = never; reload() still works).
     poll_interval_s: float = 10.0
     default_top_k: int = 5
+    # Serve a reduced-precision variant that export recorded in model.json "variants" instead of
+    # model.onnx: "" (none), "int8" (every model that has one; the others serve model.onnx), or
+    # "NAME=KIND,..." per model (a version without that variant is refused). See variant_for.
+    variant: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models_dir", Path(self.models_dir))
@@ -98,12 +103,35 @@ class CoreConfig:
         for name in ("max_wait_ms", "poll_interval_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        try:
+            self.variants()
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("invalid core configuration: " + "; ".join(problems))
 
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
+
+    def variants(self) -> dict[str, str]:
+        """``variant`` parsed: model name (or "*" for every model) -> kind."""
+        out: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in self.variant.split(","))):
+            name, _, kind = part.rpartition("=")
+            name = name.strip() or "*"
+            if kind.strip() not in VARIANT_KINDS:
+                raise ValueError(f"variant {part!r}: the kind must be one of {list(VARIANT_KINDS)} "
+                                 "(--variant int8, or --variant NAME=KIND,...)")
+            out[name] = kind.strip()
+        return out
+
+    def variant_for(self, model: str) -> tuple[str | None, bool]:
+        """(kind, required) for ``model``: required when the model was named explicitly."""
+        variants = self.variants()
+        if model in variants:
+            return variants[model], True
+        return variants.get("*"), False
 
 
 def resolve_default_model(config: CoreConfig, repository: ModelRepository) -> CoreConfig:

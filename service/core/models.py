@@ -36,6 +36,7 @@ from service.model_repository import (
     ModelCard,
     ModelRepository,
     ModelRepositoryError,
+    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class ModelInfo:
     provider: ProviderInfo
     is_default: bool
     path: Path
+    variant: str | None = None  # the reduced-precision variant served (--variant), None = fp32
+    variants: dict[str, Any] = field(default_factory=dict)  # model.json "variants", as measured
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
@@ -98,6 +101,7 @@ class LoadedModel:
     leases: int = 0
     retired: bool = False
     _session: Any = field(default=None, repr=False)
+    variant: str | None = None  # model.json "variants" key served instead of model.onnx
 
     @property
     def label(self) -> str:
@@ -259,7 +263,7 @@ class ModelRegistry:
             metrics=dict(card.metrics or {}), created_at=card.created_at,
             repository_versions=tuple(self.repository.versions(model.name)),
             provider=model.provider, is_default=model.name == self.config.default_model,
-            path=model.path,
+            path=model.path, variant=model.variant, variants=dict(card.variants or {}),
         )
 
     def index(self) -> list[VersionState]:
@@ -403,13 +407,14 @@ class ModelRegistry:
         if card.name != name or card.version != version:
             log.warning("%s: model.json says %s v%d; serving it as %s v%d (the folder)",
                         resolved.path, card.name, card.version, name, version)
+        variant, onnx_path = self._variant(name, version, resolved.path, card)
         try:
-            session, provider = create_session(resolved.onnx_path, self.plan,
+            session, provider = create_session(onnx_path, self.plan,
                                                intra_op_threads=self.config.intra_op_threads)
         except DeviceUnavailable:
             raise
         except Exception as e:
-            raise ModelLoadError(f"onnxruntime cannot load {resolved.onnx_path}: {e}") from e
+            raise ModelLoadError(f"onnxruntime cannot load {onnx_path}: {e}") from e
         _check_io(session, card)
         _smoke_test(session, card)
         if provider.name != self.plan.name:
@@ -427,4 +432,34 @@ class ModelRegistry:
                                  in_flight=self._in_flight).start()
         return LoadedModel(name=name, version=version, path=resolved.path, card=card,
                            provider=provider, batcher=batcher, fingerprint=fp,
-                           _session=session)
+                           _session=session, variant=variant)
+
+    def _variant(self, name: str, version: int, folder: Path,
+                 card: ModelCard) -> tuple[str | None, Path]:
+        """The variant to serve (``--variant``) and its file, checked against model.json.
+
+        A variant asked for by name (NAME=KIND) that the version lacks refuses the version; one
+        asked for every model (KIND) falls back to model.onnx with a warning.
+        """
+        kind, required = self.config.variant_for(name)
+        if kind is None:
+            return None, folder / MODEL_FILE
+        recorded = (card.variants or {}).get(kind)
+        if not recorded or not recorded.get("file"):
+            have = sorted(card.variants or {}) or "none"
+            if required:
+                raise ModelLoadError(f"{name} v{version} has no {kind} variant (model.json "
+                                     f"variants: {have}); export one with training export "
+                                     f"--{kind}, or serve it without --variant")
+            log.warning("%s v%d has no %s variant (variants: %s); serving %s", name, version,
+                        kind, have, MODEL_FILE)
+            return None, folder / MODEL_FILE
+        path = folder / recorded["file"]
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: the {kind} variant model.json records is missing")
+        if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
+            raise ModelLoadError(f"{path}: sha256 differs from model.json variants.{kind}.sha256;"
+                                 " the file was changed after export")
+        log.info("%s v%d: serving the %s variant %s (accuracy %s at export)", name, version,
+                 kind, recorded["file"], recorded.get("accuracy"))
+        return kind, path

@@ -220,3 +220,24 @@ def test_swagger_try_it_out_works_as_it_is(browser: webdriver.Chrome, http_serve
     body = block.find_element(By.CSS_SELECTOR, ".live-responses-table tbody .microlight").text
     assert status[0].text.strip().startswith("200"), body[:300]
     assert expected in body
+
+
+def test_models_tab_shows_the_served_variant(browser: webdriver.Chrome, http_server: HttpServer):
+    """The bundled digits model served as its int8 variant, as /models describes it."""
+    from service_testkit import REPO_ROOT, core_config
+
+    from service.core import InferenceCore
+    from service.http_schema import model_info_body
+
+    with InferenceCore.create(core_config(REPO_ROOT / "models", variant="int8")).start() as core:
+        body = {"models": [model_info_body(core.get_model("digits")).model_dump(mode="json")]}
+    recorded = body["models"][0]["variants"]["int8"]
+    _open(browser, http_server)
+    browser.find_element(By.ID, "tab-models").click()  # loads the fixture server's models first
+    _wait(browser, lambda d: d.find_element(By.ID, "models-list").text, "no models shown")
+    browser.execute_script("renderModels(arguments[0])", body)
+    text = browser.find_element(By.ID, "models-list").text
+    assert "v1 (int8 variant)" in text
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#models-list .metrics tr")
+               if r.text.startswith("int8"))
+    assert _pct(recorded["accuracy"]) in row.text and _pct(1.0) in row.text

@@ -150,7 +150,7 @@ class ExecutionProvider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., requested: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "repository_versions", "classes", "input_size", "tta_views", "tta_combine", "tta_beta", "metrics", "is_default", "created_at", "provider")
+    __slots__ = ("name", "version", "repository_versions", "classes", "input_size", "tta_views", "tta_combine", "tta_beta", "metrics", "is_default", "created_at", "provider", "variant", "variants")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,8 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     repository_versions: _containers.RepeatedScalarFieldContainer[int]
@@ -175,7 +177,9 @@ class ModelInfo(_message.Message):
     is_default: bool
     created_at: str
     provider: ExecutionProvider
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., repository_versions: _Optional[_Iterable[int]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., tta_views: _Optional[_Iterable[str]] = ..., tta_combine: _Optional[str] = ..., tta_beta: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., is_default: _Optional[bool] = ..., created_at: _Optional[str] = ..., provider: _Optional[_Union[ExecutionProvider, _Mapping]] = ...) -> None: ...
+    variant: str
+    variants: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., repository_versions: _Optional[_Iterable[int]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., tta_views: _Optional[_Iterable[str]] = ..., tta_combine: _Optional[str] = ..., tta_beta: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., is_default: _Optional[bool] = ..., created_at: _Optional[str] = ..., provider: _Optional[_Union[ExecutionProvider, _Mapping]] = ..., variant: _Optional[str] = ..., variants: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model", "provider")
