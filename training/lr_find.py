@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from training.errors import ConfigError, DataError
 from training.learner import Callback, CancelFit, Learner
@@ -36,8 +37,12 @@ class LRFindResult:
 class _ExponentialLR(Callback):
     """Sets the LR before each batch, records the smoothed loss, cancels on divergence."""
 
-    def __init__(self, start_lr: float, end_lr: float, num_it: int, stop_div: bool) -> None:
+    def __init__(self, start_lr: float, end_lr: float, num_it: int, stop_div: bool,
+                 progress: bool = True) -> None:
         self.start_lr, self.end_lr, self.num_it, self.stop_div = start_lr, end_lr, num_it, stop_div
+        # one bar over the whole search (disable=None: none when stderr is not a terminal)
+        self.bar = tqdm(total=num_it, desc="lr_find", leave=False, dynamic_ncols=True,
+                        disable=None if progress else True)
         self.step = 0
         self.lrs: list[float] = []
         self.losses: list[float] = []
@@ -60,6 +65,9 @@ class _ExponentialLR(Callback):
         self.losses.append(smooth)
         self.best = min(self.best, smooth)
         self.step += 1
+        if not self.bar.disable:
+            self.bar.update(1)
+            self.bar.set_postfix(lr=f"{self.lrs[-1]:.1e}", loss=f"{smooth:.3f}")
         if self.step >= self.num_it:
             raise CancelFit
         if self.stop_div and (not math.isfinite(smooth) or smooth > 4 * self.best):
@@ -76,8 +84,12 @@ class _ConstantSchedule:
 
 
 def lr_find(learn: Learner, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
-            stop_div: bool = True, weight_decay: float = 0.01) -> LRFindResult:
+            stop_div: bool = True, weight_decay: float = 0.01,
+            progress: bool = True) -> LRFindResult:
     """Run the finder on ``learn`` and restore its weights afterwards.
+
+    Reproducible: every random draw comes from the learner's seed (``Learner.epoch_generator``);
+    the caller seeds the model's initialisation (``run_lr_find`` does).
 
     Raises ConfigError when ``num_it`` is too small or the loss diverged before MIN_BATCHES
     batches (start_lr too high), DataError when the training data gave too few batches.
@@ -93,7 +105,7 @@ def lr_find(learn: Learner, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     groups = [[p for p in learn.model.parameters() if p.requires_grad]]
     learn.opt = build_optimizer(groups, [start_lr], weight_decay)
     learn.sched = _ConstantSchedule()
-    finder = _ExponentialLR(start_lr, end_lr, num_it, stop_div)
+    finder = _ExponentialLR(start_lr, end_lr, num_it, stop_div, progress)
     learn.add_callbacks([finder])
     n_epochs = math.ceil(num_it / max(len(learn.train_dl), 1))
     original_validate = learn.validate
@@ -101,6 +113,7 @@ def lr_find(learn: Learner, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     try:
         learn.fit(n_epochs, phase="lr_find")
     finally:
+        finder.bar.close()
         learn.validate = original_validate
         learn.remove_callbacks([finder])
         learn.model.load_state_dict(saved)
@@ -164,8 +177,14 @@ def _slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float
     return float(local_min_lr)
 
 
-def plot_lr_find(result: LRFindResult, path: Path) -> Path:
-    """LR (log scale) vs smoothed loss, each suggestion marked."""
+SUGGESTIONS = ("minimum", "steep", "valley", "slide")
+DEFAULT_SUGGESTION = "valley"  # fastai's default since 2.5
+
+
+def plot_lr_find(result: LRFindResult, path: Path, *, use: str = DEFAULT_SUGGESTION,
+                 recipe_lr: float | None = None) -> Path:
+    """LR (log scale) vs smoothed loss, each suggestion marked; the one to use (``use``) is
+    drawn as a line and named in the title, beside the recipe's current LR (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,12 +199,21 @@ def plot_lr_find(result: LRFindResult, path: Path) -> Path:
     markers = {"minimum": "o", "steep": "s", "valley": "D", "slide": "^"}
     for name, lr in result.suggestions.items():
         y = float(np.interp(np.log(lr), lrs, losses))
-        ax.plot([lr], [y], markers[name], markersize=8, label=f"{name}: {lr:.2e}")
+        chosen = name == use
+        ax.plot([lr], [y], markers[name], markersize=11 if chosen else 7,
+                markeredgecolor="k" if chosen else None,
+                label=f"{name}: {lr:.2e}" + ("  <- used" if chosen else ""))
+    used = result.suggestions[use]
+    ax.axvline(used, color="tab:red", lw=1.2)
+    title = f"LR finder: use {use} = {used:.2e}"
+    if recipe_lr is not None:
+        ax.axvline(recipe_lr, color="k", ls="--", lw=1, label=f"recipe's lr: {recipe_lr:.2e}")
+        title += f" (recipe's stages[0].lr: {recipe_lr:.2e})"
     finite = losses[np.isfinite(losses)]
     if finite.size:
         ax.set_ylim(finite.min() - 0.1 * abs(finite.min()), min(finite.max(), 4 * finite.min()))
-    ax.legend()
-    ax.set_title("LR finder")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

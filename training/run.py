@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from service.imaging import EvalSpec, TTASpec, decode_side
 from training.callbacks import atomic_save, load_checkpoint
 from training.config import Recipe, eval_spec
@@ -17,7 +19,7 @@ from training.errors import DataError
 from training.evaluate import load_model, predict
 from training.fit import FitResult, build_classifier, build_data, build_learner, fit, plan_phases
 from training.interpret import write_interpretation
-from training.lr_find import LRFindResult, lr_find, plot_lr_find
+from training.lr_find import DEFAULT_SUGGESTION, LRFindResult, lr_find, plot_lr_find
 from training.trackers import build_trackers
 from training.trackers.curves import RunRecorder, write_run_pictures
 
@@ -85,10 +87,13 @@ def record_final_metrics(result: FitResult, summary: dict[str, Any]) -> None:
 
 
 def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
-                end_lr: float = 10.0) -> tuple[LRFindResult, Path]:
-    """The finder on the recipe's first stage; writes OUTPUT/lr_find.png."""
+                end_lr: float = 10.0, use: str = DEFAULT_SUGGESTION,
+                progress: bool = True) -> tuple[LRFindResult, Path]:
+    """The finder on the recipe's first stage; writes OUTPUT/lr_find.png naming the
+    suggestion ``use``. Seeded by train.seed: the same recipe gives the same suggestions."""
     require_single_process("lr-find", "the LR it suggests is per device batch, which is what "
                            "the recipe's lr means; train.scale_lr scales it under torchrun")
+    torch.manual_seed(recipe.train.seed)  # the model's initialisation, as fit() seeds it
     device = select_device(recipe.train.device)
     split, mean, std = build_data(recipe)
     model = build_classifier(recipe, split.classes, mean, std).to(device)
@@ -98,8 +103,9 @@ def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
                             num_workers=recipe.data.num_workers, seed=recipe.train.seed)
     learn = build_learner(recipe, model, dls, stage.size, device, callbacks=[])
     result = lr_find(learn, num_it=num_it, start_lr=start_lr, end_lr=end_lr,
-                     weight_decay=recipe.train.weight_decay)
-    png = plot_lr_find(result, Path(recipe.train.output) / "lr_find.png")
+                     weight_decay=recipe.train.weight_decay, progress=progress)
+    png = plot_lr_find(result, Path(recipe.train.output) / "lr_find.png", use=use,
+                       recipe_lr=stage.lr)
     return result, png
 
 
