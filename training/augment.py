@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from training.auto_augment import batch_policy_for
+
 # k / 255 computed by numpy in float32, as service.imaging.to_model_input does: a table lookup is
 # bit-identical on every device, where a device division by a scalar may multiply by 1/255.
 _BYTE_TO_UNIT = torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255.0))
@@ -66,6 +68,11 @@ class AugmentConfig:
     max_lighting: float = 0.2
     p_affine: float = 0.75
     p_lighting: float = 0.75
+    # after the above, per image (training/auto_augment.py): a torchvision v2 policy,
+    # "none" | "randaugment" | "trivialaugment" | "autoaugment" (ImageNet policy) ...
+    auto_augment: str = "none"
+    auto_augment_magnitude: int = 9  # RandAugment's magnitude, 0..30
+    random_erasing: float = 0.0  # ... then RandomErasing with this probability per image
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_scale <= 1.0:
@@ -125,6 +132,7 @@ class BatchAugment:
         self.cfg = cfg
         self.size = size
         self._base_grid: dict[torch.device, Tensor] = {}
+        self.policy = batch_policy_for(cfg)  # None unless auto_augment / random_erasing is on
 
     def __repr__(self) -> str:
         return f"BatchAugment(size={self.size}, cfg={self.cfg})"
@@ -144,7 +152,8 @@ class BatchAugment:
                 img, grid, mode="bilinear", padding_mode="reflection", align_corners=False
             )
             out = self._lighting(out, u)
-        return out.clamp_(0.0, 1.0)
+        out = out.clamp_(0.0, 1.0)
+        return self.policy(out) if self.policy is not None else out
 
     # --- randomness ------------------------------------------------------------------------------
 

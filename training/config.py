@@ -18,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from training.augment import AugmentConfig
+from training.auto_augment import POLICIES
 from training.errors import ConfigError
 
 
@@ -262,6 +263,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval.resize_ratio": (1, None, True, False),
     "tta.zoom_ratio": (1, None, True, False),
     "tta.beta": (None, 1, False, True),  # negative: every view weighs the same
+    "augment.auto_augment_magnitude": (0, 30, True, True),
+    "augment.random_erasing": (0, 1, True, True),
     "log.every_n_steps": (1, None, True, False),
 }
 
@@ -311,6 +314,7 @@ def validate(recipe: Recipe) -> None:
         "train.select": (recipe.train.select, ("best", "last")),
         "train.scale_lr": (recipe.train.scale_lr, ("linear", "sqrt", "none")),
         "tta.combine": (recipe.tta.combine, ("mean", "max")),
+        "augment.auto_augment": (recipe.augment.auto_augment, POLICIES),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
