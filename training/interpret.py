@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.evaluation_report import EvaluationReport, build_report, save_report
+from service.evaluation_report import EvaluationReport, build_report, confusion_png, save_report
 from service.imaging import EvalSpec, decode_image, eval_view
 from training.data import Items
 from training.evaluate import Predictions
@@ -32,6 +32,12 @@ def write_interpretation(preds: Predictions, items: Items, classes: list[str], o
         tta = build_report(preds.targets, preds.tta_probs.argmax(1), classes,
                            min_confused=min_confused)
         save_report(tta, out_dir, prefix="tta_")
+        for normalize, name in ((False, "tta_confusion_matrix.png"),
+                                (True, "tta_confusion_matrix_normalized.png")):
+            kind = "normalized" if normalize else "counts"
+            title = (f"Confusion matrix with TTA ({kind}) - accuracy {tta.accuracy:.3f}, "
+                     f"n={tta.n}")
+            (out_dir / name).write_bytes(confusion_png(tta, normalize=normalize, title=title))
         summary["tta_accuracy"] = tta.accuracy
     plot_top_losses(preds, items, classes, out_dir / "top_losses.png", eval_spec=eval_spec, k=top_k)
     write_valid_items(items, classes, out_dir / "valid_items.json")
@@ -48,7 +54,19 @@ def write_valid_items(items: Items, classes: list[str], path: Path) -> None:
 
 def plot_top_losses(preds: Predictions, items: Items, classes: list[str], path: Path, *,
                     eval_spec: EvalSpec, k: int = 16) -> Path:
-    """The k images the model is most wrong about: predicted/actual/loss/probability."""
+    """The k images the model is most wrong about: predicted/actual/loss/probability, the title
+    green when the prediction is right (a right but unsure one can rank high), red when wrong."""
+    import matplotlib.pyplot as plt
+
+    fig = top_losses_figure(preds, items, classes, eval_spec=eval_spec, k=k)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def top_losses_figure(preds: Predictions, items: Items, classes: list[str], *,
+                      eval_spec: EvalSpec, k: int = 16):
+    """The figure plot_top_losses saves (a matplotlib Figure; the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,14 +80,15 @@ def plot_top_losses(preds: Predictions, items: Items, classes: list[str], path: 
         ax.axis("off")
     for ax, i in zip(axes.flat, order, strict=False):
         pred = int(preds.probs[i].argmax())
+        right = pred == int(preds.targets[i])
         ax.imshow(eval_view(decode_image(items.paths[i]), eval_spec))
         ax.set_title(f"{classes[pred]}/{classes[preds.targets[i]]}\n"
-                     f"{preds.losses[i]:.2f}/{preds.probs[i, pred]:.2f}", fontsize=9)
-    fig.suptitle("top losses: predicted/actual, loss/probability")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+                     f"{preds.losses[i]:.2f}/{preds.probs[i, pred]:.2f}", fontsize=9,
+                     color="tab:green" if right else "tab:red")
+    fig.suptitle("top losses: predicted/actual, loss/probability (green: right, red: wrong)")
+    # leave the suptitle its own band: tight_layout alone lets it overlap the first row
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    return fig
 
 
 def report_for(preds: Predictions, classes: list[str], *, tta: bool = False) -> EvaluationReport:
