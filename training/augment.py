@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from training.auto_augment import batch_policy_for
+from training.item_transforms import ItemTransform
 
 # k / 255 computed by numpy in float32, as service.imaging.to_model_input does: a table lookup is
 # bit-identical on every device, where a device division by a scalar may multiply by 1/255.
@@ -73,6 +74,9 @@ class AugmentConfig:
     auto_augment: str = "none"
     auto_augment_magnitude: int = 9  # RandAugment's magnitude, 0..30
     random_erasing: float = 0.0  # ... then RandomErasing with this probability per image
+    # before all of it: "module:function" returning an albumentations.Compose, run per image on
+    # the CPU (training/item_transforms.py); "" is off
+    item_transform: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_scale <= 1.0:
@@ -133,6 +137,7 @@ class BatchAugment:
         self.size = size
         self._base_grid: dict[torch.device, Tensor] = {}
         self.policy = batch_policy_for(cfg)  # None unless auto_augment / random_erasing is on
+        self.item_transform = ItemTransform(cfg.item_transform) if cfg.item_transform else None
 
     def __repr__(self) -> str:
         return f"BatchAugment(size={self.size}, cfg={self.cfg})"
@@ -140,6 +145,8 @@ class BatchAugment:
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
             raise ValueError(f"expected uint8 (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+        if self.item_transform is not None:
+            x = self.item_transform(x, generator)
         n, h, w, _ = x.shape
         img = to_float_nchw(x)
         if n == 0:

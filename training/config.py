@@ -322,6 +322,10 @@ def validate(recipe: Recipe) -> None:
     from training.trackers import check_available
 
     check_available(recipe.log.loggers)
+    if recipe.augment.item_transform:  # import it now: a typo fails before any training
+        from training.item_transforms import load_pipeline
+
+        load_pipeline(recipe.augment.item_transform)
     check_bounds(recipe)
     try:
         tta_spec(recipe)
