@@ -39,10 +39,11 @@ libb64_dir() {
     policy="$(apt-cache policy libb64-0d 2>/dev/null || true)"
     if [[ "$policy" != *"Candidate: "[0-9]* ]]; then
       say "apt-get update (libb64-0d is not in the package lists yet)"
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
     fi
     say "apt-get install libb64-0d"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libb64-0d >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+      --no-install-recommends libb64-0d >&2
     return 0
   fi
   if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
