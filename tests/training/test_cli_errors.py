@@ -22,8 +22,9 @@ from training.learner import Learner
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 RECIPE = ROOT / "recipes" / "digits.toml"
-TORCHRUN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-id", "--rdzv-backend",
-                  "--rdzv-endpoint", "--standalone"}
+OTHER_TOOLS_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-id", "--rdzv-backend",
+                     "--rdzv-endpoint", "--standalone",  # torchrun
+                     "--logdir", "--backend-store-uri"}  # tensorboard, mlflow ui
 
 
 def _training_commands(text: str) -> list[list[str]]:
@@ -31,8 +32,11 @@ def _training_commands(text: str) -> list[list[str]]:
     commands = []
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [ln for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
-    # inline commands with options (`training fit` alone names the command, it is no example)
-    lines += [c for c in re.findall(r"`((?:\.venv/bin/)?training [^`\[]+)`", text) if " -" in c]
+    # inline commands with options in the training sections (`training fit` alone names the
+    # command, it is no example; the serving sections mention flags in prose)
+    training_part = text[text.index("## The recipe"):]
+    lines += [c for c in re.findall(r"`((?:\.venv/bin/)?training [^`\[]+)`", training_part)
+              if " -" in c]
     for line in lines:
         line = line.split(" #")[0]
         m = re.search(r"(?:^|\s|/|-m )training (\S.*)$", line)
@@ -67,7 +71,7 @@ def test_every_flag_the_readmes_training_sections_name_exists():
     text = README.read_text()
     training_part = text[text.index("## The recipe"):]
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", training_part))
-    missing = named - _all_flags(build_parser()) - TORCHRUN_FLAGS
+    missing = named - _all_flags(build_parser()) - OTHER_TOOLS_FLAGS
     assert not missing, f"README names flags the training CLI does not have: {sorted(missing)}"
 
 
