@@ -34,7 +34,7 @@ class ProgressCallback(Callback):
     def before_epoch(self, learn: Learner) -> None:
         if not self.header_done:
             self._write(f"{'phase':<16}{'epoch':>6}{'train_loss':>12}{'valid_loss':>12}"
-                        f"{'accuracy':>10}{'time':>8}")
+                        f"{'accuracy':>10}{'img/s':>8}{'time':>8}")
             self.header_done = True
         s = learn.state
         # disable=None: no bar when stderr is not a terminal (a log file gets one line per
@@ -57,7 +57,7 @@ class ProgressCallback(Callback):
         s = learn.state
         self._write(f"{s.phase:<16}{s.epoch + 1:>6}{s.train_loss:>12.4f}"
                     f"{s.metrics['valid_loss']:>12.4f}{s.metrics['accuracy']:>10.4f}"
-                    f"{time.perf_counter() - s.epoch_start:>7.1f}s")
+                    f"{s.images_per_s:>8.0f}{time.perf_counter() - s.epoch_start:>7.1f}s")
 
     def _write(self, line: str) -> None:
         if self.enabled:
@@ -103,7 +103,8 @@ class HistoryCallback(Callback):
     def after_epoch(self, learn: Learner) -> None:
         s = learn.state
         self.history.append({"phase": s.phase, "epoch": s.epoch + 1, "train_loss": s.train_loss,
-                             **s.metrics, "seconds": time.perf_counter() - s.epoch_start})
+                             **s.metrics, "images_per_s": s.images_per_s,
+                             "seconds": time.perf_counter() - s.epoch_start})
 
 
 class CheckpointCallback(Callback):

@@ -91,6 +91,7 @@ class EpochState:
     train_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
     epoch_start: float = 0.0
+    images_per_s: float = math.nan  # training throughput of the last epoch (no validation)
 
 
 class Learner:
@@ -201,6 +202,7 @@ class Learner:
         gen = self.epoch_generator(epoch)
         total, count = torch.zeros((), device=self.device), 0
         self.state.n_iter = len(self.train_dl)
+        started = time.perf_counter()
         for i, (xb, yb) in enumerate(self.train_dl):
             self.state.iteration = i
             xb = self.augment(xb.to(self.device, non_blocking=True), gen)
@@ -212,6 +214,8 @@ class Learner:
             total += loss.detach() * len(yb)
             count += len(yb)
             self._hook("after_batch")
+        # training images per second of this process: data + augmentation + step, no validation
+        self.state.images_per_s = count / max(time.perf_counter() - started, 1e-9)
         if self.dist is not None:
             return _ratio(*self.dist.sum(total.item(), count))
         return (total / max(count, 1)).item()
