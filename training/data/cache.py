@@ -184,7 +184,7 @@ def _fill(out: np.ndarray, items: Items, presize: int, interpolation: str, threa
         i, presize_one(items.paths[i], presize, interpolation))
     with ThreadPoolExecutor(workers) as pool, tqdm(
         total=len(items.paths), desc=f"presizing to {presize} px", unit="img",
-        disable=not progress, leave=False,
+        disable=None if progress else True, leave=False,  # None: no bar when not a TTY
     ) as bar:
         for _ in pool.map(job, range(len(items.paths)), chunksize=64):
             bar.update()
