@@ -29,6 +29,8 @@ class DataConfig:
     valid_pct: float = 0.2  # fraction held out when the folder has no valid/ split
     seed: int = 42  # seed of the random splitter
     presize: int = 0  # item-stage size in pixels (0: 1.25 x the largest stage size)
+    # how a non-square photo becomes the presized square: "crop" (centre) | "squish" | "pad"
+    presize_fit: str = "crop"
     num_workers: int = 0  # DataLoader worker processes for decoding (only with cache = "off")
     # decode every training image once per run: "auto" (in memory when it fits, else a memory
     # map under cache_dir that later runs reuse) | "memory" | "disk" | "off" (decode per epoch)
@@ -307,6 +309,7 @@ def validate(recipe: Recipe) -> None:
     choices = {
         "data.normalize": (recipe.data.normalize, ("imagenet", "dataset", "none")),
         "data.cache": (recipe.data.cache, ("auto", "memory", "disk", "off")),
+        "data.presize_fit": (recipe.data.presize_fit, ("crop", "squish", "pad")),
         "train.device": (recipe.train.device, ("auto", "cpu", "cuda")),
         "train.mixed_precision": (recipe.train.mixed_precision, ("auto", "bf16", "fp16", "off")),
         "train.channels_last": (recipe.train.channels_last, ("auto", "on", "off")),

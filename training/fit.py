@@ -129,7 +129,7 @@ def build_presized_set(recipe: Recipe, split: DataSplit, device: torch.device,
     interpolation = eval_spec(recipe, recipe.stages[-1].size).interpolation
     presized = build_presized(split.train, recipe.presize, interpolation, mode=d.cache,
                               cache_dir=d.cache_dir or None, threads=recipe.train.threads,
-                              progress=progress)
+                              progress=progress, fit=d.presize_fit)
     presized = presized.to(device)
     seconds = time.perf_counter() - t0
     log.info("presized %d training images to %d px once for the run (%s, %.1f MB) in %.1f s "
@@ -290,7 +290,8 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
             dls = build_dataloaders(
                 split, size=stage.size, batch_size=stage.batch_size, presize=recipe.presize,
                 eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
-                seed=recipe.train.seed, presized=presized, min_side=min_side)
+                seed=recipe.train.seed, presized=presized, min_side=min_side,
+                presize_fit=recipe.data.presize_fit)
             if dist is not None:
                 dls = dist.shard_loaders(dls, recipe.train.seed)
             if learn is None:

@@ -32,7 +32,7 @@ from service.imaging import (
 from service.model_repository import ModelRepository, validate_version_dir
 from training.config import load_recipe
 from training.data import load_items
-from training.data.cache import DECODES, build_presized, cache_key
+from training.data.cache import DECODES, build_presized, cache_key, presize_one
 from training.data.datasets import EvalDataset
 from training.fit import fit
 from training.learner import Callback
@@ -187,3 +187,22 @@ def test_small_photo_nets_classify_24_and_32_px_and_freeze_by_groups(arch: str):
     groups = model.layer_groups()
     assert len(groups) == 5  # stem, three blocks, head
     assert sum(len(g) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("fit", ["crop", "squish", "pad"])
+def test_presize_fits_keep_what_they_promise_of_a_wide_photo(tmp_path: Path, fit: str):
+    """A 4:3 photo with a red left edge and a blue right edge: "crop" loses both edges (the
+    centre square), "squish" and "pad" keep the whole width."""
+    arr = np.full((300, 400, 3), 128, np.uint8)
+    arr[:, :40] = (255, 0, 0)
+    arr[:, -40:] = (0, 0, 255)
+    path = tmp_path / "wide.png"
+    Image.fromarray(arr).save(path)
+    out = presize_one(path, 60, "bilinear", fit)
+    assert out.shape == (60, 60, 3) and out.dtype == np.uint8
+    centre_row = out[30]
+    has_red = (centre_row[:, 0] > 200).any()
+    has_blue = (centre_row[:, 2] > 200).any()
+    assert has_red == has_blue == (fit != "crop")
+    if fit == "pad":  # 60x45 image, reflected into 7-8 rows above and below
+        assert np.array_equal(out[7], out[8]) or np.array_equal(out[6], out[8])

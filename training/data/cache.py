@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from service.imaging import decode_image, resize_center_crop
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "memory", "disk", "off")
 _FORMAT = "presized/1"  # bump when the cached pixels would change for the same inputs
 _DEVICE_FRACTION = 0.5  # of the GPU's free memory the cached set may take
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
 class DecodeCounter:
@@ -72,14 +75,35 @@ def default_memory_budget() -> int:
         return 4 << 30
 
 
-def presize_one(path: Path, presize: int, interpolation: str) -> np.ndarray:
-    """decode (DCT-downscaled to ~presize) -> shorter side to presize -> centre square."""
+PRESIZE_FITS = ("crop", "squish", "pad")
+
+
+def presize_one(path: Path, presize: int, interpolation: str, fit: str = "crop") -> np.ndarray:
+    """decode (DCT-downscaled to ~presize) -> a (presize, presize, 3) uint8 square.
+
+    fit (fastai's ``ResizeMethod``): "crop" the centre square of the shorter side resized to
+    presize (on a 4:3 photo 12.5% of each long side is never trained on); "squish" the whole
+    image into the square (every pixel is seen, the aspect ratio is not kept); "pad" the
+    whole image, longer side to presize, reflected into the border (fastai's default padding).
+    """
+    if fit not in PRESIZE_FITS:
+        raise ValueError(f"presize fit must be one of {PRESIZE_FITS}, got {fit!r}")
     try:
         img = decode_image(path, min_side=presize)
     except ValueError as e:  # ImageDecodeError / ImageTooLargeError
         raise DataError(f"cannot read training image {path}: {e}") from e
     DECODES.add()
-    return resize_center_crop(img, presize, presize, interpolation)
+    if fit == "crop":
+        return resize_center_crop(img, presize, presize, interpolation)
+    if fit == "squish":
+        return np.asarray(img.resize((presize, presize), _RESAMPLE[interpolation]), np.uint8)
+    w, h = img.size
+    scale = presize / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    arr = np.asarray(img.resize(new, _RESAMPLE[interpolation]), np.uint8)
+    pad_y, pad_x = presize - arr.shape[0], presize - arr.shape[1]
+    return np.pad(arr, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2),
+                        (0, 0)), mode="reflect" if min(arr.shape[:2]) > 1 else "edge")
 
 
 @dataclass
@@ -120,6 +144,7 @@ def build_presized(
     threads: int = 0,
     max_memory_bytes: int | None = None,
     progress: bool = True,
+    fit: str = "crop",
 ) -> PresizedImages:
     """Decode and presize every item once (or load the disk cache a previous run wrote)."""
     if mode not in CACHE_MODES or mode == "off":
@@ -132,12 +157,12 @@ def build_presized(
     labels = torch.as_tensor(items.labels, dtype=torch.int64)
     if not on_disk:
         arr = np.empty(shape, np.uint8)
-        _fill(arr, items, presize, interpolation, threads, progress)
+        _fill(arr, items, presize, interpolation, fit, threads, progress)
         return PresizedImages(torch.from_numpy(arr), labels, "memory")
 
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{cache_key(items, presize, interpolation)}.npy"
+    path = folder / f"{cache_key(items, presize, interpolation, fit)}.npy"
     if path.is_file():
         arr = np.load(path, mmap_mode="r")
         if arr.shape == shape and arr.dtype == np.uint8:
@@ -148,7 +173,7 @@ def build_presized(
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     try:
-        _fill(arr, items, presize, interpolation, threads, progress)
+        _fill(arr, items, presize, interpolation, fit, threads, progress)
         arr.flush()
         del arr
         os.replace(tmp, path)
@@ -159,9 +184,9 @@ def build_presized(
                           f"disk ({path})")
 
 
-def cache_key(items: Items, presize: int, interpolation: str) -> str:
-    """sha256 over the format, presize, interpolation and every (path, size, mtime) in order."""
-    h = hashlib.sha256(f"{_FORMAT}|{presize}|{interpolation}|{len(items.paths)}".encode())
+def cache_key(items: Items, presize: int, interpolation: str, fit: str = "crop") -> str:
+    """sha256 over the format, presize, interpolation, fit and every (path, size, mtime)."""
+    h = hashlib.sha256(f"{_FORMAT}|{presize}|{interpolation}|{fit}|{len(items.paths)}".encode())
     for p in items.paths:
         st = os.stat(p)
         h.update(f"\n{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -177,11 +202,11 @@ def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
-def _fill(out: np.ndarray, items: Items, presize: int, interpolation: str, threads: int,
-          progress: bool) -> None:
+def _fill(out: np.ndarray, items: Items, presize: int, interpolation: str, fit: str,
+          threads: int, progress: bool) -> None:
     workers = threads or os.cpu_count() or 1
     job: Callable[[int], None] = lambda i: out.__setitem__(  # noqa: E731
-        i, presize_one(items.paths[i], presize, interpolation))
+        i, presize_one(items.paths[i], presize, interpolation, fit))
     with ThreadPoolExecutor(workers) as pool, tqdm(
         total=len(items.paths), desc=f"presizing to {presize} px", unit="img",
         disable=None if progress else True, leave=False,  # None: no bar when not a TTY

@@ -49,18 +49,20 @@ def _decode(path: Path, min_side: int | None = None) -> Image.Image:
 class PresizedDataset(Dataset):
     """(uint8 (presize, presize, 3), label) per item: decode_image + resize_center_crop."""
 
-    def __init__(self, items: Items, presize: int, interpolation: str = "bilinear") -> None:
+    def __init__(self, items: Items, presize: int, interpolation: str = "bilinear",
+                 fit: str = "crop") -> None:
         if presize < 1:
             raise ValueError(f"presize must be >= 1 pixel, got {presize}")
         self.items = items
         self.presize = presize
         self.interpolation = interpolation
+        self.fit = fit
 
     def __len__(self) -> int:
         return len(self.items.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        arr = presize_one(self.items.paths[i], self.presize, self.interpolation)
+        arr = presize_one(self.items.paths[i], self.presize, self.interpolation, self.fit)
         return _to_tensor(arr), self.items.labels[i]
 
 

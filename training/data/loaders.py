@@ -85,6 +85,7 @@ def build_dataloaders(
     pin_memory: bool | None = None,
     presized: PresizedImages | None = None,
     min_side: int | None = None,
+    presize_fit: str = "crop",
 ) -> DataLoaders:
     """Loaders for one progressive-resizing stage.
 
@@ -124,7 +125,7 @@ def build_dataloaders(
                            pin_memory=pin_memory and not on_device)
     else:
         train = DataLoader(
-            PresizedDataset(split.train, presize, eval_spec.interpolation),
+            PresizedDataset(split.train, presize, eval_spec.interpolation, presize_fit),
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
