@@ -973,6 +973,66 @@ def hot_swap_under_load(server: ServeProcess, models_dir: Path, *, clients: int 
     return result
 
 
+# ----------------------------------------------------------------------------- kill -9
+
+
+SMALL_FIT = ("stages.0.epochs=2", "stages.1.epochs=1", "stages.0.size=12", "stages.1.size=16",
+             "data.presize=20")
+
+
+def _fit_command(data: Path, output: Path, *extra: str) -> list[str]:
+    sets = [arg for override in SMALL_FIT for arg in ("--set", override)]
+    return [str(Path(sys.executable).with_name("training")), "fit", "--config",
+            str(ROOT / "recipes" / "digits.toml"), "--data", str(data), "--output", str(output),
+            "--device", "cpu", "--no-tta", *sets, *extra]
+
+
+@dataclass
+class KillResult:
+    killed_after_s: float
+    identical: bool
+    differing: list[str]
+
+    def line(self) -> str:
+        return (f"kill -9 {self.killed_after_s:.1f} s into training, then --resume: final "
+                f"weights {'bit-identical to' if self.identical else 'DIFFER from'} an "
+                f"uninterrupted run" + (f" ({self.differing[:3]})" if self.differing else ""))
+
+
+def kill9_then_resume(workdir: Path, *, delay_s: float = 0.0) -> KillResult:
+    """``training fit`` SIGKILLed ``delay_s`` after its first checkpoint appears, resumed with
+    ``--resume``; its last.pt against an uninterrupted run's (same recipe and data)."""
+    import torch
+
+    from training.data.digits import make_digits
+
+    data = make_digits(workdir / "digits")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def run(output: Path, *extra: str) -> None:
+        subprocess.run(_fit_command(data, output, *extra), check=True, cwd=ROOT, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+
+    run(workdir / "straight")
+    interrupted = workdir / "interrupted"
+    t0 = time.monotonic()
+    process = subprocess.Popen(_fit_command(data, interrupted), cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (interrupted / "last.pt").exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"training ended ({process.returncode}) before a checkpoint")
+        time.sleep(0.02)
+    time.sleep(delay_s)
+    process.kill()
+    process.wait()
+    killed_after = time.monotonic() - t0
+    run(interrupted, "--resume")
+    a = torch.load(workdir / "straight" / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(interrupted / "last.pt", map_location="cpu", weights_only=False)
+    differing = [k for k, v in a["model"].items() if not torch.equal(v, b["model"][k])]
+    return KillResult(killed_after, not differing, differing)
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 
@@ -1011,7 +1071,7 @@ def run_soak(quick: bool, workdir: Path) -> dict[str, Any]:
 def run_bombs(quick: bool, workdir: Path) -> dict[str, Any]:
     _section("Compressed and archived input: peak RSS growth of the HTTP worker per request")
     out = []
-    bombs = [c for c in fuzz_cases(digit_pngs(4)) if "bomb" in c.name]
+    bombs = [c for c in fuzz_cases(digit_pngs(4)) if "bomb" in c.name and c.wire == "http"]
     with ServeProcess("http", model_repository(workdir), workdir) as server:
         server.wait_ready()
         for case in bombs:
@@ -1063,12 +1123,23 @@ def run_swap(quick: bool, workdir: Path) -> dict[str, Any]:
     return {**r.__dict__, "log_mentions_v3": refused_v3}
 
 
+def run_kill9(quick: bool, workdir: Path) -> dict[str, Any]:
+    _section("kill -9 during training, then --resume")
+    out = []
+    for i, delay in enumerate((0.0,) if quick else (0.0, 2.0)):
+        r = kill9_then_resume(workdir / str(i), delay_s=delay)
+        print(r.line(), flush=True)
+        out.append(r.__dict__)
+    return {"kill9": out}
+
+
 PROBES: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
     "sigterm": run_sigterm,
     "soak": run_soak,
     "bombs": run_bombs,
     "fuzz": run_fuzz,
     "swap": run_swap,
+    "kill9": run_kill9,
 }
 
 
