@@ -54,7 +54,8 @@ def test_core_feeds_onnx_exactly_the_training_eval_tensor(digits, fed_to_onnx, t
                                                  card.input_size)
 
     # One image per forward pass, so each recorded feed is exactly one request's views.
-    config = CoreConfig(models_dir=MODELS, max_batch_size=1, poll_interval_s=0)
+    config = CoreConfig(models_dir=MODELS, default_model="digits", max_batch_size=1,
+                        poll_interval_s=0)
     with InferenceCore.create(config) as core:
         fed_to_onnx.clear()  # drop the start-up smoke pass
         answers = [asyncio.run(core.predict(Path(p).read_bytes(), tta=tta)) for p in items.paths]

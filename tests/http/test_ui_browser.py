@@ -229,7 +229,8 @@ def test_models_tab_shows_the_served_variant(browser: webdriver.Chrome, http_ser
     from service.core import InferenceCore
     from service.http_schema import model_info_body
 
-    with InferenceCore.create(core_config(REPO_ROOT / "models", variant="int8")).start() as core:
+    config = core_config(REPO_ROOT / "models", variant="int8", default_model="digits")
+    with InferenceCore.create(config).start() as core:
         body = {"models": [model_info_body(core.get_model("digits")).model_dump(mode="json")]}
     recorded = body["models"][0]["variants"]["int8"]
     _open(browser, http_server)

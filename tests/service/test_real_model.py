@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not (MODELS / "digits" / "1" / "model.json").is_
 
 @pytest.fixture(scope="module")
 def real_server() -> Iterator[RunningServer]:
-    running = RunningServer(core_config(MODELS))
+    running = RunningServer(core_config(MODELS, default_model="digits"))
     yield running
     running.close()
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def int8_server() -> Iterator[RunningServer]:
-    running = RunningServer(core_config(MODELS, variant="int8"))
+    running = RunningServer(core_config(MODELS, variant="int8", default_model="digits"))
     yield running
     running.close()
 
@@ -64,7 +64,7 @@ def test_the_int8_variant_reproduces_its_recorded_accuracy(
 def test_the_int8_variant_is_another_graph(int8_server: RunningServer,
                                            validation_split: list[tuple[bytes, str]]):
     images = [b for b, _ in validation_split[:64]]
-    with InferenceCore.create(core_config(MODELS)).start() as plain:
+    with InferenceCore.create(core_config(MODELS, default_model="digits")).start() as plain:
         fp32 = [int8_server.run(plain.predict(b, top_k=10)) for b in images]
     int8 = [int8_server.run(int8_server.core.predict(b, top_k=10)) for b in images]
     diff = max(float(np.abs(a.probabilities - b.probabilities).max())
