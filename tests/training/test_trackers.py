@@ -114,3 +114,45 @@ def test_a_logger_whose_package_is_missing_is_a_config_error_naming_the_extra(mo
         load_recipe(RECIPE, ['log.loggers=["mlflow"]'])
     with pytest.raises(ConfigError, match="unknown logger 'wandb'"):
         load_recipe(RECIPE, ['log.loggers=["wandb"]'])
+
+
+def test_an_interrupted_run_resumes_into_the_same_mlflow_run_and_csv(digits_dir, tmp_path,
+                                                                      monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) in epoch 2 marks the MLflow run KILLED; --resume continues
+    that run (no second one) and appends to the CSV: each epoch recorded once."""
+    from mlflow.tracking import MlflowClient
+
+    from training.learner import Learner
+
+    calls = {"n": 0}
+    validate = Learner.validate
+
+    def interrupt_second_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return validate(self)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Learner, "validate", interrupt_second_epoch)
+    out = tmp_path / "run"
+    argv = ["fit", "--config", str(RECIPE), "--data", str(digits_dir), "--output", str(out),
+            "--set", "stages.0.epochs=2", "--set", "stages.1.epochs=0", "--no-tta",
+            "--log", "mlflow", "--log", "csv"]
+    assert main(argv) == 130
+    info = json.loads((out / "mlflow_run.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    assert client.get_run(info["run_id"]).info.status == "KILLED"
+    monkeypatch.setattr(Learner, "validate", validate)
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == info["run_id"]
+    runs = client.search_runs([info["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [info["run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    metric = sorted(client.get_metric_history(info["run_id"], "epoch/accuracy"),
+                    key=lambda m: m.step)
+    assert [(m.step, m.value) for m in metric] == [(1, history[0]["accuracy"]),
+                                                   (2, history[1]["accuracy"])]
+    with (out / "log" / "epochs.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
