@@ -81,10 +81,12 @@ def test_the_int8_variant_is_another_graph(int8_server: RunningServer,
 def test_a_missing_variant(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     # Asked for by name: the version is refused (and with it the start, for the default model).
     with pytest.raises(ModelUnavailable, match="could not be loaded"):
-        InferenceCore.create(core_config(MODELS, variant="digits=fp16")).start()
+        InferenceCore.create(core_config(MODELS, variant="digits=fp16",
+                                         default_model="digits")).start()
     assert "has no fp16 variant" in caplog.text and "training export --fp16" in caplog.text
     # Asked for every model: those without one serve model.onnx.
-    with InferenceCore.create(core_config(MODELS, variant="fp16")).start() as core:
+    config = core_config(MODELS, variant="fp16", default_model="digits")
+    with InferenceCore.create(config).start() as core:
         assert core.get_model("digits").variant is None
 
 
