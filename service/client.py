@@ -429,6 +429,7 @@ class _PredictStream:
         self.exhausted = False
         self.pending: dict[int, bytes] = {}  # sent (or about to be), not yet answered
         self.done: dict[int, Prediction | ClientError] = {}
+        self._out = 0  # the next result to hand out
 
     def _take(self) -> tuple[int, ImageInput] | None:
         with self.lock:
@@ -481,17 +482,16 @@ class _PredictStream:
         with self.lock:
             self.done[index] = result
 
-    def _ready(self, upto: int | None) -> Iterator[tuple[int, Prediction | ClientError]]:
+    def _ready(self) -> list[Prediction | ClientError]:
         """Results that can be yielded now: consecutive from the next one to hand out."""
         with self.lock:
             ready = []
-            while self._out in self.done and (upto is None or self._out < upto):
-                ready.append((self._out, self.done.pop(self._out)))
+            while self._out in self.done:
+                ready.append(self.done.pop(self._out))
                 self._out += 1
-        return iter(ready)
+        return ready
 
     def results(self) -> Iterator[Prediction | ClientError]:
-        self._out = 0
         attempt = 0
         while True:
             slots = threading.Semaphore(self.window)
@@ -503,8 +503,7 @@ class _PredictStream:
                 for response in call:
                     slots.release()
                     self._answer(response)
-                    for _, result in self._ready(None):
-                        yield result
+                    yield from self._ready()
                 break
             except grpc.RpcError as e:
                 error = _from_rpc_error(e)
@@ -517,7 +516,6 @@ class _PredictStream:
                 attempt += 1
             finally:
                 call.cancel()
-        for _, result in self._ready(None):  # unreadable files after the last answer
-            yield result
+        yield from self._ready()  # unreadable files after the last answer
         if self.done or self.pending:
             raise ServiceError(f"the stream ended with {len(self.pending)} images unanswered")

@@ -24,7 +24,7 @@ import copy
 import importlib.metadata
 import inspect
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Mount, Route
@@ -159,8 +159,8 @@ FIELD_HELP = {
 }
 
 
-def _fix_request_body(path: str, operation: dict[str, Any],
-                      schemas: dict[str, Any]) -> None:
+def _fix_request_body(path: str, operation: dict[str, Any], schemas: dict[str, Any],
+                      label: str) -> None:
     content = operation.get("requestBody", {}).get("content", {})
     form = content.get("multipart/form-data")
     if form is None:
@@ -191,8 +191,10 @@ def _fix_request_body(path: str, operation: dict[str, Any],
         form_props["labels"] = {"type": "string", "description": FIELD_HELP["labels"]}
     new_content: dict[str, Any] = {}
     if path in JSON_EXAMPLES:
-        new_content["application/json"] = {"schema": json_schema,
-                                           "example": JSON_EXAMPLES[path]}
+        example = copy.deepcopy(JSON_EXAMPLES[path])
+        if "labels" in example:  # a class of the default model, so the example runs on any
+            example["labels"] = [label] * len(example["labels"])
+        new_content["application/json"] = {"schema": json_schema, "example": example}
     # No per-part content types: browsers and Swagger send plain form fields.
     new_content["multipart/form-data"] = {"schema": form_schema}
     operation["requestBody"] = {"required": True, "content": new_content}
@@ -307,8 +309,14 @@ def oip_paths(routes: Iterable[BaseRoute], default_model: str) -> dict[str, Any]
 
 
 def openapi_document(spec: dict[str, Any], *, default_model: str,
+                     default_classes: Sequence[str] = ("7",),
                      oip_routes: Iterable[BaseRoute] = ()) -> dict[str, Any]:
-    """BentoML's generated ``spec`` (``Service.openapi_spec.asdict()``) -> this service's."""
+    """BentoML's generated ``spec`` (``Service.openapi_spec.asdict()``) -> this service's.
+
+    ``default_classes``: the default model's, for the evaluation example's labels ("7" when the
+    digits model is the default, else its first class: the example then runs, scoring 0).
+    """
+    label = "7" if "7" in default_classes or not default_classes else default_classes[0]
     doc = copy.deepcopy(spec)
     doc["info"] = {"title": "tta-serve", "version": _package_version(),
                    "description": DESCRIPTION,
@@ -337,7 +345,7 @@ def openapi_document(spec: dict[str, Any], *, default_model: str,
                 operation["responses"] = {"200": responses.get(200) or responses["200"],
                                           **_errors(400, 404, 413, 503)}
                 operation.pop("x-bentoml-name", None)
-                _fix_request_body(path, operation, schemas)
+                _fix_request_body(path, operation, schemas, label)
             else:  # BentoML's /livez, /readyz, /metrics, /healthz
                 operation["tags"] = [TAG_OPS]
                 operation["operationId"] = "_".join([method, *re.findall(r"\w+", path)])

@@ -36,10 +36,12 @@ async def _docs_json(request: Request) -> Response:
     from service.http_service import Classifier, oip_routes
     from service.openapi import openapi_document
 
-    default_model = bentoml.get_current_service().core.config.default_model
+    core = bentoml.get_current_service().core
+    default_model = core.config.default_model
     if default_model not in _documents:
         _documents[default_model] = openapi_document(
             Classifier.openapi_spec.asdict(), default_model=default_model,
+            default_classes=core.get_model(default_model).classes,
             oip_routes=oip_routes.routes)
     return JSONResponse(_documents[default_model])
 

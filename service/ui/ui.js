@@ -70,9 +70,12 @@ function setUpTabs() {
 
 // ---- models
 
+let modelLoads = 0;  // requests in flight; data-models-loading on <body> while any is
+
 async function loadModels() {
   const status = $("models-status");
   status.textContent = "Loading models…";
+  document.body.dataset.modelsLoading = String(++modelLoads);
   try {
     const body = await call("models");
     models = body.models;
@@ -82,6 +85,8 @@ async function loadModels() {
   } catch (e) {
     status.textContent = errorText(e);
     status.classList.add("error");
+  } finally {
+    if (--modelLoads === 0) delete document.body.dataset.modelsLoading;
   }
 }
 

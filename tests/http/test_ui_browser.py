@@ -235,7 +235,8 @@ def test_models_tab_shows_the_served_variant(browser: webdriver.Chrome, http_ser
     recorded = body["models"][0]["variants"]["int8"]
     _open(browser, http_server)
     browser.find_element(By.ID, "tab-models").click()  # loads the fixture server's models first
-    _wait(browser, lambda d: d.find_element(By.ID, "models-list").text, "no models shown")
+    _wait(browser, lambda d: d.find_element(By.ID, "models-list").text and not d.find_element(
+        By.TAG_NAME, "body").get_attribute("data-models-loading"), "no models shown")
     browser.execute_script("renderModels(arguments[0])", body)
     text = browser.find_element(By.ID, "models-list").text
     assert "v1 (int8 variant)" in text
