@@ -15,7 +15,8 @@ bentoml is pinned below 1.5 and ``tests/reliability`` fails if any of these regr
 
 2. **File fields fetch URLs; client mistakes are 500s** (BentoML's request serdes). A multipart
    file field sent as a text value is *downloaded* by BentoML (``MultipartSerde.ensure_file``),
-   and so is a JSON body that is one URL: a server-side request forgery. A body that is not
+   as is a JSON body that is one URL for an API whose one input is a file
+   (``JSONSerde.parse_request``): a server-side request forgery. A body that is not
    multipart although its Content-Type says so, a multipart Content-Type without a boundary, a
    file under a field that takes text, and Swagger's ``images=null`` were answered 500.
    ``UploadsOnlyMultipart`` / ``NoFetchJSON`` take uploaded bytes only, never fetch, and answer
