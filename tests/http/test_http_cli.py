@@ -93,7 +93,7 @@ def test_http_relative_models_dir_from_another_directory(digits_model: FixtureMo
 def test_http_refuses_to_start_without_a_model(tmp_path: Path, capsys):
     started = time.monotonic()
     assert main(["http", "--models-dir", str(tmp_path), "--port", str(free_port())]) == 2
-    assert "model 'digits' has no versions in" in capsys.readouterr().err
+    assert "holds no model; export one there" in capsys.readouterr().err
     assert time.monotonic() - started < 30  # refused by the start-up check, not looping workers
 
 
@@ -102,7 +102,7 @@ def test_all_refuses_to_start_and_leaves_no_child(tmp_path: Path):
                             "127.0.0.1", "--grpc-port", str(free_port()), "--http-port",
                             str(free_port())], tmp_path)
     assert server.process.wait(60) == 2, server.log
-    assert "model 'digits' has no versions in" in server.log
+    assert "holds no model; export one there" in server.log
     child = re.search(r"HTTP service starting in process (\d+)", server.log)
     assert child, server.log
     assert not psutil.pid_exists(int(child.group(1)))

@@ -36,6 +36,9 @@ def test_device_cuda_refuses_to_start_without_a_gpu(digits_model: FixtureModel, 
 def test_missing_model_refuses_to_start(tmp_path: Path, capsys):
     assert main(["grpc", "--models-dir", str(tmp_path), "--port", "0"]) == 2
     err = capsys.readouterr().err
+    assert "holds no model; export one there" in err and "--models-dir" in err
+    assert main(["grpc", "--models-dir", str(tmp_path), "--port", "0", "--model", "digits"]) == 2
+    err = capsys.readouterr().err
     assert "model 'digits' has no versions in" in err and "--models-dir" in err
 
 
