@@ -58,7 +58,10 @@ def test_the_int8_variant_reproduces_its_recorded_accuracy(
         report = client.evaluate(validation_split)
     n = len(validation_split)
     assert report.n == n == recorded["n_images"]
-    assert round(report.accuracy * n) == round(recorded["accuracy"] * n)
+    # Dynamic int8 quantises activations with each forward pass's own min/max, so a prediction
+    # depends on the batch it was served in (export measured in one batch; the server batches
+    # as requests arrive): within two images of the recorded count, not bit-equal.
+    assert abs(round(report.accuracy * n) - round(recorded["accuracy"] * n)) <= 2
 
 
 def test_the_int8_variant_is_another_graph(int8_server: RunningServer,
