@@ -130,6 +130,14 @@ def _check_io(session: Any, card: ModelCard) -> None:
                              f"[batch, 3, {card.input_size}, {card.input_size}] (NCHW)")
 
 
+def _dynamically_quantized(onnx_path: Path) -> bool:
+    """Whether the graph quantises activations per call (onnxruntime's quantize_dynamic)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
+
+
 def _smoke_test(session: Any, card: ModelCard) -> None:
     """Two rows through the graph: a dynamic batch and softmax probabilities, as contracted."""
     size = card.input_size
@@ -421,8 +429,14 @@ class ModelRegistry:
             log.warning("%s v%d runs on %s, not %s: %s", name, version, provider.name,
                         self.plan.name, provider.reason)
         feed_name, output_name = card.input_name, card.output_name
+        # A dynamically quantised graph (export --int8) scales activations by the whole batch's
+        # range, so an image's answer would depend on its batch-mates: run its rows one by one.
+        per_row = variant is not None and _dynamically_quantized(onnx_path)
 
         def run(x: np.ndarray) -> np.ndarray:
+            if per_row and len(x) > 1:
+                return np.concatenate([session.run([output_name], {feed_name: x[i:i + 1]})[0]
+                                       for i in range(len(x))])
             return session.run([output_name], {feed_name: x})[0]
 
         batcher = DynamicBatcher(run, name=f"{name}-v{version}",
