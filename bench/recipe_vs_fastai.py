@@ -24,8 +24,10 @@ fastai is not a project dependency: the first run makes ``.cache/fastai-venv`` (
 and torchvision; fastai is installed ``--no-deps`` plus its light pure-Python dependencies,
 from PyPI) and checks that ``from fastai.vision.all import *`` works.
 
-    .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train            # both cases
-    .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train --case cifar --seeds 1 2 3
+    .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train   # both cases, ~8 min on 2 cores
+    .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train --case cifar --threads 2
+
+Figures and an honest reading: docs/benchmarks.md, "Recipe vs fastai, side by side".
 
 Prints progress lines and markdown tables; writes bench/results/recipe_vs_fastai-*.json and a
 PNG bar chart beside it.
@@ -582,19 +584,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fastai-workers", type=int, default=-1,
                    help="fastai DataLoader workers (-1: fastai's default, one per core)")
     # (a) the CIFAR-10 subset
-    p.add_argument("--per-class", type=int, default=250)
+    p.add_argument("--per-class", type=int, default=300)
     p.add_argument("--holdout", type=int, default=500)
     p.add_argument("--sizes", type=int, nargs="+", default=[24, 32])
-    p.add_argument("--epochs", type=int, nargs="+", default=[2, 2], help="per size")
+    p.add_argument("--epochs", type=int, nargs="+", default=[3, 3], help="per size")
     p.add_argument("--presize", type=int, default=32)
     # (b) phone-sized photos
     p.add_argument("--photos-per-class", type=int, default=20)
     p.add_argument("--photo-size", default="2000x1500")
     p.add_argument("--photo-holdout", type=int, default=50)
     p.add_argument("--photo-sizes", type=int, nargs="+", default=[96, 128])
-    p.add_argument("--photo-epochs", type=int, nargs="+", default=[1, 1])
+    p.add_argument("--photo-epochs", type=int, nargs="+", default=[2, 2])
+    p.add_argument("--photo-batch-size", type=int, default=16)
     p.add_argument("--photo-presize", type=int, default=160)
-    p.add_argument("--photo-seeds", type=int, nargs="+", default=[1],
+    p.add_argument("--photo-seeds", type=int, nargs="+", default=[1, 2],
                    help="seeds of the photo case")
     p.add_argument("--no-save", action="store_true", help="write no results file")
     return p.parse_args(argv)
@@ -620,7 +623,8 @@ def main(argv: list[str] | None = None) -> None:
         w, h = (int(v) for v in args.photo_size.lower().split("x"))
         folder = make_photos(args.data, args.photos_per_class, (w, h), args.subset_seed)
         items = [(f, label) for label, fs in list_class_files(folder).items() for f in fs]
-        photo_args = argparse.Namespace(**{**vars(args), "seeds": args.photo_seeds})
+        photo_args = argparse.Namespace(**{**vars(args), "seeds": args.photo_seeds,
+                                             "batch_size": args.photo_batch_size})
         results["large-photos"] = run_case(
             f"large-photos ({w}x{h} JPEG)", items, args.photo_sizes, args.photo_epochs,
             args.photo_presize, photo_args, fastai_python, args.photo_holdout)
