@@ -23,7 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow's own bomb guard warns at ~89 Mpx; we refuse explicitly, with a message that says why.
 DEFAULT_MAX_PIXELS = 40_000_000
 
-_RESAMPLING = {
+# Pillow filters by the names recipes and model.json use (training's item stage uses them too).
+RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
@@ -68,9 +69,9 @@ class EvalSpec:
             raise ValueError(f"eval size must be >= 1 pixel, got {self.size}")
         if self.resize_ratio < 1.0:
             raise ValueError(f"resize_ratio must be >= 1.0, got {self.resize_ratio}")
-        if self.interpolation not in _RESAMPLING:
+        if self.interpolation not in RESAMPLING:
             raise ValueError(
-                f"interpolation {self.interpolation!r} unknown; use one of {sorted(_RESAMPLING)}"
+                f"interpolation {self.interpolation!r} unknown; use one of {sorted(RESAMPLING)}"
             )
 
     def to_dict(self) -> dict:
@@ -229,7 +230,7 @@ def resize_shorter_side(img: Image.Image, target: int,
         new_w, new_h = max(target, round(w * target / h)), target
     if (new_w, new_h) == (w, h):
         return img
-    return img.resize((new_w, new_h), _RESAMPLING[interpolation])
+    return img.resize((new_w, new_h), RESAMPLING[interpolation])
 
 
 def _crop(img: Image.Image, size: int, where: str) -> np.ndarray:

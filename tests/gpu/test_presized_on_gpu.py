@@ -16,7 +16,8 @@ def test_presized_set_moves_to_the_gpu_and_batches_are_gathered_there(gpu_digits
     items = load_items(gpu_digits_dir, valid_pct=0.0).train
     presized = build_presized(items, 24, progress=False).to(torch.device("cuda"))
     assert presized.images.is_cuda and presized.labels.is_cuda
-    loader = torch.utils.data.DataLoader(CachedDataset(presized), batch_size=32, shuffle=True,
+    loader = torch.utils.data.DataLoader(CachedDataset(presized.images, presized.labels),
+                                         batch_size=32, shuffle=True,
                                          collate_fn=collate_batch)
     xb, yb = next(iter(loader))
     assert xb.is_cuda and yb.is_cuda and xb.dtype == torch.uint8 and xb.shape == (32, 24, 24, 3)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.imaging import phone_jpeg as bench_phone_jpeg
 from service.core.config import CoreConfig
 from service.core.inference import InferenceCore
 from service.imaging import (
@@ -51,15 +52,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def phone_jpeg(size: tuple[int, int] = (4000, 3000)) -> bytes:
-    """A real photo upscaled to a 12 MP phone JPEG, with sensor-like noise so it compresses as
-    photos do (~4 MB), not as a flat upscale would."""
-    src = Image.open(next(iter(sorted((PHOTOS / "cat").glob("*.jpg"))))).convert("RGB")
-    big = np.asarray(src.resize(size, Image.Resampling.BICUBIC)).astype(np.int16)
-    noise = np.random.default_rng(0).normal(0, 10, big.shape).astype(np.int16)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
-    return buf.getvalue()
+def phone_jpeg() -> bytes:
+    """A 12 MP phone JPEG made from a real photo (bench.imaging's, so the benchmark and these
+    tests read the same kind of file)."""
+    return bench_phone_jpeg(None)
 
 
 class DecodesPerEpoch(Callback):

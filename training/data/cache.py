@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from service.imaging import decode_image, resize_center_crop
+from service.imaging import (
+    RESAMPLING,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    resize_center_crop,
+)
 from training.data.sources import Items
 from training.errors import DataError
 
@@ -41,8 +48,6 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "memory", "disk", "off")
 _FORMAT = "presized/1"  # bump when the cached pixels would change for the same inputs
 _DEVICE_FRACTION = 0.5  # of the GPU's free memory the cached set may take
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
 class DecodeCounter:
@@ -78,6 +83,17 @@ def default_memory_budget() -> int:
 PRESIZE_FITS = ("crop", "squish", "pad")
 
 
+def decode_training_image(path: Path, min_side: int | None = None) -> Image.Image:
+    """decode_image for the training data path: a DataError naming the file, and counted."""
+    try:
+        img = decode_image(path, min_side=min_side)
+    except (ImageDecodeError, ImageTooLargeError) as e:
+        # Only reachable with check_images=False: load_items would have skipped the file.
+        raise DataError(f"cannot read training image {path}: {e}") from e
+    DECODES.add()
+    return img
+
+
 def presize_one(path: Path, presize: int, interpolation: str, fit: str = "crop") -> np.ndarray:
     """decode (DCT-downscaled to ~presize) -> a (presize, presize, 3) uint8 square.
 
@@ -88,19 +104,15 @@ def presize_one(path: Path, presize: int, interpolation: str, fit: str = "crop")
     """
     if fit not in PRESIZE_FITS:
         raise ValueError(f"presize fit must be one of {PRESIZE_FITS}, got {fit!r}")
-    try:
-        img = decode_image(path, min_side=presize)
-    except ValueError as e:  # ImageDecodeError / ImageTooLargeError
-        raise DataError(f"cannot read training image {path}: {e}") from e
-    DECODES.add()
+    img = decode_training_image(path, min_side=presize)
     if fit == "crop":
         return resize_center_crop(img, presize, presize, interpolation)
     if fit == "squish":
-        return np.asarray(img.resize((presize, presize), _RESAMPLE[interpolation]), np.uint8)
+        return np.asarray(img.resize((presize, presize), RESAMPLING[interpolation]), np.uint8)
     w, h = img.size
     scale = presize / max(w, h)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    arr = np.asarray(img.resize(new, _RESAMPLE[interpolation]), np.uint8)
+    arr = np.asarray(img.resize(new, RESAMPLING[interpolation]), np.uint8)
     pad_y, pad_x = presize - arr.shape[0], presize - arr.shape[1]
     return np.pad(arr, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2),
                         (0, 0)), mode="reflect" if min(arr.shape[:2]) > 1 else "edge")
@@ -195,8 +207,6 @@ def cache_key(items: Items, presize: int, interpolation: str, fit: str = "crop")
 
 def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
     # torch warns on read-only arrays but only reads them here (gathering copies the batch).
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)

@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from service.imaging import (
-    EvalSpec,
-    ImageDecodeError,
-    ImageTooLargeError,
-    TTASpec,
-    decode_image,
-    eval_view,
-    tta_views,
-)
-from training.data.cache import DECODES, PresizedImages, presize_one
+from service.imaging import EvalSpec, TTASpec, eval_view, tta_views
+from training.data.cache import decode_training_image, presize_one
 from training.data.sources import Items
-from training.errors import DataError
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -36,18 +25,9 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
-def _decode(path: Path, min_side: int | None = None) -> Image.Image:
-    try:
-        img = decode_image(path, min_side=min_side)
-    except (ImageDecodeError, ImageTooLargeError) as e:
-        # Only reachable with check_images=False: load_items would have skipped the file.
-        raise DataError(f"cannot read training image {path}: {e}") from e
-    DECODES.add()
-    return img
-
-
 class PresizedDataset(Dataset):
-    """(uint8 (presize, presize, 3), label) per item: decode_image + resize_center_crop."""
+    """(uint8 (presize, presize, 3), label) per item, decoded every time it is read
+    (``data.cache = "off"``): training.data.cache.presize_one."""
 
     def __init__(self, items: Items, presize: int, interpolation: str = "bilinear",
                  fit: str = "crop") -> None:
@@ -67,25 +47,26 @@ class PresizedDataset(Dataset):
 
 
 class CachedDataset(Dataset):
-    """The presized set (training.data.cache), decoded once: batches are gathered by index
-    where the set lives (host memory, a memory map or the GPU), with no per-item Python work.
+    """Images decoded once (the presized training set, or precomputed validation views):
+    batches are gathered by index where the tensors live (host memory, a memory map or the
+    GPU), with no per-item Python work.
 
     ``__getitems__`` hands the DataLoader a whole batch; use ``collate_batch`` as its
     collate_fn.
     """
 
-    def __init__(self, presized: PresizedImages) -> None:
-        self.presized = presized
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
-        return len(self.presized)
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.presized.images[i], int(self.presized.labels[i])
+        return self.images[i], int(self.labels[i])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.presized.images.device)
-        return self.presized.images[idx], self.presized.labels[idx]
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.images.device)
+        return self.images[idx], self.labels[idx]
 
 
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +92,7 @@ class EvalDataset(Dataset):
         return len(self.items.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = _decode(self.items.paths[i], self.min_side)
+        img = decode_training_image(self.items.paths[i], self.min_side)
         if self.tta is None:
             arr = eval_view(img, self.eval_spec)
         else:
@@ -119,32 +100,20 @@ class EvalDataset(Dataset):
         return _to_tensor(arr), self.items.labels[i]
 
 
-class PrecomputedEvalDataset(Dataset):
+def precompute_views(source: EvalDataset, *, threads: int = 0) -> CachedDataset:
     """An EvalDataset's views computed once (threaded), for loaders used every epoch: the
     validation set then decodes once per stage instead of once per epoch."""
+    n = len(source)
+    first, _ = source[0]
+    views = torch.empty((n, *first.shape), dtype=torch.uint8)
+    views[0] = first
 
-    def __init__(self, source: EvalDataset, *, threads: int = 0) -> None:
-        n = len(source)
-        first, _ = source[0]
-        self.views = torch.empty((n, *first.shape), dtype=torch.uint8)
-        self.views[0] = first
-        self.labels = torch.as_tensor(source.items.labels, dtype=torch.int64)
+    def fill(i: int) -> None:
+        views[i] = source[i][0]
 
-        def fill(i: int) -> None:
-            self.views[i] = source[i][0]
-
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-            list(pool.map(fill, range(1, n)))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.views[i], int(self.labels[i])
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        return self.views[idx], self.labels[idx]
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        list(pool.map(fill, range(1, n)))
+    return CachedDataset(views, torch.as_tensor(source.items.labels, dtype=torch.int64))
 
 
 def eval_views_nbytes(n_items: int, eval_spec: EvalSpec, tta: TTASpec | None) -> int:

@@ -23,10 +23,10 @@ from training.data.cache import PresizedImages
 from training.data.datasets import (
     CachedDataset,
     EvalDataset,
-    PrecomputedEvalDataset,
     PresizedDataset,
     collate_batch,
     eval_views_nbytes,
+    precompute_views,
 )
 from training.data.sources import DataSplit, Items
 from training.errors import DataError
@@ -120,8 +120,9 @@ def build_dataloaders(
     sampler = EpochShuffleSampler(n_train, seed=seed)
     if presized is not None:
         on_device = presized.images.device.type != "cpu"
-        train = DataLoader(CachedDataset(presized), batch_size=batch_size, sampler=sampler,
-                           drop_last=drop_last, collate_fn=collate_batch, num_workers=0,
+        train = DataLoader(CachedDataset(presized.images, presized.labels),
+                           batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                           collate_fn=collate_batch, num_workers=0,
                            pin_memory=pin_memory and not on_device)
     else:
         train = DataLoader(
@@ -164,7 +165,7 @@ def make_eval_loader(
     dataset = EvalDataset(items, eval_spec, tta, min_side)
     if precompute and len(items) and eval_views_nbytes(len(items), eval_spec, tta) \
             <= EVAL_CACHE_BYTES:
-        return DataLoader(PrecomputedEvalDataset(dataset), batch_size=batch_size, shuffle=False,
+        return DataLoader(precompute_views(dataset), batch_size=batch_size, shuffle=False,
                           drop_last=False, collate_fn=collate_batch, pin_memory=pin_memory)
     return DataLoader(
         dataset,
