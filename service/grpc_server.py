@@ -52,7 +52,7 @@ from service.core import (
     Prediction,
     ProviderInfo,
 )
-from service.evaluation import EvaluationResult
+from service.core.evaluation import EvaluationResult
 from service.oip import grpc_servicer as oip_grpc
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from service.core import (
     Prediction,
     ProviderInfo,
 )
-from service.evaluation import IMAGE_SUFFIXES, EvaluationResult
+from service.core.evaluation import IMAGE_SUFFIXES, EvaluationResult
 
 STATUS_CODES: dict[type[CoreError], int] = {
     InvalidImage: 400,

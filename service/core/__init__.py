@@ -27,6 +27,7 @@ from service.core.errors import (
     ModelUnavailable,
     Overloaded,
 )
+from service.core.evaluation import EvaluationResult
 from service.core.inference import ClassScore, InferenceCore, PinnedModel, Prediction
 from service.core.models import ModelInfo
 from service.core.runtime import ProviderInfo
@@ -38,6 +39,7 @@ __all__ = [
     "CoreError",
     "CoreStats",
     "DeviceUnavailable",
+    "EvaluationResult",
     "ImageTooLarge",
     "InferenceCore",
     "InvalidImage",

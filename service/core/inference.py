@@ -34,10 +34,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -50,6 +50,7 @@ from service.core.errors import (
     ModelUnavailable,
     Overloaded,
 )
+from service.core.evaluation import EvaluationResult, LabelledItems, evaluate_pinned
 from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
 from service.core.runtime import ProviderInfo, plan_device
 from service.core.stats import CoreStats, RequestTimes
@@ -64,9 +65,6 @@ from service.imaging import (
     tta_views,
 )
 from service.model_repository import ModelCard, ModelRepository
-
-if TYPE_CHECKING:
-    from service.evaluation import EvaluationResult
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +295,7 @@ class InferenceCore:
 
     async def evaluate(
         self,
-        items: Iterable[tuple[bytes, str]] | AsyncIterable[tuple[bytes, str]],
+        items: LabelledItems,
         *,
         model: str | None = None,
         version: int | None = None,
@@ -305,10 +303,10 @@ class InferenceCore:
         min_confused: int = 1,
     ) -> EvaluationResult:
         """Evaluate (image bytes, label) pairs on one version -> report + confusion PNG."""
-        from service.evaluation import evaluate_items  # evaluation sits on top of the core
-
-        return await evaluate_items(self, items, model=model, version=version, tta=tta,
-                                    min_confused=min_confused)
+        window = max(1, min(32, self.config.max_pending // 4))
+        with self.pin(model, version) as pinned:
+            return await evaluate_pinned(pinned, items, tta=tta, min_confused=min_confused,
+                                         window=window)
 
     # ---- internals shared with PinnedModel
 
