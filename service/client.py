@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 import numpy as np
@@ -37,6 +37,7 @@ from google.protobuf import json_format
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
+from service.core.errors import Status
 from service.evaluation_report import ClassMetrics, EvaluationReport, classification_text
 
 __all__ = [
@@ -87,46 +88,57 @@ class ServiceError(ClientError):
     """The server refused the request; ``message`` is the server's own explanation."""
 
     code = "internal"
+    status: ClassVar[Status | None] = None  # the wire status this class stands for
 
 
 class InvalidArgument(ServiceError):
     """Not a decodable image, a bad option, or a label that is not one of the model's classes."""
 
     code = "invalid_argument"
+    status = Status.INVALID_ARGUMENT
 
 
 class TooLarge(ServiceError):
     """The image is over the server's byte or pixel limit."""
 
     code = "resource_exhausted"
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class NotFound(ServiceError):
     """No such model, or that version is not served."""
 
     code = "not_found"
+    status = Status.NOT_FOUND
 
 
 class Unavailable(ServiceError):
     """Overloaded, still starting, or unreachable; already retried with backoff."""
 
     code = "unavailable"
+    status = Status.UNAVAILABLE
 
 
-_ERRORS: dict[grpc.StatusCode, type[ServiceError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-}
+# The server's error table (service.core.errors.Status) read backwards: one class per status.
+_ERRORS: dict[Status, type[ServiceError]] = {
+    kind.status: kind for kind in (InvalidArgument, TooLarge, NotFound, Unavailable)}
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def error_for(code: grpc.StatusCode, message: str) -> ServiceError:
+def error_for(code: grpc.StatusCode | Status, message: str) -> ServiceError:
     """The exception for a gRPC status; other codes (INTERNAL, DEADLINE_EXCEEDED ...) name it."""
-    kind = _ERRORS.get(code)
+    status = code if isinstance(code, Status) else Status.__members__.get(code.name)
+    kind = _ERRORS.get(status) if status is not None else None
     if kind is None:
         return ServiceError(f"{code.name}: {message}")
+    return kind(message)
+
+
+def error_for_http(status: int, message: str) -> ServiceError:
+    """The exception for an HTTP status; other statuses are ``UNKNOWN: message``."""
+    kind = next((k for s, k in _ERRORS.items() if s.http_status == status), None)
+    if kind is None:
+        return ServiceError(f"UNKNOWN: {message}")
     return kind(message)
 
 

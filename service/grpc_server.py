@@ -41,14 +41,9 @@ from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.core import (
     CoreConfig,
     CoreError,
-    ImageTooLarge,
     InferenceCore,
-    InvalidImage,
     InvalidRequest,
     ModelInfo,
-    ModelNotFound,
-    ModelUnavailable,
-    Overloaded,
     Prediction,
     ProviderInfo,
 )
@@ -61,16 +56,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
 # What grpc.health.v1 reports SERVING while the server runs ("" = the server as a whole), and
 # NOT_SERVING from the start of a shutdown (enter_graceful_shutdown covers every name set).
 HEALTH_SERVICES = ("", SERVICE_NAME, oip_grpc.SERVICE_NAME)
-
-STATUS_CODES: dict[type[CoreError], grpc.StatusCode] = {
-    InvalidImage: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    ImageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    Overloaded: grpc.StatusCode.UNAVAILABLE,
-    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
 
 # Default largest gRPC message: room for a KServe v2 FP32 batch (32 images of 3x224x224 float32
 # are 19 MB) and for the core's own image-size check (whose message names --max-image-bytes).
@@ -97,10 +82,8 @@ class GrpcConfig:
 
 
 def status_code(error: CoreError) -> grpc.StatusCode:
-    for kind in type(error).__mro__:
-        if kind in STATUS_CODES:
-            return STATUS_CODES[kind]
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status of a core error: its ``Status`` names the code (service.core.errors)."""
+    return grpc.StatusCode[error.status.name]
 
 
 def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.PredictResponse:

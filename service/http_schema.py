@@ -31,30 +31,17 @@ from service.core import (
     InvalidImage,
     InvalidRequest,
     ModelInfo,
-    ModelNotFound,
-    ModelUnavailable,
-    Overloaded,
     Prediction,
     ProviderInfo,
 )
 from service.core.evaluation import IMAGE_SUFFIXES, EvaluationResult
 
-STATUS_CODES: dict[type[CoreError], int] = {
-    InvalidImage: 400,
-    InvalidRequest: 400,
-    ImageTooLarge: 413,
-    ModelNotFound: 404,
-    Overloaded: 503,
-    ModelUnavailable: 503,
-}
 RETRY_AFTER_S = 1  # Retry-After on 503: the queue drains in well under a second when healthy
 
 
 def status_code(error: CoreError) -> int:
-    for kind in type(error).__mro__:
-        if kind in STATUS_CODES:
-            return STATUS_CODES[kind]
-    return 500
+    """The HTTP status of a core error: its ``Status`` value (service.core.errors)."""
+    return error.status.http_status
 
 
 def error_response(error: CoreError) -> JSONResponse:

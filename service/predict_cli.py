@@ -43,12 +43,15 @@ from service.client import (
     ModelInfo,
     Prediction,
     ServiceError,
+    Unavailable,
     UnreadableImage,
     error_for,
+    error_for_http,
     image_files,
     labelled_files,
     read_image,
 )
+from service.core.errors import CoreError
 from service.evaluation_report import ClassMetrics, EvaluationReport
 
 log = logging.getLogger(__name__)
@@ -77,11 +80,9 @@ class Backend(Protocol):
 # ---- backends
 
 
-def _core_error(error: Exception) -> ClientError:
-    """A core error as the client exception the gRPC server would have produced."""
-    from service.grpc_server import status_code
-
-    return error_for(status_code(error), str(error))
+def _core_error(error: CoreError) -> ClientError:
+    """A core error as the client exception a server would have produced."""
+    return error_for(error.status, str(error))
 
 
 def _local_prediction(p: Any) -> Prediction:
@@ -104,7 +105,6 @@ class LocalBackend:
 
     def model(self, name: str) -> ModelInfo:
         from service.client import _model_info
-        from service.core import CoreError
         from service.grpc_server import model_info_to_proto
 
         try:
@@ -114,8 +114,6 @@ class LocalBackend:
 
     async def _predict(self, data: bytes, tta: bool, top_k: int,
                        model: str) -> Prediction | ClientError:
-        from service.core import CoreError
-
         try:
             return _local_prediction(await self.core.predict(data, model=model or None,
                                                              tta=tta, top_k=top_k))
@@ -142,8 +140,6 @@ class LocalBackend:
 
     def evaluate(self, folder: Path, *, tta: bool, model: str,
                  min_confused: int) -> Evaluation:
-        from service.core import CoreError
-
         items = ((read_image(path), label) for path, label in labelled_files(folder))
         try:
             result = asyncio.run_coroutine_threadsafe(
@@ -184,16 +180,9 @@ class GrpcBackend:
         self.client.close()
 
 
-_HTTP_ERRORS = {400: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 404: "NOT_FOUND",
-                503: "UNAVAILABLE"}
-
-
 def _http_error(status: int, body: Any) -> ClientError:
-    import grpc
-
     message = body.get("error") if isinstance(body, dict) else None
-    code = getattr(grpc.StatusCode, _HTTP_ERRORS.get(status, "UNKNOWN"))
-    return error_for(code, message or f"HTTP {status}")
+    return error_for_http(status, message or f"HTTP {status}")
 
 
 class HttpBackend:
@@ -213,7 +202,7 @@ class HttpBackend:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise error_for(_unavailable(), f"cannot reach {self.url}: {e}") from None
+            raise Unavailable(f"cannot reach {self.url}: {e}") from None
         try:
             body = response.json()
         except ValueError:
@@ -290,12 +279,6 @@ class HttpBackend:
 
     def close(self) -> None:
         self.http.close()
-
-
-def _unavailable() -> Any:
-    import grpc
-
-    return grpc.StatusCode.UNAVAILABLE
 
 
 def _prediction_from_json(body: dict[str, Any]) -> Prediction:

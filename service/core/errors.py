@@ -1,8 +1,10 @@
-"""Typed errors of the inference core; each front end maps them to its own status codes.
+"""Typed errors of the inference core and the one table of their wire statuses.
 
 Every error is a ``CoreError`` whose message says what was wrong and what to do, so a front end
 can pass ``str(error)`` to the client unchanged. ``kind`` is a stable short name for metrics
-labels and JSON error bodies. Suggested mappings (what the gRPC server does):
+labels and JSON error bodies; ``status`` is the outcome on every wire (a ``Status``: its name is
+the gRPC status code, its value the HTTP status), so a new error reaches gRPC, HTTP and the Open
+Inference Protocol by setting ``status`` here. The table, as the classes below set it:
 
 ============================  ==================  ====
 error                         gRPC                HTTP
@@ -13,17 +15,37 @@ ImageTooLarge                 RESOURCE_EXHAUSTED  413
 ModelNotFound                 NOT_FOUND           404
 Overloaded                    UNAVAILABLE         503 (+ Retry-After)
 ModelUnavailable              UNAVAILABLE         503
-DeviceUnavailable             (start-up only: refuse to start)
+DeviceUnavailable             INTERNAL            500 (start-up only: refuse to start)
 ============================  ==================  ====
 """
 
 from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class Status(enum.Enum):
+    """A request's outcome on the wire; the member name is the gRPC status code, the value the
+    HTTP status. Wire-free on purpose: the core names outcomes, each front end spells them."""
+
+    INVALID_ARGUMENT = 400
+    NOT_FOUND = 404
+    RESOURCE_EXHAUSTED = 413
+    INTERNAL = 500
+    UNIMPLEMENTED = 501
+    UNAVAILABLE = 503
+
+    @property
+    def http_status(self) -> int:
+        return self.value
 
 
 class CoreError(Exception):
     """Base class of every error the core raises on purpose."""
 
     kind = "error"
+    status: ClassVar[Status] = Status.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -34,36 +56,42 @@ class InvalidImage(CoreError):
     """The bytes are empty or not a decodable image."""
 
     kind = "invalid_image"
+    status = Status.INVALID_ARGUMENT
 
 
 class ImageTooLarge(CoreError):
     """The image is over the byte or pixel limit; the message names the limit and its flag."""
 
     kind = "image_too_large"
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class InvalidRequest(CoreError):
     """An option is out of range (e.g. top_k < 0) or a label is not one of the model's classes."""
 
     kind = "invalid_request"
+    status = Status.INVALID_ARGUMENT
 
 
 class ModelNotFound(CoreError):
     """No such model, or that version is not served."""
 
     kind = "model_not_found"
+    status = Status.NOT_FOUND
 
 
 class Overloaded(CoreError):
     """The bounded request queue is full; the client should retry later."""
 
     kind = "overloaded"
+    status = Status.UNAVAILABLE
 
 
 class ModelUnavailable(CoreError):
     """The model exists but cannot serve now (failed to load, or the core is stopping)."""
 
     kind = "model_unavailable"
+    status = Status.UNAVAILABLE
 
 
 class DeviceUnavailable(CoreError):

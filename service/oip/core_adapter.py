@@ -20,7 +20,6 @@ parameter ``classification: k`` returns k ``"score:index:label"`` strings per im
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 import struct
@@ -33,16 +32,11 @@ import numpy as np
 
 from service.core import (
     CoreError,
-    ImageTooLarge,
     InferenceCore,
-    InvalidImage,
-    InvalidRequest,
-    ModelNotFound,
-    ModelUnavailable,
-    Overloaded,
     PinnedModel,
     Prediction,
 )
+from service.core.errors import Status
 from service.core.stats import Duration, VersionStats
 
 log = logging.getLogger(__name__)
@@ -70,21 +64,6 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 DATATYPES = (*NUMPY_DTYPES, "BYTES")
 
 
-class Status(enum.Enum):
-    """Protocol outcome; the member name is the gRPC status code, the value the HTTP status."""
-
-    INVALID_ARGUMENT = 400
-    NOT_FOUND = 404
-    RESOURCE_EXHAUSTED = 413
-    INTERNAL = 500
-    UNIMPLEMENTED = 501
-    UNAVAILABLE = 503
-
-    @property
-    def http_status(self) -> int:
-        return self.value
-
-
 class OipError(Exception):
     """A request the protocol answers with an error; ``str()`` is safe to send to the client."""
 
@@ -94,22 +73,9 @@ class OipError(Exception):
         self.message = message
 
 
-# The core's typed errors -> protocol status (the table in service.core.errors).
-CORE_ERROR_STATUS: dict[type[CoreError], Status] = {
-    InvalidImage: Status.INVALID_ARGUMENT,
-    InvalidRequest: Status.INVALID_ARGUMENT,
-    ImageTooLarge: Status.RESOURCE_EXHAUSTED,
-    ModelNotFound: Status.NOT_FOUND,
-    Overloaded: Status.UNAVAILABLE,
-    ModelUnavailable: Status.UNAVAILABLE,
-}
-
-
 def from_core_error(error: CoreError, context: str = "") -> OipError:
     """The protocol error for a core error; ``context`` (e.g. "image 2 of 4") prefixes it."""
-    status = next((CORE_ERROR_STATUS[k] for k in type(error).__mro__ if k in CORE_ERROR_STATUS),
-                  Status.INTERNAL)
-    return OipError(status, f"{context}: {error}" if context else str(error))
+    return OipError(error.status, f"{context}: {error}" if context else str(error))
 
 
 def invalid(message: str) -> OipError:

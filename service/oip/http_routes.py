@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core import InferenceCore
+from service.core.errors import Status
 from service.oip.core_adapter import (
     CLASSIFICATION_PARAMETER,
     InferRequest,
@@ -46,7 +47,6 @@ from service.oip.core_adapter import (
     OipAdapter,
     OipError,
     RequestedOutput,
-    Status,
     Tensor,
     TensorSpec,
     bool_parameter,

@@ -28,10 +28,10 @@ from PIL import Image
 from triton_worker import decode_array, encode_array
 
 from service.core import CoreConfig, InferenceCore
+from service.core.errors import Status
 from service.grpc_server import GrpcConfig, GrpcServer
 from service.imaging import EvalSpec, TTASpec
 from service.model_repository import CARD_FILE, MODEL_FILE, ModelCard, sha256_file
-from service.oip.core_adapter import Status
 
 MODEL = "digits"
 CLASSES = ("zero", "one", "two", "three")
