@@ -52,6 +52,7 @@ from service.client import (
     read_image,
 )
 from service.core.errors import CoreError
+from service.core_options import add_core_options, core_config_from_args
 from service.evaluation_report import ClassMetrics, EvaluationReport
 
 log = logging.getLogger(__name__)
@@ -326,8 +327,6 @@ def open_backend(args: argparse.Namespace) -> Backend:
 
 def _local_core_config(args: argparse.Namespace) -> Any:
     """The core options as for a server; --model left unset means the core's own default."""
-    from service.cli import add_core_options, core_config_from_args
-
     if args.model is None:
         defaults = argparse.ArgumentParser(add_help=False)
         add_core_options(defaults)
@@ -436,8 +435,6 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
 def _common_without_model_default(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The server options (for local runs), with --model unset unless given: a remote server's
     own default model answers then, not the name this machine would default to."""
-    from service.cli import add_core_options
-
     parent = argparse.ArgumentParser(add_help=False)
     add_core_options(parent)
     parent.set_defaults(model=None, log_level="WARNING")

@@ -5,7 +5,8 @@ command-line arguments of ours; the environment is what they inherit. Every Core
 one variable, ``TTA_SERVE_`` + the field name in capitals (``models_dir`` ->
 ``TTA_SERVE_MODELS_DIR``, the variable the CLI already reads), so ``bentoml serve
 service.http_service:Classifier`` can also be configured by hand. Unset variables keep the
-CoreConfig defaults; the models folder defaults as in the CLI (``service.cli.default_models_dir``).
+CoreConfig defaults; the models folder defaults to ``default_models_dir()``, as for the CLI and
+``training export``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from typing import Any
 from service.core.config import CoreConfig, VersionPolicy
 
 PREFIX = "TTA_SERVE_"
+MODELS_DIR_ENV = PREFIX + "MODELS_DIR"
 LOG_LEVEL_ENV = PREFIX + "LOG_LEVEL"
+
+
+def default_models_dir() -> Path:
+    """$TTA_SERVE_MODELS_DIR, else the repository's models/ beside the package, else ./models."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return Path(os.environ[MODELS_DIR_ENV])
+    beside_package = Path(__file__).resolve().parents[1] / "models"
+    return beside_package if beside_package.is_dir() else Path("models")
 
 
 def _models(text: str) -> tuple[str, ...] | None:
@@ -59,8 +69,6 @@ def core_config_to_env(config: CoreConfig) -> dict[str, str]:
 
 def core_config_from_env(environ: Mapping[str, str] | None = None) -> CoreConfig:
     """The CoreConfig the variables describe; ValueError names a variable that does not parse."""
-    from service.cli import default_models_dir
-
     environ = os.environ if environ is None else environ
     defaults = CoreConfig(models_dir=Path("."))
     settings: dict[str, Any] = {}

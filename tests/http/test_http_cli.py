@@ -18,9 +18,9 @@ from service_testkit import FixtureModel, core_config
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.cli import default_models_dir, main
+from service.cli import main
 from service.core import CoreConfig, VersionPolicy
-from service.serve_env import core_config_from_env, core_config_to_env
+from service.serve_env import core_config_from_env, core_config_to_env, default_models_dir
 
 
 def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(

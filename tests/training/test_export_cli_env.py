@@ -1,5 +1,6 @@
-"""`training export --models-dir` defaults to $TTA_SERVE_MODELS_DIR (the Dockerfile's train target
-sets it to /models), else to ./models; an explicit --models-dir wins."""
+"""`training export --models-dir` defaults to the repository tta-serve serves: $TTA_SERVE_MODELS_DIR
+(the Dockerfile's train target sets it to /models), else the models/ beside the package, else
+./models (service.serve_env.default_models_dir, one function for both); --models-dir wins."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import service.cli
+import service.serve_env
 import training.export
 from training.cli import build_parser, main
-from training.commands import export as export_command
 
 
 def parse(argv: list[str]) -> Path:
@@ -18,11 +18,12 @@ def parse(argv: list[str]) -> Path:
 
 
 def test_models_dir_default_follows_the_environment(monkeypatch, tmp_path: Path):
-    assert export_command.MODELS_DIR_ENV == service.cli.MODELS_DIR_ENV
+    beside_package = Path(service.serve_env.__file__).resolve().parents[1] / "models"
+    served_by_default = beside_package if beside_package.is_dir() else Path("models")
     monkeypatch.delenv("TTA_SERVE_MODELS_DIR", raising=False)
-    assert parse([]) == Path("models")
+    assert parse([]) == served_by_default == service.serve_env.default_models_dir()
     monkeypatch.setenv("TTA_SERVE_MODELS_DIR", "")
-    assert parse([]) == Path("models")
+    assert parse([]) == served_by_default
     monkeypatch.setenv("TTA_SERVE_MODELS_DIR", str(tmp_path / "served"))
     assert parse([]) == tmp_path / "served"
     assert parse(["--models-dir", "elsewhere"]) == Path("elsewhere")

@@ -3,22 +3,17 @@
   training export runs/digits/best.pt --name digits [--version N] [--models-dir DIR] [--force]
                   [--data DIR | --random-inputs-only] [--fp16] [--int8]
 
---models-dir defaults to $TTA_SERVE_MODELS_DIR when it is set (the repository tta-serve serves;
-the Dockerfile's train target sets it to /models), else to models/ in the current directory.
+--models-dir defaults to the repository tta-serve serves (``service.serve_env.default_models_dir``):
+$TTA_SERVE_MODELS_DIR when it is set (the Dockerfile's train target sets it to /models), else the
+models/ folder beside the package when there is one, else models/ in the current directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-MODELS_DIR_ENV = "TTA_SERVE_MODELS_DIR"  # as service.cli.MODELS_DIR_ENV (not imported: fast help)
-
-
-def default_models_dir() -> Path:
-    """$TTA_SERVE_MODELS_DIR when set and not empty, else ./models."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or "models")
+from service.serve_env import MODELS_DIR_ENV, default_models_dir
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +25,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="version number (default: the next integer)")
     parser.add_argument("--models-dir", type=Path, default=default_models_dir(),
                         help=f"model repository root (default: ${MODELS_DIR_ENV} when set, else "
-                             "models; here: %(default)s)")
+                             "the repository's models/; here: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace the version if it already exists")
     parser.add_argument("--data", type=Path, default=None,
