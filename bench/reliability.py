@@ -143,17 +143,13 @@ class ServeProcess:
             return []
 
     def http_worker(self) -> psutil.Process:
-        """The BentoML worker process that serves the HTTP routes (it holds the HTTP core)."""
-        for p in self.processes():
-            with contextlib.suppress(psutil.Error):
-                if "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                    return p
-        raise RuntimeError(f"no BentoML worker under process {self.process.pid}")
+        """The process that serves the HTTP routes: ``tta-serve`` itself (one process serves
+        every front end over one core, ``service.runner``)."""
+        return psutil.Process(self.process.pid)
 
     def serving_rss_mb(self, protocol: str) -> float:
-        """RSS of the process serving ``protocol``: the gRPC server, or the BentoML worker."""
-        p = psutil.Process(self.process.pid) if protocol == "grpc" else self.http_worker()
-        return p.memory_info().rss / 2**20
+        """RSS of the process serving ``protocol`` (the same process for both)."""
+        return self.http_worker().memory_info().rss / 2**20
 
     def terminate(self, timeout_s: float = 60) -> int:
         if self.process.poll() is None:

@@ -4,6 +4,9 @@
     tta-serve grpc --models-dir models --port 50051 --device cpu --max-batch-size 16
     tta-serve http --port 3000                       # the BentoML HTTP service alone
 
+Each runs one process over one inference core, whichever front ends it serves
+(``service.runner``).
+
 Every sub-command shares the core options (``add_core_options`` -> ``core_config_from_args``).
 To add a front end, write ``_add_NAME(subparsers, common)`` that registers a sub-parser with
 ``parents=[common]`` and ``set_defaults(run=...)`` (a function ``args -> exit code``) and list
@@ -15,7 +18,6 @@ a one-line error and exit code 2.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -52,13 +54,13 @@ def _add_grpc_limits(p: argparse.ArgumentParser) -> None:
 
 
 def _run_grpc(args: argparse.Namespace) -> int:
-    from service.grpc_server import GrpcConfig, serve
+    from service.grpc_server import GrpcConfig
+    from service.runner import serve
 
     grpc_config = GrpcConfig(host=args.host, port=args.port,
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
-    asyncio.run(serve(core_config_from_args(args), grpc_config))
-    return 0
+    return serve(core_config_from_args(args), grpc_config, None)
 
 
 def _add_http(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -74,17 +76,17 @@ def _add_http(subparsers: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def _run_http(args: argparse.Namespace) -> int:
-    from service.runner import HttpConfig, serve_http
+    from service.http_server import HttpConfig
+    from service.runner import serve
 
-    serve_http(core_config_from_args(args), HttpConfig(host=args.host, port=args.port,
-                                                       grace_s=args.grace_s,
-                                                       log_level=args.log_level))
+    return serve(core_config_from_args(args), None,
+                 HttpConfig(host=args.host, port=args.port, grace_s=args.grace_s))
 
 
 def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("all", parents=[common], help="serve gRPC and HTTP together",
-                              description="Serve the gRPC API in this process and the HTTP API "
-                                          "in a child process; SIGTERM/SIGINT stops both.")
+                              description="Serve the gRPC and the HTTP API from one process over "
+                                          "one copy of each model; SIGTERM/SIGINT stops both.")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     p.add_argument("--grpc-port", "--port", dest="grpc_port", type=int, default=50051,
                    help="gRPC port; --port is kept from when plain tta-serve meant grpc "
@@ -99,14 +101,14 @@ def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def _run_all(args: argparse.Namespace) -> int:
     from service.grpc_server import GrpcConfig
-    from service.runner import HttpConfig, serve_all
+    from service.http_server import HttpConfig
+    from service.runner import serve
 
     grpc_config = GrpcConfig(host=args.host, port=args.grpc_port,
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
-    http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s,
-                             log_level=args.log_level)
-    return serve_all(core_config_from_args(args), grpc_config, http_config)
+    http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s)
+    return serve(core_config_from_args(args), grpc_config, http_config)
 
 
 # What plain `tta-serve [options]` runs (scripts/serve.sh).

@@ -1,7 +1,8 @@
 """The gRPC front end: ``tta_serve.v1.Classifier`` over the inference core.
 
 Shape of grpc's asyncio route_guide example: pure conversion helpers, a thin servicer that only
-parses, calls the core and maps its errors, then ``serve()``. Health checking
+parses, calls the core and maps its errors, then ``GrpcServer`` (the process that runs it, its
+signals and its core: ``service.runner``). Health checking
 (``grpc.health.v1``) and server reflection are enabled. Error mapping:
 
     InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND
@@ -21,10 +22,8 @@ over and answered or refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.core import (
-    CoreConfig,
     CoreError,
     InferenceCore,
     InvalidRequest,
@@ -414,59 +412,3 @@ class GrpcServer:
             log.warning("%d RPC(s) still in flight after the %.0f s grace period; cancelling "
                         "them", self.drain.in_flight, grace_s)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
-
-
-def startup_message(core: InferenceCore, host: str, port: int) -> str:
-    models = ", ".join(f"{m.name} v{m.version}" for m in core.list_models())
-    c = core.config
-    batching = (f"batches of up to {c.max_batch_size} images, {c.max_wait_ms:g} ms wait"
-                if c.batching else "batching off")
-    return (f"serving {models} on {core.provider} (version policy {c.version_policy}; "
-            f"{batching}); gRPC listening on {host}:{port}")
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
-    """SIGTERM/SIGINT set ``stop``; the function returned removes the handlers again, so that a
-    second signal ends the process at once."""
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
-
-    def restore() -> None:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-
-    return restore
-
-
-@contextlib.asynccontextmanager
-async def running(core_config: CoreConfig, grpc_config: GrpcConfig) -> AsyncIterator[GrpcServer]:
-    """A started core served by a started GrpcServer; leaving the block shuts both down
-    gracefully (in-flight RPCs get ``grace_s``, then the core drains and stops)."""
-    core = InferenceCore.create(core_config)
-    core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
-    try:
-        server = GrpcServer(core, grpc_config)
-        port = await server.start()
-        log.info(startup_message(core, grpc_config.host, port))
-        yield server
-        log.info("shutting down: finishing in-flight requests (grace %.0f s)",
-                 grpc_config.grace_s)
-        await server.stop()
-    finally:
-        await asyncio.to_thread(core.stop)
-    for name, numbers in core.stats.snapshot()["models"].items():
-        log.info("%s: forward passes by batch size (images): %s", name, numbers["batch_sizes"])
-
-
-async def serve(core_config: CoreConfig, grpc_config: GrpcConfig) -> None:
-    """Start the core and the server; run until SIGTERM/SIGINT, then shut down gracefully."""
-    stop = asyncio.Event()
-    restore_signals = stop_on_signals(stop)
-    async with running(core_config, grpc_config):
-        await stop.wait()
-        restore_signals()
-    log.info("stopped")

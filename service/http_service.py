@@ -1,7 +1,8 @@
 """The HTTP front end: a BentoML service over the inference core.
 
-Run it with ``tta-serve http`` (or ``bentoml serve service.http_service:Classifier``; the core
-is configured by ``TTA_SERVE_*`` environment variables, see ``service.serve_env``). Routes:
+Run it with ``tta-serve`` (beside gRPC) or ``tta-serve http`` (``service.http_server``), or
+with ``bentoml serve service.http_service:Classifier`` (the core is then configured by
+``TTA_SERVE_*`` environment variables, see ``service.serve_env``). Routes:
 
     POST /predict          one image: multipart ``image``, or JSON ``image_base64``
     POST /predict_batch    several images: multipart ``images``, or JSON ``images_base64``
@@ -25,16 +26,18 @@ at "/" (BentoML's mounts only take paths one of their routes matches, so they sh
 the service's own routes) and carry their own prefixes.
 
 Batching: the APIs are not ``batchable=True``. The core's dynamic batcher already gathers
-concurrent requests (those of this process: the HTTP routes and ``/v2``) into one forward pass
-and hands each its own rows; a BentoML batch on top would add a second wait, could not mix
-requests with different ``tta``/``top_k``/``model`` options (batchable APIs take one argument),
-and fails a whole batch when one input raises, where the core answers each image on its own.
+concurrent requests (those of this process: the HTTP routes, ``/v2`` and, under ``tta-serve``,
+gRPC) into one forward pass and hands each its own rows; a BentoML batch on top would add a
+second wait, could not mix requests with different ``tta``/``top_k``/``model`` options
+(batchable APIs take one argument), and fails a whole batch when one input raises, where the
+core answers each image on its own.
 
-One worker (``workers=1``): each worker would load its own core and models, and the core's
-counters, appended to /metrics by ``__metrics__``, are per process. Scale with replicas. The
-same holds across front ends: every serving process runs its own instance of the same core
-code, so under ``tta-serve all`` the gRPC server (main process) and this worker each load the
-models and batch their own requests (docs/deploy.md).
+The core: ``tta-serve`` serves this app in its own process (``service.http_server``) over the
+core its gRPC server uses, handed over by ``provide_core`` before the app starts: one copy of
+each model, one batcher per model fed by both wires, one /metrics and one statistics view.
+Under ``bentoml serve service.http_service:Classifier`` no core is provided, and the instance
+starts (and at shutdown stops) its own from the ``TTA_SERVE_*`` variables; then ``workers=1``,
+because each worker would load its own core and models (scale with replicas).
 """
 
 from __future__ import annotations
@@ -90,6 +93,27 @@ log = logging.getLogger(__name__)
 OptionalFile = Path
 OptionalFiles = list[Path]
 KEPT_EVALUATIONS = 32  # confusion PNGs kept in memory for GET /evaluations/{id}/confusion.png
+
+_provided_core: InferenceCore | None = None
+
+
+def provide_core(core: InferenceCore | None) -> None:
+    """The started core the next ``Classifier`` instance serves (and leaves running at its
+    shutdown: whoever started it stops it); None = each instance starts its own."""
+    global _provided_core
+    _provided_core = core
+
+
+@functools.cache
+def _requests_counter() -> Any:
+    """This front end's requests by endpoint, TTA use and outcome; one per process (an app
+    started twice in one process must not register it twice). prometheus_client's registry:
+    BentoML's /metrics reads it directly in one process, and under ``bentoml serve`` reads
+    every worker's multiprocess files, where a metric's values go whatever its registry."""
+    from prometheus_client import Counter
+
+    return Counter("tta_serve_http_requests", "HTTP API requests by endpoint, TTA use and "
+                   "outcome (ok or the error kind)", ["endpoint", "tta", "outcome"])
 
 
 def _counts_outcome(endpoint: str) -> Callable[..., Callable[..., Awaitable[Any]]]:
@@ -227,29 +251,31 @@ oip_routes = build_oip_app(lambda: bentoml.get_current_service().core)
 @bentoml.asgi_app(get_routes, path="/", name="get_routes")
 @bentoml.service(name="tta_serve", workers=1, traffic={"timeout": 600})
 class Classifier:
-    """Image classification with optional test-time augmentation (TTA), over this worker's core."""
+    """Image classification with optional test-time augmentation (TTA), over this process's core."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter
+        from prometheus_client import CollectorRegistry
 
-        logging.getLogger("service").setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
-        config = core_config_from_env()
-        self.core = InferenceCore.create(config).start()
-        # Created here, in the worker, so they land in BentoML's multiprocess metric files.
-        self.requests = Counter("tta_serve_http_requests",
-                                "HTTP API requests by endpoint, TTA use and outcome (ok or the "
-                                "error kind)", ["endpoint", "tta", "outcome"], registry=None)
+        self.owns_core = _provided_core is None
+        if self.owns_core:  # under bentoml serve: this worker's settings come by environment
+            logging.getLogger("service").setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+            self.core = InferenceCore.create(core_config_from_env()).start()
+        else:
+            self.core = _provided_core
+        self.requests = _requests_counter()
         self.core_metrics = CollectorRegistry(auto_describe=False)
         self.core_metrics.register(self.core.stats.prometheus_collector())
         self.evaluations: OrderedDict[str, bytes] = OrderedDict()
         models = ", ".join(f"{m.name} v{m.version}" for m in self.core.list_models())
-        log.info("HTTP service: serving %s from %s on %s", models, config.models_dir,
-                 self.core.provider)
+        log.info("HTTP service: serving %s from %s on %s", models,
+                 Path(self.core.config.models_dir).resolve(), self.core.provider)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Finish queued requests and release the model sessions."""
-        self.core.stop()
+        """Finish queued requests and release the model sessions, when this instance started
+        the core (a provided one is stopped by its owner, after the other front ends)."""
+        if self.owns_core:
+            self.core.stop()
 
     def __is_ready__(self) -> bool:
         """/readyz: 503 unless the default model is being served."""

@@ -1,16 +1,18 @@
-"""Process trees of ``tta-serve http`` and ``tta-serve all``: BentoML's server beside ours.
+"""The serving process: one event loop, one ``InferenceCore``, the front ends beside each other.
 
-``bentoml serve`` runs the HTTP service in a supervisor process (circus) with worker processes
-of its own; they get the core's settings through ``TTA_SERVE_*`` environment variables
-(``service.serve_env``). A worker that cannot start its core is restarted by the supervisor
-forever, so ``tta-serve http`` first starts (and stops) one core itself: a missing model or an
-impossible ``--device cuda`` ends the command with the core's one-line error, as for gRPC.
+``tta-serve`` (= ``tta-serve all``) serves gRPC (``service.grpc_server.GrpcServer``) and HTTP
+(``service.http_server.HttpServer``, the BentoML service's app on uvicorn) from this process
+over one core: one copy of each model, one batcher per model fed by both wires, one /metrics and
+one statistics view. ``tta-serve grpc`` / ``tta-serve http`` serve one of them the same way.
+Front ends own their wires; this module owns the process: the core's start (its errors -- no
+model, ``--device cuda`` without a GPU -- end the command before anything listens), the
+start-up line naming the ORT provider, signals, and the order of the shutdown.
 
-``tta-serve all``: this process serves gRPC (``service.grpc_server.GrpcServer``; its core fails
-fast on the same start-up errors) and runs ``bentoml serve`` as its child. SIGTERM/SIGINT stops
-both at once, each with the same grace for in-flight requests; the exit code is 0 when both
-stopped cleanly. If the HTTP service dies on its own, gRPC is stopped too and the exit code is 1,
-so a container supervisor sees one failed service, never half of one.
+SIGTERM/SIGINT: every front end drains at once (NOT_SERVING / 503 on /readyz, new requests
+refused with UNAVAILABLE / 503, those in flight get ``grace_s``), then the core finishes what
+is queued and stops. A second signal ends the process at once. Exit code 0 when a signal
+stopped it; 1 when a front end stopped on its own (the others are stopped too, so a container
+supervisor sees one failed service, never half of one).
 
 ``healthcheck``: the serving image's HEALTHCHECK; healthy when either front end answers, so an
 image run as ``tta-serve``, ``tta-serve grpc`` or ``tta-serve http`` is reported correctly.
@@ -20,120 +22,105 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Protocol
 
 from service.core import CoreConfig, InferenceCore
-from service.grpc_server import GrpcConfig, running, stop_on_signals
-from service.serve_env import LOG_LEVEL_ENV, core_config_to_env
+from service.grpc_server import GrpcConfig, GrpcServer
+from service.http_server import HttpConfig, HttpServer
 
 log = logging.getLogger(__name__)
 
-SERVICE = "service.http_service:Classifier"
 # What the HEALTHCHECK probes: the default ports of ``tta-serve grpc`` / ``tta-serve http``.
 HEALTH_GRPC_ADDRESS = "127.0.0.1:50051"
 HEALTH_HTTP_URL = "http://127.0.0.1:3000/readyz"
-# The folder holding the ``service`` package: bentoml serve imports SERVICE from there.
-WORKING_DIR = Path(__file__).resolve().parents[1]
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-@dataclass(frozen=True)
-class HttpConfig:
-    host: str = "0.0.0.0"
-    port: int = 3000
-    grace_s: float = 10.0  # on SIGTERM: time in-flight requests get to finish
-    log_level: str = "INFO"
+class FrontEnd(Protocol):
+    """What the runner needs of a front end (GrpcServer, HttpServer)."""
+
+    async def start(self) -> int: ...  # the bound port
+
+    async def stop(self) -> None: ...  # drain, then close
 
 
-def http_command(http: HttpConfig) -> list[str]:
-    """``bentoml serve`` of the HTTP service, run by this interpreter."""
-    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--working-dir", str(WORKING_DIR),
-            "--host", http.host, "--port", str(http.port),
-            "--timeout-graceful-shutdown", str(max(1, round(http.grace_s)))]
-
-
-def http_environment(core_config: CoreConfig, http: HttpConfig) -> dict[str, str]:
-    """This environment plus the core's settings; BentoML's usage tracking off unless asked."""
-    env = {**os.environ, **core_config_to_env(core_config), LOG_LEVEL_ENV: http.log_level}
-    env.setdefault("BENTOML_DO_NOT_TRACK", "True")  # a model server should not phone home
-    return env
-
-
-def check_core_starts(core_config: CoreConfig) -> None:
-    """Start and stop a core: raises the CoreError a BentoML worker would otherwise loop on."""
-    InferenceCore.create(core_config).start().stop()
-
-
-def serve_http(core_config: CoreConfig, http: HttpConfig) -> NoReturn:
-    """``tta-serve http``: check the core starts, then become ``bentoml serve``."""
-    check_core_starts(core_config)
-    command = http_command(http)
-    log.info("start-up check passed; starting the HTTP service: %s", " ".join(command))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, command, http_environment(core_config, http))
-
-
-def serve_all(core_config: CoreConfig, grpc_config: GrpcConfig, http: HttpConfig) -> int:
-    """``tta-serve all``: gRPC in this process, the HTTP service as a child, stopped together."""
-    return 0 if asyncio.run(_serve_all(core_config, grpc_config, http)) else 1
-
-
-async def _serve_all(core_config: CoreConfig, grpc_config: GrpcConfig, http: HttpConfig) -> bool:
-    """Serve until SIGTERM/SIGINT or until the HTTP service dies; whether both stopped cleanly.
-
-    ``grpc_server.serve`` plus the child: it is started first (BentoML imports for seconds while
-    the core loads here) and stopped while the gRPC server finishes its in-flight requests.
-    """
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop``; the function returned removes the handlers again, so that a
+    second signal ends the process at once."""
     loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+
+    def restore() -> None:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+def startup_message(core: InferenceCore, listening: dict[str, str]) -> str:
+    """``serving cifar10 v1 on CPUExecutionProvider (...); gRPC listening on HOST:PORT; ...``"""
+    models = ", ".join(f"{m.name} v{m.version}" for m in core.list_models())
+    c = core.config
+    batching = (f"batches of up to {c.max_batch_size} images, {c.max_wait_ms:g} ms wait"
+                if c.batching else "batching off")
+    wires = "; ".join(f"{wire} listening on {address}" for wire, address in listening.items())
+    return (f"serving {models} on {core.provider} (version policy {c.version_policy}; "
+            f"{batching}); {wires}")
+
+
+def serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
+          http_config: HttpConfig | None) -> int:
+    """Serve the front ends given until SIGTERM/SIGINT; the exit code (0 = stopped by a signal).
+
+    Start-up errors (CoreError, OSError for a port in use) propagate: the CLI prints them."""
+    return 0 if asyncio.run(_serve(core_config, grpc_config, http_config)) else 1
+
+
+async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
+                 http_config: HttpConfig | None) -> bool:
     stop = asyncio.Event()
     restore_signals = stop_on_signals(stop)
-    child = subprocess.Popen(http_command(http), env=http_environment(core_config, http))
-    child_exit = loop.run_in_executor(None, child.wait)
-    log.info("HTTP service starting in process %d, listening on %s:%d", child.pid, http.host,
-             http.port)
-    http_stopped: asyncio.Future[bool] | None = None
+    core = InferenceCore.create(core_config)
+    started: list[FrontEnd] = []
+    clean = False
     try:
-        async with running(core_config, grpc_config):
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({stopping, child_exit}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            restore_signals()  # a second signal ends the process at once
-            http_died = child_exit.done() and not stop.is_set()
-            if http_died:
-                log.error("the HTTP service exited on its own (code %s); stopping gRPC too",
-                          child.returncode)
-            # Stops the child while leaving the block stops the gRPC server.
-            http_stopped = asyncio.ensure_future(
-                asyncio.to_thread(_stop_child, child, http.grace_s + 15))
-        clean = await http_stopped and not http_died
+        core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
+        listening: dict[str, str] = {}
+        watched: set[asyncio.Future] = {asyncio.ensure_future(stop.wait())}
+        if grpc_config is not None:
+            grpc_server = GrpcServer(core, grpc_config)
+            listening["gRPC"] = f"{grpc_config.host}:{await grpc_server.start()}"
+            started.append(grpc_server)
+        if http_config is not None:
+            http_server = HttpServer(core, http_config)
+            listening["HTTP"] = f"{http_config.host}:{await http_server.start()}"
+            started.append(http_server)
+            watched.add(http_server.finished)
+        log.info(startup_message(core, listening))
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        restore_signals()  # a second signal ends the process at once
+        clean = stop.is_set()
+        if not clean:
+            log.error("the HTTP service stopped on its own; stopping the others too")
     finally:
-        if http_stopped is None and child.poll() is None:  # start-up failed: no child left
-            await asyncio.to_thread(_stop_child, child, http.grace_s + 15)
+        restore_signals()
+        if started:
+            grace = max(c.grace_s for c in (grpc_config, http_config) if c is not None)
+            log.info("shutting down: finishing in-flight requests (grace %.0f s)", grace)
+            outcomes = await asyncio.gather(*(front.stop() for front in started),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    log.error("a front end did not stop cleanly: %r", outcome)
+                    clean = False
+        await asyncio.to_thread(core.stop)
+    for name, numbers in core.stats.snapshot()["models"].items():
+        log.info("%s: forward passes by batch size (images): %s", name, numbers["batch_sizes"])
     log.info("stopped")
     return clean
-
-
-def _stop_child(child: subprocess.Popen, timeout_s: float) -> bool:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; whether it stopped cleanly."""
-    if child.poll() is not None:
-        return child.returncode == 0
-    log.info("stopping the HTTP service (process %d)", child.pid)
-    child.send_signal(signal.SIGTERM)
-    try:
-        code = child.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        log.error("the HTTP service did not stop within %.0f s; killing it", timeout_s)
-        child.kill()
-        child.wait()
-        return False
-    # -SIGTERM: it was still starting up (no handler of its own yet) when told to stop.
-    return code in (0, -signal.SIGTERM)
 
 
 def healthcheck(grpc_address: str = HEALTH_GRPC_ADDRESS, http_url: str = HEALTH_HTTP_URL,

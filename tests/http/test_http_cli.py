@@ -1,10 +1,11 @@
-"""`tta-serve` (= `tta-serve all`): both servers in one process tree, stopped together by SIGTERM;
-start-up refusals; the core's settings crossing into BentoML's worker by environment."""
+"""`tta-serve` (= `tta-serve all`): both servers in one process, stopped together by SIGTERM;
+start-up refusals; the core's settings crossing the environment (``bentoml serve`` by hand)."""
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(
 
         tree = [psutil.Process(server.process.pid),
                 *psutil.Process(server.process.pid).children(recursive=True)]
-        assert len(tree) >= 3, tree  # tta-serve, bentoml serve (supervisor), its worker
+        assert len(tree) == 1, tree  # one process serves both wires (test_one_process.py)
         started = time.monotonic()
         assert server.terminate(timeout_s=30) == 0, server.log
         assert time.monotonic() - started < 15
@@ -65,9 +66,8 @@ def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(
 
 def test_http_relative_models_dir_from_another_directory(digits_model: FixtureModel,
                                                         tmp_path: Path):
-    """``--models-dir`` relative to a directory that is not the repository: BentoML's worker runs
-    in its own working directory and must load the folder the user named (and the start-up check
-    loaded), not a path relative to its own directory."""
+    """``--models-dir`` relative to the directory ``tta-serve http`` starts in: the folder the user
+    named is served, and the log names it absolute."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     relative = os.path.relpath(digits_model.repo_root, elsewhere)
@@ -97,15 +97,29 @@ def test_http_refuses_to_start_without_a_model(tmp_path: Path, capsys):
     assert time.monotonic() - started < 30  # refused by the start-up check, not looping workers
 
 
-def test_all_refuses_to_start_and_leaves_no_child(tmp_path: Path):
+def test_all_refuses_to_start_and_listens_on_nothing(tmp_path: Path):
+    grpc_port, http_port = free_port(), free_port()
     server = ServerProcess(["all", "--models-dir", str(tmp_path / "empty"), "--host",
-                            "127.0.0.1", "--grpc-port", str(free_port()), "--http-port",
-                            str(free_port())], tmp_path)
+                            "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port",
+                            str(http_port)], tmp_path)
     assert server.process.wait(60) == 2, server.log
     assert "holds no model; export one there" in server.log
-    child = re.search(r"HTTP service starting in process (\d+)", server.log)
-    assert child, server.log
-    assert not psutil.pid_exists(int(child.group(1)))
+    assert "Traceback" not in server.log
+    assert "listening on" not in server.log  # the core's check ran before any port was bound
+
+
+def test_http_port_in_use_is_a_one_line_error(digits_model: FixtureModel, tmp_path: Path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        server = ServerProcess(["all", "--host", "127.0.0.1", "--grpc-port", str(free_port()),
+                                "--http-port", str(port),
+                                *cli_flags(core_config(digits_model.repo_root))], tmp_path)
+        assert server.process.wait(120) == 2, server.log
+    assert (f"tta-serve: error: cannot listen on 127.0.0.1:{port}; is the port in use? "
+            "(choose --http-port)") in server.log
+    assert "Traceback" not in server.log
 
 
 def test_core_config_crosses_the_environment(tmp_path: Path):
