@@ -35,7 +35,7 @@ DIGITS_RECIPE = ROOT / "recipes" / "digits.toml"
 class BenchModel:
     """A model repository with one model to benchmark, and where the model came from."""
 
-    key: str  # "digits" | "xresnet50" | "resnet18-32"
+    key: str  # "cifar10" | "digits" | "xresnet50" | "resnet18-32"
     models_dir: Path
     name: str
     version: int
@@ -179,8 +179,52 @@ def photo_jpegs(n: int = 32, side: int = 320) -> list[bytes]:
     return out
 
 
-def images_for(key: str, n: int | None = None) -> list[bytes]:
-    """Digits PNGs for the 32 px models, photo-sized JPEGs for the 224 px one."""
+HELDOUT_PHOTOS = ROOT / "tests" / "data" / "cifar10_heldout"
+PHONE_CACHE = RESULTS / "models" / "phone-jpegs"
+IMAGE_SETS = ("digits", "xresnet50", "resnet18-32", "cifar10", "phone")
+
+
+def cifar_jpegs(n: int = 256, photos: Path | None = None) -> list[bytes]:
+    """Real CIFAR-10 photos as their JPEG files: the 100 held-out test photos, or up to ``n``
+    files from ``photos`` (e.g. data/cifar10/train), taken round-robin over its class folders."""
+    folder = Path(photos) if photos else HELDOUT_PHOTOS
+    classes = sorted(p for p in folder.iterdir() if p.is_dir()) or [folder]
+    per_class = [sorted(c.glob("*.jp*g")) + sorted(c.glob("*.png")) for c in classes]
+    files: list[Path] = []
+    for row in range(max(len(f) for f in per_class)):
+        files += [f[row] for f in per_class if row < len(f)]
+        if len(files) >= n:
+            break
+    if not files:
+        raise FileNotFoundError(f"no JPEG/PNG photos under {folder}")
+    return [f.read_bytes() for f in files[:n]]
+
+
+def phone_jpegs(n: int = 4) -> list[bytes]:
+    """12 MP (4000x3000) phone-size JPEGs of ``n`` held-out photos (bench.imaging.phone_jpeg:
+    upscaled with sensor-like noise, ~4-5 MB each), written once to the git-ignored cache so
+    every load-client process sends the same files."""
+    from bench.imaging import phone_jpeg
+
+    PHONE_CACHE.mkdir(parents=True, exist_ok=True)
+    sources = sorted(HELDOUT_PHOTOS.glob("*/*.jpg"))[::25][:n]
+    out = []
+    for source in sources:
+        path = PHONE_CACHE / f"{source.parent.name}-{source.stem}.jpg"
+        if not path.exists():
+            path.write_bytes(phone_jpeg(source))
+        out.append(path.read_bytes())
+    return out
+
+
+def images_for(key: str, n: int | None = None, photos: Path | None = None) -> list[bytes]:
+    """The encoded images a benchmark sends: real CIFAR-10 JPEGs for cifar10 (``photos``: a
+    folder of them instead of the held-out set), 12 MP JPEGs for phone, photo-sized JPEGs for
+    the 224 px model, digits PNGs for the other 32 px models."""
+    if key == "cifar10":
+        return cifar_jpegs(n or 256, photos)
+    if key == "phone":
+        return phone_jpegs(n or 4)
     return photo_jpegs(n or 32) if key == "xresnet50" else digit_pngs(n or 256)
 
 
@@ -226,8 +270,18 @@ def _export_random(arch: str, size: int, resize_ratio: float, tta: Any, models_d
 
 
 def ensure_model(key: str) -> BenchModel:
-    """The benchmark model ``key`` ("digits", "xresnet50", "resnet18-32"), exported once."""
+    """The benchmark model ``key`` ("cifar10", "digits", "xresnet50", "resnet18-32"), exported
+    once (cifar10 is the bundled default model, models/cifar10)."""
     from service.imaging import TTASpec
+
+    if key == "cifar10":
+        version = _published(ROOT / "models", "cifar10")
+        if version is None:
+            raise FileNotFoundError("models/cifar10 is not published; it ships with the repository")
+        card = ModelRepository(ROOT / "models").resolve("cifar10", version).card
+        return BenchModel("cifar10", ROOT / "models", "cifar10", version, card.input_size,
+                          len(card.tta.views), f"models/cifar10/{version} (the bundled default "
+                          "model, trained on CIFAR-10's photos)")
 
     if key == "digits":
         version = _published(ROOT / "models", "digits")
@@ -261,4 +315,5 @@ def ensure_model(key: str) -> BenchModel:
         return BenchModel("resnet18-32", models_dir, name, 1, 32, len(tta.views),
                           "random-weight torchvision resnet18 at 32 px (the model of the "
                           "reference points in issue 7)")
-    raise ValueError(f"unknown benchmark model {key!r}; use digits, xresnet50 or resnet18-32")
+    raise ValueError(f"unknown benchmark model {key!r}; use cifar10, digits, xresnet50 or "
+                     "resnet18-32")

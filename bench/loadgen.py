@@ -10,20 +10,25 @@ co-located client costs, and it is the same for every server compared.
 gRPC: ``tta_serve.v1.Classifier/Predict`` over one grpc.aio channel (the plain grpcio peer speaks
 the same contract). HTTP: aiohttp, one connection per worker, the encoded image sent as a
 multipart file field (``--http-body multipart``) or as the raw request body (``raw``).
+Open Inference Protocol (ours and KServe's server): ``oip-grpc`` (ModelInfer, raw BYTES) and
+``oip-http`` (POST /v2/models/NAME/infer, binary extension or base64 JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import resource
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from bench.common import images_for, latency_ms
+from bench.common import IMAGE_SETS, images_for, latency_ms
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -44,6 +49,71 @@ async def _grpc_sender(target: str, tta: bool) -> tuple[Send, Callable[[], Await
             raise RuntimeError("empty response")
 
     return send, channel.close
+
+
+def _oip_grpc_request(model: str, image: bytes, tta: bool) -> Any:
+    from service._proto.inference import grpc_predict_v2_pb2 as oip
+
+    request = oip.ModelInferRequest(
+        model_name=model, inputs=[oip.ModelInferRequest.InferInputTensor(
+            name="image", datatype="BYTES", shape=[1])],
+        raw_input_contents=[struct.pack("<I", len(image)) + image])
+    if tta:
+        request.parameters["tta"].bool_param = True
+    return request
+
+
+async def _oip_grpc_sender(target: str, model: str,
+                           tta: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    """Open Inference Protocol over gRPC: ModelInfer, one BYTES element in raw_input_contents
+    (what tritonclient.grpc sends); the same message for every server that speaks it."""
+    import grpc
+
+    from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+
+    channel = grpc.aio.insecure_channel(target, options=[
+        ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+
+    async def send(image: bytes) -> None:
+        response = await stub.ModelInfer(_oip_grpc_request(model, image, tta), timeout=60)
+        if not response.outputs:
+            raise RuntimeError("empty response")
+
+    return send, channel.close
+
+
+async def _oip_http_sender(url: str, tta: bool, encoding: str,
+                           concurrency: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    """Open Inference Protocol over HTTP: POST .../infer with one BYTES element, in Triton's
+    binary tensor extension (``binary``: the raw file after the JSON header) or as a base64
+    string in the JSON body (``base64``: how KServe's REST decoder takes an image, since it
+    turns BYTES into UTF-8 text)."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=60))
+    parameters = {"tta": True} if tta else {}
+
+    async def send(image: bytes) -> None:
+        tensor: dict[str, Any] = {"name": "image", "shape": [1], "datatype": "BYTES"}
+        if encoding == "base64":
+            tensor["data"] = [base64.b64encode(image).decode("ascii")]
+            request = session.post(url, json={"inputs": [tensor], "parameters": parameters})
+        else:
+            element = struct.pack("<I", len(image)) + image
+            tensor["parameters"] = {"binary_data_size": len(element)}
+            header = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+            request = session.post(url, data=header + element, headers={
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(len(header))})
+        async with request as response:
+            payload = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+
+    return send, session.close
 
 
 async def _http_sender(url: str, tta: bool, body: str, field: str,
@@ -118,9 +188,14 @@ async def run_load(send: Send, images: list[bytes], *, concurrency: int, duratio
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    images = images_for(args.images)
+    images = images_for(args.images, photos=args.photos)
     if args.protocol == "grpc":
         send, close = await _grpc_sender(args.target, args.tta)
+    elif args.protocol == "oip-grpc":
+        send, close = await _oip_grpc_sender(args.target, args.oip_model, args.tta)
+    elif args.protocol == "oip-http":
+        send, close = await _oip_http_sender(args.target, args.tta, args.oip_http_bytes,
+                                             args.concurrency)
     else:
         send, close = await _http_sender(args.target, args.tta, args.http_body, args.http_field,
                                          args.concurrency)
@@ -133,11 +208,16 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
-    parser.add_argument("protocol", choices=["grpc", "http"])
-    parser.add_argument("target", help="host:port (gRPC) or the predict URL (HTTP)")
-    parser.add_argument("--images", choices=["digits", "xresnet50", "resnet18-32"],
-                        default="digits",
+    parser.add_argument("protocol", choices=["grpc", "http", "oip-grpc", "oip-http"])
+    parser.add_argument("target", help="host:port (gRPC) or the predict/infer URL (HTTP)")
+    parser.add_argument("--images", choices=IMAGE_SETS, default="digits",
                         help="which benchmark images to send (bench.common.images_for)")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="--images cifar10: a folder of class folders of photos instead "
+                             "of the 100 held-out ones")
+    parser.add_argument("--oip-model", default="cifar10", help="oip-grpc: the model name")
+    parser.add_argument("--oip-http-bytes", choices=["binary", "base64"], default="binary",
+                        help="oip-http: how the image travels (see _oip_http_sender)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

@@ -1,4 +1,4 @@
-"""Serving benchmark: our gRPC and HTTP servers against the raw runtime and two hand-written peers.
+"""Serving benchmark: our gRPC and HTTP servers against the raw runtime and three peers.
 
 In one run, on one machine, with one load client (bench.loadgen), for each model:
 
@@ -6,11 +6,20 @@ In one run, on one machine, with one load client (bench.loadgen), for each model
    with the core's session options and with ONNX Runtime's defaults, the best counted;
 2. the inference core alone, in-process (decode + preprocess + dynamic batcher + infer);
 3. servers under closed-loop load at concurrency 1, 8, 32: ours over gRPC and HTTP (batching on
-   and off, single view and TTA), the plain grpcio peer and the plain BentoML peer -- images/s,
+   and off, single view and TTA), the plain grpcio, plain BentoML and KServe peers -- images/s,
    p50/p95/p99 latency and the peak RSS of the server's process tree.
 
-    .venv/bin/python -m bench.serving                      # digits and xresnet50 (~8 minutes)
-    .venv/bin/python -m bench.serving --models digits --quick
+    .venv/bin/python -m bench.serving --key-comparison 3   # the goals, interleaved (~12 min)
+    .venv/bin/python -m bench.serving --key-comparison 1 --quick --models cifar10  # ~3 min
+    .venv/bin/python -m bench.serving                      # every table (~15 minutes)
+    .venv/bin/python -m bench.serving --models cifar10 --quick --photos data/cifar10/train
+
+Models: cifar10 (the bundled default, real CIFAR-10 JPEGs; 12 MP phone JPEGs for the 12 MP
+goal) and a random-weight xresnet50 at 224 px (photo-sized JPEGs). Peers beside ours: raw
+ONNX Runtime (+ the decode time), the plain grpcio and plain BentoML servers (bench/peers), and
+KServe's Python model server (bench/peers/kserve_model.py, in its own venv made by
+bench/peers/kserve_setup.sh on first use; ``--no-kserve`` leaves it out). Ours and KServe are
+also measured over the Open Inference Protocol on both wires.
 
 Prints markdown tables and a targets table, writes bench/results/serving-*.json.
 """
@@ -144,12 +153,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Wire:
+    """One way into a server: what the load client speaks and where."""
+
+    label: str  # e.g. "ours OIP gRPC"
+    protocol: str  # grpc | http | oip-grpc | oip-http (bench.loadgen)
+    target: str  # host:port or URL
+    http_field: str = "image"
+    oip_http_bytes: str = "binary"
+    oip_model: str = ""
+
+
 @dataclass
 class ServerSpec:
     """How to start one server and what load to put on it."""
 
     name: str  # e.g. "ours gRPC"
-    protocol: str  # grpc | http
+    protocol: str  # grpc | http | oip-grpc | oip-http
     command: list[str]
     env: dict[str, str]
     target: str  # host:port or URL
@@ -157,11 +178,29 @@ class ServerSpec:
     runs: list[tuple[bool, int]]  # (tta, concurrency)
     http_field: str = "image"
     log: Path = field(default_factory=Path)
+    oip_model: str = ""
+    oip_http_bytes: str = "binary"
+    extra_wires: list[Wire] = field(default_factory=list)  # same process, other protocols
+
+    @property
+    def wires(self) -> list[Wire]:
+        return [Wire(self.name, self.protocol, self.target, self.http_field,
+                     self.oip_http_bytes, self.oip_model), *self.extra_wires]
 
 
 def _ready(spec: ServerSpec, image: bytes) -> bool:
     """One real prediction answered: the server is up, its model loaded and warm."""
     try:
+        if spec.protocol == "oip-grpc":
+            import grpc
+
+            from bench.loadgen import _oip_grpc_request
+            from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+
+            with grpc.insecure_channel(spec.target) as channel:
+                oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                    _oip_grpc_request(spec.oip_model, image, False), timeout=30)
+            return True
         if spec.protocol == "grpc":
             import grpc
 
@@ -249,13 +288,17 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
     def ours(protocol: str, batch: int, runs: list[tuple[bool, int]]) -> ServerSpec:
         port = free_port()
         label = "on" if batch > 1 else "off"
-        target = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/predict"
-        return ServerSpec(f"ours {'gRPC' if protocol == 'grpc' else 'HTTP'} (batching {label})",
+        grpc_wire = protocol == "grpc"
+        target = f"127.0.0.1:{port}" if grpc_wire else f"http://127.0.0.1:{port}/predict"
+        oip = (Wire("ours OIP gRPC", "oip-grpc", target, oip_model=model.name) if grpc_wire else
+               Wire("ours OIP HTTP", "oip-http",
+                    f"http://127.0.0.1:{port}/v2/models/{model.name}/infer"))
+        return ServerSpec(f"ours {'gRPC' if grpc_wire else 'HTTP'} (batching {label})",
                           protocol,
                           [PY, "-m", "service.cli", protocol, *core_flags, "--host", "127.0.0.1",
                            "--port", str(port), "--max-batch-size", str(batch)], {}, target,
                           f"core, up to {batch} req/pass" if batch > 1 else "off", runs,
-                          log=logs / f"ours-{protocol}-b{batch}.log")
+                          log=logs / f"ours-{protocol}-b{batch}.log", extra_wires=[oip])
 
     plain_grpc_port, plain_bento_port = free_port(), free_port()
     tta_runs = [(True, 1), (True, 8)] if big else [(True, c) for c in all_c]
@@ -278,21 +321,65 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
                    f"http://127.0.0.1:{plain_bento_port}/predict",
                    "BentoML adaptive (max 32)", [(False, 1), (False, 32)] if big else single,
                    http_field="images", log=logs / "plain-bentoml.log"),
+        kserve_spec(model, version_dir, [(False, 1), (False, 32)] if big else single, logs),
     ]
     return [s for s in specs if s is not None]
 
 
-def run_loadgen(spec: ServerSpec, model: BenchModel, tta: bool, concurrency: int,
-                d: Durations) -> dict[str, Any]:
-    command = [PY, "-m", "bench.loadgen", spec.protocol, spec.target, "--images", model.key,
-               "--concurrency", str(concurrency), "--duration", str(d.measure_s),
-               "--warmup", str(d.warmup_s), "--http-field", spec.http_field]
+KSERVE_SETUP = ROOT / "bench" / "peers" / "kserve_setup.sh"
+
+
+def kserve_python() -> str | None:
+    """The KServe venv's python (made by bench/peers/kserve_setup.sh on first use), or None
+    when it cannot be made here (then the KServe rows say why)."""
+    out = subprocess.run(["bash", str(KSERVE_SETUP)], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"  KServe peer unavailable: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    return out.stdout.strip().splitlines()[-1]
+
+
+def kserve_spec(model: BenchModel, version_dir: str, runs: list[tuple[bool, int]],
+                logs: Path) -> ServerSpec | None:
+    """KServe's Python model server with bench/peers/kserve_model.py: OIP gRPC and REST."""
+    if NO_KSERVE or (python := kserve_python()) is None:
+        return None
+    grpc_port, http_port = free_port(), free_port()
+    return ServerSpec(
+        "KServe peer", "oip-grpc",
+        [python, "bench/peers/kserve_model.py", "--model_dir", version_dir, "--model_name",
+         model.name, "--http_port", str(http_port), "--grpc_port", str(grpc_port),
+         "--enable_latency_logging", "false", "--configure_logging", "false"],
+        {"PYTHONPATH": str(ROOT)}, f"127.0.0.1:{grpc_port}", "none (1 image per call)", runs,
+        log=logs / "kserve.log", oip_model=model.name,
+        extra_wires=[Wire("KServe peer REST", "oip-http",
+                          f"http://127.0.0.1:{http_port}/v2/models/{model.name}/infer",
+                          oip_http_bytes="base64")])
+
+
+NO_KSERVE = False  # set by --no-kserve
+
+
+PHOTOS: list[str] = []  # --photos DIR, passed on to the load client
+
+
+def run_loadgen(spec: ServerSpec | Wire, model: BenchModel, tta: bool, concurrency: int,
+                d: Durations, images: str | None = None) -> dict[str, Any]:
+    """One closed-loop run of bench.loadgen (its own process) on one wire of a server."""
+    wire = spec.wires[0] if isinstance(spec, ServerSpec) else spec
+    command = [PY, "-m", "bench.loadgen", wire.protocol, wire.target,
+               "--images", images or model.key, "--concurrency", str(concurrency),
+               "--duration", str(d.measure_s), "--warmup", str(d.warmup_s),
+               "--http-field", wire.http_field, "--oip-model", wire.oip_model or model.name,
+               "--oip-http-bytes", wire.oip_http_bytes]
+    if PHOTOS:
+        command += ["--photos", PHOTOS[0]]
     if tta:
         command.append("--tta")
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                          timeout=d.warmup_s + d.measure_s + 120)
     if out.returncode != 0:
-        raise RuntimeError(f"load client failed on {spec.name}: {out.stderr[-2000:]}")
+        raise RuntimeError(f"load client failed on {wire.label}: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -326,16 +413,75 @@ def bench_servers(model: BenchModel, d: Durations, quick: bool,
 # ----------------------------------------------------------------------------- key comparison
 
 
+def decode_ms(model: BenchModel, images: list[bytes]) -> float:
+    """p50 of one image's decode + evaluation view + model input on one thread: what a server
+    adds to raw ORT for an encoded image (service.imaging, at the model's decode side)."""
+    from service.imaging import decode_image, decode_side, eval_view, to_model_input
+    from service.model_repository import ModelRepository
+
+    card = ModelRepository(model.models_dir).resolve(model.name, model.version).card
+    side = decode_side(card.eval_spec, card.tta)
+    i = iter(range(10**9))
+
+    def one() -> None:
+        data = images[next(i) % len(images)]
+        to_model_input(eval_view(decode_image(data, min_side=side), card.eval_spec))
+
+    times = timed_loop(one, min_seconds=0.5, min_iters=max(5, min(len(images), 50)), warmup=2)
+    return float(np.median(times)) * 1000.0
+
+
+# Which servers the interleaved comparison starts, per model: everything on the real model;
+# only our gRPC server (against raw ORT) on the 224 px one.
+KEY_SERVERS = ("ours gRPC (batching on)", "ours HTTP (batching on)", "plain grpcio peer",
+               "plain BentoML peer", "KServe peer")
+
+
+def _key_round(model: BenchModel, running: list[RunningServer], d: Durations,
+               big: bool, r: int) -> dict[str, Any]:
+    """One round: raw ORT (+ decode), then every wire of every server at c=32 and c=1."""
+    raw = bench_raw_ort(model, quick=True)
+    best = max(raw, key=lambda x: x["throughput"])
+    row: dict[str, Any] = {
+        "round": r + 1, "load_avg_1": round(os.getloadavg()[0], 2),
+        "raw_best": best["throughput"], "raw_best_is": f"{best['runtime']}, batch "
+        f"{best['batch']}", "raw_b1_p50_ms": min(x["p50_ms"] for x in raw if x["batch"] == 1),
+        "raw_bk_p50_ms": min(x["p50_ms"] for x in raw if x["batch"] == model.tta_views)}
+    if not big:
+        row["decode_p50_ms"] = decode_ms(model, images_for(model.key, photos=_photos()))
+        row["decode_12mp_p50_ms"] = decode_ms(model, images_for("phone"))
+    for server in running:
+        for wire in server.spec.wires:
+            for concurrency in ((32,) if big else (32, 1)):
+                result = run_loadgen(wire, model, False, concurrency, d)
+                row[f"{wire.label} c={concurrency}"] = result["throughput"]
+                row[f"{wire.label} c={concurrency} p50"] = result["p50_ms"]
+                row[f"{wire.label} c={concurrency} p99"] = result["p99_ms"]
+                row[f"{wire.label} c={concurrency} errors"] = result["errors"]
+        if server.spec.name == "ours gRPC (batching on)" and not big:
+            row["ours gRPC TTA c=1 p50"] = run_loadgen(server.spec, model, True, 1, d)["p50_ms"]
+            row["ours gRPC 12 MP c=1 p50"] = run_loadgen(
+                server.spec, model, False, 1, Durations(2.0, d.measure_s), "phone")["p50_ms"]
+    print(f"  round {r + 1} (load {row['load_avg_1']}): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in row.items()
+        if isinstance(v, float) and k.endswith("c=32")), file=sys.stderr, flush=True)
+    return row
+
+
+def _photos() -> Path | None:
+    return Path(PHOTOS[0]) if PHOTOS else None
+
+
 def bench_key_comparison(model: BenchModel, rounds: int, quick: bool,
                          only: set[str] | None = None) -> dict[str, Any]:
-    """The target comparisons, interleaved: every server runs at once (idle unless loaded) and
-    each round measures raw ORT, then each server at concurrency 32 and 1, back to back. On a
-    CPU shared with other work, round-by-round ratios are far steadier than figures taken
-    minutes apart; the medians over rounds are reported."""
+    """The goals' comparisons, interleaved: every server runs at once (idle unless loaded) and
+    each round measures raw ORT, then each server's wires at concurrency 32 and 1, back to
+    back. On a CPU shared with other work, round-by-round ratios are far steadier than figures
+    taken minutes apart; the medians over rounds are reported."""
     d = durations(model, quick)
+    big = model.key == "xresnet50"
     image = images_for(model.key, 1)[0]
-    wanted = ("ours gRPC (batching on)", "ours HTTP (batching on)", "plain grpcio peer",
-              "plain BentoML peer")
+    wanted = KEY_SERVERS[:1] if big else KEY_SERVERS
     specs = [s for s in server_specs(model, quick) if s.name in wanted
              and (not only or any(o in s.name for o in only))]
     running: list[RunningServer] = []
@@ -344,62 +490,65 @@ def bench_key_comparison(model: BenchModel, rounds: int, quick: bool,
         for spec in specs:
             print(f"  starting {spec.name} ...", file=sys.stderr, flush=True)
             running.append(RunningServer(spec, image))
+        rss = {server.spec.name: server.rss_bytes() / 2**20 for server in running}
         for r in range(rounds):
-            raw = bench_raw_ort(model, quick=True)
-            best = max(raw, key=lambda x: x["throughput"])
-            row: dict[str, Any] = {"round": r + 1, "raw_best": best["throughput"],
-                                   "raw_best_is": f"{best['runtime']}, batch {best['batch']}",
-                                   "raw_b1_p99_ms": min(x["p99_ms"] for x in raw
-                                                        if x["batch"] == 1),
-                                   "raw_bk_p50_ms": min(x["p50_ms"] for x in raw
-                                                        if x["batch"] == model.tta_views)}
-            for server in running:
-                for concurrency in (32, 1):
-                    server.reset_peak()
-                    result = run_loadgen(server.spec, model, False, concurrency, d)
-                    row[f"{server.spec.name} c={concurrency}"] = result["throughput"]
-                    row[f"{server.spec.name} c={concurrency} p99"] = result["p99_ms"]
-                    row[f"{server.spec.name} c={concurrency} errors"] = result["errors"]
-                if server.spec.name == "ours gRPC (batching on)":
-                    result = run_loadgen(server.spec, model, True, 1, d)
-                    row["ours gRPC TTA c=1 p50"] = result["p50_ms"]
-            print(f"  round {r + 1}: " + ", ".join(
-                f"{k} {v:.0f}" for k, v in row.items()
-                if isinstance(v, float) and k.endswith("c=32")), file=sys.stderr, flush=True)
-            per_round.append(row)
+            per_round.append(_key_round(model, running, d, big, r))
     finally:
         for server in running:
             server.stop()
+    return {"rounds": per_round, "durations": d.__dict__, "idle_rss_mb": rss,
+            "median": key_summary(model, per_round)}
 
+
+def key_summary(model: BenchModel, per_round: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians over rounds of each figure, and of each round's ratio (never a ratio of
+    medians): the goals of issue 18 first."""
     def med(key: str) -> float | None:
-        if key not in per_round[0]:
-            return None
-        return float(np.median([r[key] for r in per_round]))
+        values = [r[key] for r in per_round if key in r]
+        return float(np.median(values)) if values else None
 
     def ratio(a: str, b: str) -> float | None:
-        if a not in per_round[0] or b not in per_round[0]:
-            return None
-        return float(np.median([r[a] / r[b] for r in per_round]))
+        values = [r[a] / r[b] for r in per_round if a in r and b in r and r[b]]
+        return float(np.median(values)) if values else None
+
+    def gap(a: str, *bs: str) -> float | None:
+        values = [r[a] - sum(r[b] for b in bs) for r in per_round
+                  if a in r and all(b in r for b in bs)]
+        return float(np.median(values)) if values else None
 
     g, h = "ours gRPC (batching on)", "ours HTTP (batching on)"
-    pg, pb = "plain grpcio peer", "plain BentoML peer"
+    k = model.tta_views
     summary = {
+        "load average (1 min) at the rounds": med("load_avg_1"),
         "raw ORT best images/s": med("raw_best"),
-        f"{g} c=32 images/s": med(f"{g} c=32"), f"{pg} c=32 images/s": med(f"{pg} c=32"),
-        f"{h} c=32 images/s": med(f"{h} c=32"), f"{pb} c=32 images/s": med(f"{pb} c=32"),
+        "raw ORT batch-1 p50 ms": med("raw_b1_p50_ms"),
+        "decode + preprocess p50 ms (1 thread)": med("decode_p50_ms"),
+        "GOAL gRPC c=32 / plain grpcio c=32 (>= 2)": ratio(f"{g} c=32", "plain grpcio peer c=32"),
+        "GOAL gRPC c=32 / KServe gRPC c=32 (>= 2)": ratio(f"{g} c=32", "KServe peer c=32"),
+        "GOAL HTTP c=32 / plain BentoML c=32 (>= 1.5)": ratio(f"{h} c=32",
+                                                             "plain BentoML peer c=32"),
+        "GOAL gRPC c=1 p50 - (raw ORT batch-1 + decode) ms (<= 1)": gap(
+            f"{g} c=1 p50", "raw_b1_p50_ms", "decode_p50_ms"),
+        "GOAL 12 MP gRPC c=1 p50 ms (<= 30)": med("ours gRPC 12 MP c=1 p50"),
+        "12 MP decode + preprocess p50 ms (1 thread)": med("decode_12mp_p50_ms"),
+        "GOAL gRPC c=32 / raw ORT best (>= 0.95, 224 px model)": (
+            ratio(f"{g} c=32", "raw_best") if model.key == "xresnet50" else None),
         "gRPC c=32 / raw ORT best": ratio(f"{g} c=32", "raw_best"),
-        "gRPC c=32 / plain grpcio c=32": ratio(f"{g} c=32", f"{pg} c=32"),
-        "HTTP c=32 / plain BentoML c=32": ratio(f"{h} c=32", f"{pb} c=32"),
-        "gRPC c=1 p99 ms": med(f"{g} c=1 p99"), "raw ORT batch-1 p99 ms": med("raw_b1_p99_ms"),
-        f"{pg} c=1 p99 ms": med(f"{pg} c=1 p99"),
-        "plain BentoML c=32 errors (load shed, 503)": med(f"{pb} c=32 errors"),
-        f"gRPC TTA ({model.tta_views} views) c=1 p50 ms": med("ours gRPC TTA c=1 p50"),
-        f"raw ORT batch-{model.tta_views} p50 ms": med("raw_bk_p50_ms"),
-        f"gRPC TTA c=1 / raw ORT batch-{model.tta_views}": ratio("ours gRPC TTA c=1 p50",
-                                                                  "raw_bk_p50_ms"),
+        "ours OIP gRPC c=32 / KServe gRPC c=32 (same wire)": ratio("ours OIP gRPC c=32",
+                                                                   "KServe peer c=32"),
+        "ours OIP HTTP c=32 / KServe REST c=32": ratio("ours OIP HTTP c=32",
+                                                       "KServe peer REST c=32"),
+        f"gRPC TTA ({k} views) c=1 p50 ms": med("ours gRPC TTA c=1 p50"),
+        f"raw ORT batch-{k} p50 ms": med("raw_bk_p50_ms"),
     }
-    return {"rounds": per_round, "durations": d.__dict__,
-            "median": {k: v for k, v in summary.items() if v is not None}}
+    labels = sorted({key.rsplit(" c=", 1)[0] for r in per_round for key in r
+                     if " c=32" in key or " c=1" in key} - {"ours gRPC TTA", "ours gRPC 12 MP"})
+    for label in labels:
+        for c in (32, 1):
+            summary[f"{label} c={c} images/s"] = med(f"{label} c={c}")
+            summary[f"{label} c={c} p50 ms"] = med(f"{label} c={c} p50")
+            summary[f"{label} c={c} errors"] = med(f"{label} c={c} errors")
+    return {key: value for key, value in summary.items() if value is not None}
 
 
 # ----------------------------------------------------------------------------- targets
@@ -505,8 +654,13 @@ def _stage(label: str) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["digits", "xresnet50"],
-                        choices=["digits", "xresnet50", "resnet18-32"])
+    parser.add_argument("--models", nargs="+", default=["cifar10", "xresnet50"],
+                        choices=["cifar10", "digits", "xresnet50", "resnet18-32"])
+    parser.add_argument("--photos", default=None, metavar="DIR",
+                        help="cifar10's inputs: class folders of photos (e.g. "
+                             "data/cifar10/train) instead of the 100 held-out ones")
+    parser.add_argument("--no-kserve", action="store_true",
+                        help="leave out the KServe peer (its venv is made on first use)")
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer variants")
     parser.add_argument("--key-comparison", type=int, default=0, metavar="ROUNDS",
                         help="only the interleaved target comparison, ROUNDS rounds")
@@ -516,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None,
                         help="servers whose name contains one of these (e.g. gRPC peer)")
     args = parser.parse_args(argv)
+    global NO_KSERVE
+    NO_KSERVE = args.no_kserve
+    if args.photos:
+        PHOTOS.append(str(Path(args.photos).resolve()))
     if args.warmup_s is not None:
         MEASURE_OVERRIDE["warmup_s"] = args.warmup_s
     if args.measure_s is not None:
@@ -536,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"### {key}: medians over {args.key_comparison} interleaved rounds\n")
             print(markdown_table([{"figure": k, "value": v} for k, v in r["median"].items()],
                                  [("figure", "figure", ""), ("value", "value", ",.2f")]))
+            print("\nidle RSS MB: " + ", ".join(f"{k} {v:.0f}"
+                                                for k, v in r["idle_rss_mb"].items()))
             print()
         print(f"JSON: {path.relative_to(ROOT)}")
         return 0
