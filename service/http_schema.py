@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import inspect
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -21,8 +20,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, Field
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service.core import (
@@ -50,81 +47,6 @@ def error_response(error: CoreError) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse({"error": str(error), "kind": error.kind}, status_code=status,
                         headers=headers)
-
-
-# ---- multipart limits
-
-# The form parser's limits (Starlette's ``Request.form``, as BentoML calls it: defaults). Past
-# them the parser raises and BentoML answers 500; ``FormPartCounter`` finds such requests first.
-_FORM_DEFAULTS = inspect.signature(Request.form).parameters
-MAX_FORM_FILES = int(_FORM_DEFAULTS["max_files"].default)
-MAX_FORM_FIELDS = int(_FORM_DEFAULTS["max_fields"].default)
-TOO_MANY_PARTS_KIND = "too_many_parts"
-
-
-class FormPartCounter:
-    """Counts the files and the other fields of a multipart body as it streams past.
-
-    The same rule as Starlette's parser: a part whose Content-Disposition has a ``filename`` is a
-    file, any other part a field. ``exceeded`` turns True at the first part over a limit. A body
-    this parser cannot read is left to the application's parser to report (``broken``).
-    """
-
-    def __init__(self, boundary: bytes, max_files: int = MAX_FORM_FILES,
-                 max_fields: int = MAX_FORM_FIELDS) -> None:
-        self.max_files, self.max_fields = max_files, max_fields
-        self.files = self.fields = 0
-        self.broken = False
-        self._header = b""
-        self._value = b""
-        self._disposition = b""
-        self._parser = MultipartParser(boundary, {
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-        })
-
-    @property
-    def exceeded(self) -> bool:
-        return self.files > self.max_files or self.fields > self.max_fields
-
-    def feed(self, chunk: bytes) -> None:
-        if self.broken or self.exceeded or not chunk:
-            return
-        try:
-            self._parser.write(chunk)
-        except Exception:  # malformed multipart: the application's parser says what is wrong
-            self.broken = True
-
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header += data[start:end]
-
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _on_header_end(self) -> None:
-        if self._header.lower() == b"content-disposition":
-            self._disposition = self._value
-        self._header = self._value = b""
-
-    def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._disposition)
-        if b"filename" in options:
-            self.files += 1
-        else:
-            self.fields += 1
-        self._disposition = b""
-
-
-def too_many_parts_response(counter: FormPartCounter) -> JSONResponse:
-    """413 for a multipart request over the form parser's limits; says how to send it instead."""
-    return JSONResponse({
-        "error": f"a multipart request carries at most {counter.max_files} files and "
-                 f"{counter.max_fields} other fields; this one has more. Send a labelled set "
-                 "this large to POST /evaluate as one zip 'archive' of class folders "
-                 "(CLASS/image.png), and split larger /predict_batch requests",
-        "kind": TOO_MANY_PARTS_KIND}, status_code=413)
 
 
 # ---- request parts -> bytes for the core

@@ -15,9 +15,10 @@ with ``bentoml serve service.http_service:Classifier`` (the core is then configu
                            (``service.oip.http_routes``; see docs/oip.md)
 
 Like the gRPC servicer, each route only parses, calls the core and maps the core's typed errors
-(``service.http_schema.STATUS_CODES``: 400 bad image or option, 413 too large, 404 unknown
-model, 503 overloaded). A multipart body with more files or fields than the form parser takes
-(1000 each) gets 413 from the ``FormLimits`` middleware, where BentoML would answer 500.
+(each carries its status, ``service.core.errors``: 400 bad image or option, 413 too large, 404
+unknown model, 503 overloaded). A multipart body with more files or fields than the form parser
+takes (1000 each) gets 413 from the ``FormLimits`` middleware (``service.http_form_limits``),
+where BentoML would answer 500.
 
 The GET routes are a small Starlette app mounted on the service, because BentoML's own API
 routes are POST-only; they delegate to methods of the service instance. The ``/v2`` app is
@@ -42,7 +43,6 @@ because each worker would load its own core and models (scale with replicas).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -54,19 +54,17 @@ from typing import Any
 
 import bentoml
 from pydantic import BaseModel
-from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
+from service.http_form_limits import FormLimits
 from service.http_hardening import DRAIN, HttpDrain, install
 from service.http_schema import (
     BatchResponse,
     EvaluationResponse,
-    FormPartCounter,
     ListModelsResponse,
     PredictResponse,
     archive_items,
@@ -79,7 +77,6 @@ from service.http_schema import (
     prediction_body,
     provider_body,
     several_images,
-    too_many_parts_response,
 )
 from service.oip.http_routes import build_app as build_oip_app
 from service.serve_env import LOG_LEVEL_ENV, core_config_from_env
@@ -141,85 +138,9 @@ def _json(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-class TooManyFormParts(Exception):
-    """What the application reads in place of a multipart body over the form parser's limits."""
-
-
-class _QuietTooManyFormParts(logging.Filter):
-    """Drops BentoML's traceback of the request ``FormLimits`` answers (it logs one line)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], TooManyFormParts))
-
-
-# BentoML logs an API's exception there (bentoml._internal.server.http_app.log_exception).
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietTooManyFormParts())
 # BentoML 1.4 / uvicorn corrections (memory held per request, URL fetching and 500s on client
 # mistakes, a traceback per 400, connections reset on SIGTERM): see service.http_hardening.
 install()
-
-
-class FormLimits:
-    """ASGI middleware: a multipart request over the form parser's limits gets 413, not 500.
-
-    Starlette's form parser takes at most ``MAX_FORM_FILES`` files and ``MAX_FORM_FIELDS`` other
-    fields and raises past them, which BentoML answers with a 500. This counts the parts as the
-    body streams to the application (``FormPartCounter``; no copy). At the first part over a
-    limit it reads and drops the rest of the body (the client is still uploading), ends the
-    application's read with ``TooManyFormParts``, drops the application's answer and sends the
-    413, which says to send large labelled sets as a zip.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        counter = _form_part_counter(scope)
-        if counter is None:
-            await self.app(scope, receive, send)
-            return
-        answered = False  # the application's response started before any limit was passed
-
-        async def counted_receive() -> Message:
-            if counter.exceeded and not answered:
-                raise TooManyFormParts("request body over the form limits")
-            message = await receive()
-            if message["type"] == "http.request":
-                counter.feed(message.get("body", b""))
-                if counter.exceeded and not answered:
-                    more = message.get("more_body", False)
-                    while more:  # drain, so the client gets to read the 413
-                        message = await receive()
-                        more = message["type"] == "http.request" and message.get("more_body")
-                    raise TooManyFormParts("request body over the form limits")
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal answered
-            if counter.exceeded and not answered:
-                return  # the 413 below replaces it
-            answered = True
-            await send(message)
-
-        with contextlib.suppress(TooManyFormParts):  # the application let it through
-            await self.app(scope, counted_receive, guarded_send)
-        if counter.exceeded and not answered:
-            log.warning("%s %s: refused a multipart body of more than %d files or %d fields "
-                        "(413)", scope.get("method"), scope.get("path"), counter.max_files,
-                        counter.max_fields)
-            await too_many_parts_response(counter)(scope, receive, send)
-
-
-def _form_part_counter(scope: Scope) -> FormPartCounter | None:
-    """A counter for a multipart/form-data HTTP request; None for any other."""
-    if scope["type"] != "http":
-        return None
-    content_type = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), b"")
-    media_type, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if media_type != b"multipart/form-data" or not boundary:
-        return None
-    return FormPartCounter(boundary)
 
 
 async def _models_route(request: Request) -> Response:
@@ -235,16 +156,16 @@ async def _confusion_route(request: Request) -> Response:
     return bentoml.get_current_service().confusion_png(request.path_params["evaluation_id"])
 
 
+# The Open Inference Protocol's /v2 routes; the app carries its /v2 prefix (GET /v2 resolves).
+oip_routes = build_oip_app(lambda: bentoml.get_current_service().core)
+
 get_routes = Starlette(routes=[
     Route("/models", _models_route, methods=["GET"]),
     Route("/models/{name}", _model_route, methods=["GET"]),
     Route("/evaluations/{evaluation_id}/confusion.png", _confusion_route, methods=["GET"]),
-    *web_routes(),  # /ui (service.web)
+    # /ui, / and /docs.json (service.web); the service's API spec exists once the class does
+    *web_routes(lambda: Classifier.openapi_spec.asdict(), oip_routes),
 ])
-
-
-# The Open Inference Protocol's /v2 routes; the app carries its /v2 prefix (GET /v2 resolves).
-oip_routes = build_oip_app(lambda: bentoml.get_current_service().core)
 
 
 @bentoml.asgi_app(oip_routes, path="/", name="oip_v2")
