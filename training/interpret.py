@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.evaluation_report import EvaluationReport, build_report, confusion_png, save_report
+from service.evaluation_report import build_report, confusion_png, save_report
 from service.imaging import EvalSpec, decode_image, eval_view
 from training.data import Items
 from training.evaluate import Predictions
@@ -90,7 +90,3 @@ def top_losses_figure(preds: Predictions, items: Items, classes: list[str], *,
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return fig
 
-
-def report_for(preds: Predictions, classes: list[str], *, tta: bool = False) -> EvaluationReport:
-    probs = preds.tta_probs if tta else preds.probs
-    return build_report(preds.targets, probs.argmax(1), classes)
