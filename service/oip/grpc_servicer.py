@@ -22,11 +22,10 @@ import grpc
 from service._proto.inference import grpc_predict_v2_pb2 as pb
 from service._proto.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.core import InferenceCore
-from service.oip.core_adapter import (
-    CLASSIFICATION_PARAMETER,
+from service.oip.core_adapter import CLASSIFICATION_PARAMETER, OipAdapter
+from service.oip.messages import (
     InferRequest,
     InferResponse,
-    OipAdapter,
     OipError,
     RequestedOutput,
     Tensor,

@@ -1,6 +1,7 @@
 """The Open Inference Protocol's ``/v2`` HTTP routes as an ASGI (Starlette) app over the core.
 
-Thin: JSON (+ the binary tensor data extension) <-> ``service.oip.core_adapter`` and OipError ->
+Thin: JSON (+ the binary tensor data extension) <-> ``service.oip.messages`` for
+``service.oip.core_adapter``, and OipError ->
 HTTP status with a ``{"error": message}`` body, which is what ``tritonclient.http`` reads.
 
 Routes (the app carries the ``/v2`` prefix itself, so ``GET /v2`` -- server metadata -- works
@@ -39,12 +40,11 @@ from starlette.routing import Route
 
 from service.core import InferenceCore
 from service.core.errors import Status
-from service.oip.core_adapter import (
-    CLASSIFICATION_PARAMETER,
+from service.oip.core_adapter import CLASSIFICATION_PARAMETER, OipAdapter
+from service.oip.messages import (
     InferRequest,
     InferResponse,
     ModelMetadata,
-    OipAdapter,
     OipError,
     RequestedOutput,
     Tensor,
