@@ -2,11 +2,9 @@
 
 ``ModelRegistry`` keeps one loaded version per model (the version policy picks which: the newest
 valid one, or a pinned number) and rescans the model repository every ``poll_interval_s``.
-A version is served only after it passed, in this order: the repository's checks (files, sha256,
-model.json, class count), an ONNX Runtime session on the chosen provider, input/output names and
-shapes as model.json records, and a smoke forward pass whose outputs must be finite
-probabilities. A version that fails is refused with one log line and the old one stays in
-service; it is tried again only when its files change.
+A version is served only after it passed the checks of ``service.core.loading`` (repository,
+session, input/output contract, a smoke forward pass). A version that fails is refused with one
+log line and the old one stays in service; it is tried again only when its files change.
 
 Requests *lease* a version (``acquire``/``release``) for their whole life, so a swap never
 pulls a model from under a request: the retired version's batcher finishes what it has and
@@ -22,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from service.core.batcher import DynamicBatcher
 from service.core.config import CoreConfig
 from service.core.errors import DeviceUnavailable, ModelNotFound, ModelUnavailable
-from service.core.runtime import ProviderInfo, create_session
+from service.core.loading import ModelLoadError, open_version
+from service.core.runtime import ProviderInfo
 from service.core.stats import CoreStats
 from service.imaging import EvalSpec, TTASpec
 from service.model_repository import (
@@ -35,17 +32,11 @@ from service.model_repository import (
     MODEL_FILE,
     ModelCard,
     ModelRepository,
-    ModelRepositoryError,
-    sha256_file,
 )
 
 log = logging.getLogger(__name__)
 
 Fingerprint = tuple[tuple[int, int, int], ...]
-
-
-class ModelLoadError(Exception):
-    """A version cannot be served; the message says why (internal: logged, never sent)."""
 
 
 @dataclass(frozen=True)
@@ -109,52 +100,6 @@ class LoadedModel:
 
     def close(self, wait: bool = False) -> None:
         self.batcher.close(wait=wait, timeout=30)
-
-
-def _check_io(session: Any, card: ModelCard) -> None:
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    names_in, names_out = [i.name for i in inputs], [o.name for o in outputs]
-    if card.input_name not in names_in:
-        raise ModelLoadError(f"the graph's inputs are {names_in}; model.json names "
-                             f"{card.input_name!r}")
-    if card.output_name not in names_out:
-        raise ModelLoadError(f"the graph's outputs are {names_out}; model.json names "
-                             f"{card.output_name!r}")
-    shape = next(i.shape for i in inputs if i.name == card.input_name)
-    expected = [None, 3, card.input_size, card.input_size]
-    if len(shape) != 4 or any(
-        isinstance(dim, int) and want is not None and dim != want
-        for dim, want in zip(shape, expected, strict=True)
-    ):
-        raise ModelLoadError(f"input {card.input_name!r} has shape {shape}; the contract is "
-                             f"[batch, 3, {card.input_size}, {card.input_size}] (NCHW)")
-
-
-def _dynamically_quantized(onnx_path: Path) -> bool:
-    """Whether the graph quantises activations per call (onnxruntime's quantize_dynamic)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
-
-
-def _smoke_test(session: Any, card: ModelCard) -> None:
-    """Two rows through the graph: a dynamic batch and softmax probabilities, as contracted."""
-    size = card.input_size
-    x = np.stack([np.zeros((3, size, size), np.float32),
-                  np.linspace(0, 1, 3 * size * size, dtype=np.float32).reshape(3, size, size)])
-    try:
-        (out,) = session.run([card.output_name], {card.input_name: x})
-    except Exception as e:
-        raise ModelLoadError(f"a forward pass of 2 test images failed: {e}") from e
-    n_classes = len(card.classes)
-    if out.shape != (2, n_classes):
-        raise ModelLoadError(f"a batch of 2 gave output shape {out.shape}, expected (2, "
-                             f"{n_classes}); is the batch dimension dynamic?")
-    if not np.all(np.isfinite(out)) or out.min() < -1e-4 or \
-            not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
-        raise ModelLoadError(f"outputs are not probabilities (row sums {out.sum(axis=1)}); the "
-                             "contract puts the softmax inside the graph")
 
 
 class ModelRegistry:
@@ -407,73 +352,13 @@ class ModelRegistry:
         return f"{loaded.name} v{old.version} -> v{loaded.version}"
 
     def _load(self, name: str, version: int, fp: Fingerprint | None) -> LoadedModel:
-        try:
-            resolved = self.repository.resolve(name, version)
-        except ModelRepositoryError as e:
-            raise ModelLoadError(str(e)) from e
-        card = resolved.card
-        if card.name != name or card.version != version:
-            log.warning("%s: model.json says %s v%d; serving it as %s v%d (the folder)",
-                        resolved.path, card.name, card.version, name, version)
-        variant, onnx_path = self._variant(name, version, resolved.path, card)
-        try:
-            session, provider = create_session(onnx_path, self.plan,
-                                               intra_op_threads=self.config.intra_op_threads)
-        except DeviceUnavailable:
-            raise
-        except Exception as e:
-            raise ModelLoadError(f"onnxruntime cannot load {onnx_path}: {e}") from e
-        _check_io(session, card)
-        _smoke_test(session, card)
-        if provider.name != self.plan.name:
-            log.warning("%s v%d runs on %s, not %s: %s", name, version, provider.name,
-                        self.plan.name, provider.reason)
-        feed_name, output_name = card.input_name, card.output_name
-        # A dynamically quantised graph (export --int8) scales activations by the whole batch's
-        # range, so an image's answer would depend on its batch-mates: run its rows one by one.
-        per_row = variant is not None and _dynamically_quantized(onnx_path)
-
-        def run(x: np.ndarray) -> np.ndarray:
-            if per_row and len(x) > 1:
-                return np.concatenate([session.run([output_name], {feed_name: x[i:i + 1]})[0]
-                                       for i in range(len(x))])
-            return session.run([output_name], {feed_name: x})[0]
-
-        batcher = DynamicBatcher(run, name=f"{name}-v{version}",
+        version_files, graph = open_version(self.repository, name, version, self.config,
+                                            self.plan)
+        batcher = DynamicBatcher(graph.run, name=f"{name}-v{version}",
                                  max_batch_size=self.config.max_batch_size,
                                  max_wait_ms=self.config.max_wait_ms,
                                  stats=self.stats, stats_key=name, stats_version=version,
                                  in_flight=self._in_flight).start()
-        return LoadedModel(name=name, version=version, path=resolved.path, card=card,
-                           provider=provider, batcher=batcher, fingerprint=fp,
-                           _session=session, variant=variant)
-
-    def _variant(self, name: str, version: int, folder: Path,
-                 card: ModelCard) -> tuple[str | None, Path]:
-        """The variant to serve (``--variant``) and its file, checked against model.json.
-
-        A variant asked for by name (NAME=KIND) that the version lacks refuses the version; one
-        asked for every model (KIND) falls back to model.onnx with a warning.
-        """
-        kind, required = self.config.variant_for(name)
-        if kind is None:
-            return None, folder / MODEL_FILE
-        recorded = (card.variants or {}).get(kind)
-        if not recorded or not recorded.get("file"):
-            have = sorted(card.variants or {}) or "none"
-            if required:
-                raise ModelLoadError(f"{name} v{version} has no {kind} variant (model.json "
-                                     f"variants: {have}); export one with training export "
-                                     f"--{kind}, or serve it without --variant")
-            log.warning("%s v%d has no %s variant (variants: %s); serving %s", name, version,
-                        kind, have, MODEL_FILE)
-            return None, folder / MODEL_FILE
-        path = folder / recorded["file"]
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: the {kind} variant model.json records is missing")
-        if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
-            raise ModelLoadError(f"{path}: sha256 differs from model.json variants.{kind}.sha256;"
-                                 " the file was changed after export")
-        log.info("%s v%d: serving the %s variant %s (accuracy %s at export)", name, version,
-                 kind, recorded["file"], recorded.get("accuracy"))
-        return kind, path
+        return LoadedModel(name=name, version=version, path=version_files.path,
+                           card=version_files.card, provider=graph.provider, batcher=batcher,
+                           fingerprint=fp, _session=graph.session, variant=graph.variant)
