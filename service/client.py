@@ -18,6 +18,10 @@ by its gRPC status (``InvalidArgument``, ``TooLarge``, ``NotFound``, ``Unavailab
 the server's message; ``predict_many`` puts such an error in the failed image's place instead,
 and keeps going. Only UNAVAILABLE (the server overloaded, starting or restarting) is retried,
 with exponential backoff: any other status would fail the same way again.
+
+The results (``service.client_results``), the exceptions (``service.client_errors``) and the file
+helpers (``service.image_files``) live in modules of their own, which ``tta-serve predict``
+shares; ``__all__`` below is this module's public API, as README shows it.
 """
 
 from __future__ import annotations
@@ -27,18 +31,35 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-import numpy as np
-from google.protobuf import json_format
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.core.errors import Status
-from service.evaluation_report import ClassMetrics, EvaluationReport, classification_text
+from service.client_errors import (
+    ClientError,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+    UnreadableImage,
+    error_for_number,
+    error_from_rpc,
+)
+from service.client_results import (
+    ClassScore,
+    Evaluation,
+    ExecutionProvider,
+    ModelInfo,
+    Prediction,
+    evaluation_from_proto,
+    model_info_from_proto,
+    prediction_from_proto,
+)
+from service.image_files import ImageInput, image_files, labelled_files, read_image
 
 __all__ = [
     "ClassScore",
@@ -58,253 +79,9 @@ __all__ = [
     "labelled_files",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # the server's default; an evaluation PNG fits easily
 
-ImageInput = str | Path | bytes
 T = TypeVar("T")
-
-
-# ---- errors
-
-
-class ClientError(Exception):
-    """Base of every error this client raises or returns in an image's place."""
-
-    code = "unknown"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class UnreadableImage(ClientError):
-    """The image file could not be read here; it was never sent."""
-
-    code = "unreadable"
-
-
-class ServiceError(ClientError):
-    """The server refused the request; ``message`` is the server's own explanation."""
-
-    code = "internal"
-    status: ClassVar[Status | None] = None  # the wire status this class stands for
-
-
-class InvalidArgument(ServiceError):
-    """Not a decodable image, a bad option, or a label that is not one of the model's classes."""
-
-    code = "invalid_argument"
-    status = Status.INVALID_ARGUMENT
-
-
-class TooLarge(ServiceError):
-    """The image is over the server's byte or pixel limit."""
-
-    code = "resource_exhausted"
-    status = Status.RESOURCE_EXHAUSTED
-
-
-class NotFound(ServiceError):
-    """No such model, or that version is not served."""
-
-    code = "not_found"
-    status = Status.NOT_FOUND
-
-
-class Unavailable(ServiceError):
-    """Overloaded, still starting, or unreachable; already retried with backoff."""
-
-    code = "unavailable"
-    status = Status.UNAVAILABLE
-
-
-# The server's error table (service.core.errors.Status) read backwards: one class per status.
-_ERRORS: dict[Status, type[ServiceError]] = {
-    kind.status: kind for kind in (InvalidArgument, TooLarge, NotFound, Unavailable)}
-_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def error_for(code: grpc.StatusCode | Status, message: str) -> ServiceError:
-    """The exception for a gRPC status; other codes (INTERNAL, DEADLINE_EXCEEDED ...) name it."""
-    status = code if isinstance(code, Status) else Status.__members__.get(code.name)
-    kind = _ERRORS.get(status) if status is not None else None
-    if kind is None:
-        return ServiceError(f"{code.name}: {message}")
-    return kind(message)
-
-
-def error_for_http(status: int, message: str) -> ServiceError:
-    """The exception for an HTTP status; other statuses are ``UNKNOWN: message``."""
-    kind = next((k for s, k in _ERRORS.items() if s.http_status == status), None)
-    if kind is None:
-        return ServiceError(f"UNKNOWN: {message}")
-    return kind(message)
-
-
-def _from_rpc_error(error: grpc.RpcError) -> ServiceError:
-    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
-    details = error.details() if callable(getattr(error, "details", None)) else str(error)
-    return error_for(code, details or code.name)
-
-
-# ---- results
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    index: int  # in the model's class list
-    probability: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's answer: top-k classes (most probable first) and which model gave it."""
-
-    classes: tuple[ClassScore, ...]
-    model: str
-    model_version: int
-    tta: bool
-    tta_views: int  # views combined (1 without TTA)
-
-    @property
-    def label(self) -> str:
-        return self.classes[0].label
-
-    @property
-    def probability(self) -> float:
-        return self.classes[0].probability
-
-
-@dataclass(frozen=True)
-class ExecutionProvider:
-    name: str  # e.g. CUDAExecutionProvider
-    device: str  # cpu | cuda
-    requested: str  # auto | cpu | cuda
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A served model version, as ListModels / GetModel describe it."""
-
-    name: str
-    version: int
-    repository_versions: tuple[int, ...]
-    classes: tuple[str, ...]
-    input_size: int
-    tta_views: tuple[str, ...]
-    tta_combine: str
-    tta_beta: float | None
-    metrics: dict[str, Any]  # recorded at export: accuracy, tta_accuracy, variants' ...
-    is_default: bool
-    created_at: str
-    provider: ExecutionProvider
-    variant: str | None = None  # the reduced-precision variant served; None = model.onnx
-    variants: dict[str, Any] = field(default_factory=dict)  # per kind: accuracy, file, bytes ...
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One evaluation: the report (the same class training and the servers use) and its PNG."""
-
-    model: str
-    model_version: int
-    tta: bool
-    report: EvaluationReport
-    confusion_png: bytes
-
-    @property
-    def accuracy(self) -> float:
-        return self.report.accuracy
-
-    @property
-    def n(self) -> int:
-        return self.report.n
-
-    def text(self) -> str:
-        """Precision/recall/F1 per class, accuracy and most-confused pairs, fixed width."""
-        return classification_text(self.report)
-
-
-def _prediction(message: pb.PredictResponse) -> Prediction:
-    return Prediction(
-        classes=tuple(ClassScore(c.label, c.index, c.probability) for c in message.classes),
-        model=message.model, model_version=message.model_version, tta=message.tta,
-        tta_views=message.tta_views)
-
-
-def _model_info(message: pb.ModelInfo) -> ModelInfo:
-    p = message.provider
-    return ModelInfo(
-        name=message.name, version=message.version,
-        repository_versions=tuple(message.repository_versions),
-        classes=tuple(message.classes), input_size=message.input_size,
-        tta_views=tuple(message.tta_views), tta_combine=message.tta_combine,
-        tta_beta=message.tta_beta if message.HasField("tta_beta") else None,
-        metrics=json_format.MessageToDict(message.metrics),
-        is_default=message.is_default, created_at=message.created_at,
-        provider=ExecutionProvider(p.name, p.device, p.requested),
-        variant=message.variant or None, variants=json_format.MessageToDict(message.variants))
-
-
-def _evaluation(message: pb.EvaluateResponse) -> Evaluation:
-    classes = list(message.confusion.classes)
-    k = len(classes)
-    confusion = np.asarray(message.confusion.counts, dtype=np.int64).reshape(k, k)
-    report = EvaluationReport(
-        classes=classes, confusion=confusion, accuracy=message.accuracy, n=message.n,
-        per_class=[ClassMetrics(m.name, m.precision, m.recall, m.f1, m.support)
-                   for m in message.per_class],
-        most_confused=[(p.actual, p.predicted, p.count) for p in message.most_confused])
-    return Evaluation(model=message.model, model_version=message.model_version, tta=message.tta,
-                      report=report, confusion_png=message.confusion_png)
-
-
-# ---- local files
-
-
-def read_image(image: ImageInput) -> bytes:
-    """The encoded bytes of a path (or the bytes themselves); UnreadableImage names the file."""
-    if isinstance(image, bytes | bytearray | memoryview):
-        return bytes(image)
-    try:
-        return Path(image).read_bytes()
-    except OSError as e:
-        raise UnreadableImage(f"cannot read {image}: {e.strerror or e}") from e
-
-
-def image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files as given, and every image file under each folder (recursively, sorted, no hidden).
-
-    A named file is yielded whatever its suffix (so a bad one is reported, not skipped); inside
-    folders only image suffixes count, so a README beside the images is not an error.
-    """
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = (p for p in path.rglob("*") if p.is_file()
-                     and p.suffix.lower() in IMAGE_SUFFIXES
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            yield from sorted(found)
-        else:
-            yield path
-
-
-def labelled_files(root: str | Path) -> list[tuple[Path, str]]:
-    """(path, class) for every image in ``root/CLASS/...`` (the ImageFolder layout), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder of class folders (FOLDER/CLASS/image)")
-    items = [(path, folder.name)
-             for folder in sorted(p for p in root.iterdir()
-                                  if p.is_dir() and not p.name.startswith("."))
-             for path in image_files([folder])]
-    if not items:
-        raise FileNotFoundError(f"{root} holds no images in class folders (FOLDER/CLASS/image)")
-    return items
-
-
-# ---- the client
 
 
 def grpc_target(url: str) -> str:
@@ -353,7 +130,7 @@ class Client:
         """Classify one image (a path or encoded bytes); top_k 0 = the server's default (5)."""
         request = pb.PredictRequest(image=read_image(image), tta=tta, top_k=top_k, model=model,
                                     version=version)
-        return _prediction(self._unary(self._stub.Predict, request))
+        return prediction_from_proto(self._unary(self._stub.Predict, request))
 
     def predict_many(self, images: Iterable[ImageInput], *, tta: bool = False, top_k: int = 0,
                      model: str = "", version: int = 0,
@@ -388,17 +165,17 @@ class Client:
 
         # An evaluation can take minutes: no deadline of its own, beyond a generous one per image.
         timeout = self.timeout_s + 0.5 * len(items)
-        return _evaluation(self._retrying(lambda: self._stub.Evaluate(requests(),
+        return evaluation_from_proto(self._retrying(lambda: self._stub.Evaluate(requests(),
                                                                       timeout=timeout)))
 
     def models(self) -> list[ModelInfo]:
         """Every served model (its served version), the default model first."""
         reply = self._unary(self._stub.ListModels, pb.ListModelsRequest())
-        return [_model_info(m) for m in reply.models]
+        return [model_info_from_proto(m) for m in reply.models]
 
     def model(self, name: str = "", version: int = 0) -> ModelInfo:
         """One served model version; "" = the default model, 0 = its served version."""
-        return _model_info(self._unary(self._stub.GetModel,
+        return model_info_from_proto(self._unary(self._stub.GetModel,
                                        pb.GetModelRequest(name=name, version=version)))
 
     # ---- retries
@@ -412,7 +189,7 @@ class Client:
             try:
                 return call()
             except grpc.RpcError as e:
-                error = _from_rpc_error(e)
+                error = error_from_rpc(e)
                 if not isinstance(error, Unavailable) or attempt >= self.retries:
                     raise error from None
                 self._sleep(attempt)
@@ -482,10 +259,9 @@ class _PredictStream:
         with self.lock:
             data = self.pending.pop(index, b"")
         if response.status.code == 0:
-            result: Prediction | ClientError = _prediction(response)
+            result: Prediction | ClientError = prediction_from_proto(response)
         else:
-            code = _BY_NUMBER.get(response.status.code, grpc.StatusCode.UNKNOWN)
-            result = error_for(code, response.status.message)
+            result = error_for_number(response.status.code, response.status.message)
             if isinstance(result, Unavailable):  # overloaded: this image alone, with backoff
                 try:
                     result = self.client.predict(data, **self.options)
@@ -518,7 +294,7 @@ class _PredictStream:
                     yield from self._ready()
                 break
             except grpc.RpcError as e:
-                error = _from_rpc_error(e)
+                error = error_from_rpc(e)
                 cancelled.set()
                 for _ in range(self.window):  # unblock gRPC's request thread, if it waits
                     slots.release()
