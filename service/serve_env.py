@@ -1,10 +1,11 @@
-"""CoreConfig <-> environment variables: how the CLI's settings reach a BentoML worker.
+"""CoreConfig <-> environment variables: settings for the HTTP service under ``bentoml serve``.
 
-``bentoml serve`` starts the HTTP service in worker processes of its own, which take no
-command-line arguments of ours; the environment is what they inherit. Every CoreConfig field has
-one variable, ``TTA_SERVE_`` + the field name in capitals (``models_dir`` ->
-``TTA_SERVE_MODELS_DIR``, the variable the CLI already reads), so ``bentoml serve
-service.http_service:Classifier`` can also be configured by hand. Unset variables keep the
+``tta-serve`` serves the HTTP service in its own process over its own core (``service.runner``).
+Run by hand with ``bentoml serve``, the service starts in worker processes of BentoML's, which
+take no command-line arguments of ours; the environment is what they inherit. Every CoreConfig
+field has one variable, ``TTA_SERVE_`` + the field name in capitals (``models_dir`` ->
+``TTA_SERVE_MODELS_DIR``, the variable the CLI also reads), so ``bentoml serve
+service.http_service:Classifier`` can be configured by hand. Unset variables keep the
 CoreConfig defaults; the models folder defaults to ``default_models_dir()``, as for the CLI and
 ``training export``.
 """
@@ -54,7 +55,7 @@ def core_config_to_env(config: CoreConfig) -> dict[str, str]:
 
     ``models_dir`` is made absolute here, against this process's working directory: BentoML's
     workers run in another one (``--working-dir``), where a relative path would name another
-    folder than the one the start-up check (``service.runner.check_core_starts``) loaded.
+    folder than the one meant here.
     """
     env = {}
     for f in dataclasses.fields(config):
