@@ -3,9 +3,13 @@ start-up refusals; the core's settings crossing the environment (``bentoml serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from http_testkit import ServerProcess, cli_flags, free_port
 from service_testkit import FixtureModel, core_config
 
+import service
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.cli import main
@@ -137,3 +142,45 @@ def test_core_config_crosses_the_environment(tmp_path: Path):
     assert core_config_from_env({}).models_dir == default_models_dir()
     with pytest.raises(ValueError, match="TTA_SERVE_MAX_BATCH_SIZE='many'"):
         core_config_from_env({"TTA_SERVE_MAX_BATCH_SIZE": "many"})
+
+
+def test_bentoml_serve_by_hand_starts_and_stops_its_own_core(digits_model: FixtureModel,
+                                                            tmp_path: Path):
+    """``bentoml serve service.http_service:Classifier`` (the service run by hand, configured by
+    ``TTA_SERVE_*``): no core is provided, so its worker starts one and stops it at shutdown; its
+    /metrics come from BentoML's multiprocess files; SIGTERM drains and exits 0."""
+    port = free_port()
+    env = {**os.environ, **core_config_to_env(core_config(digits_model.repo_root)),
+           "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True",
+           "BENTOML_HOME": str(tmp_path / "bentoml")}
+    log_path = tmp_path / "bentoml-serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.http_service:Classifier",
+             "--working-dir", str(Path(service.__file__).resolve().parents[1]),
+             "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "5"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.25)
+        image, label = digits_model.samples[5]
+        response = httpx.post(f"{base_url}/predict", timeout=30,
+                              files={"image": ("d.png", image, "image/png")})
+        assert response.status_code == 200, log_path.read_text()
+        assert response.json()["label"] == label
+        metrics = httpx.get(f"{base_url}/metrics", timeout=30).text
+        assert re.search(r'tta_serve_http_requests_total\{[^}]*endpoint="predict"[^}]*'
+                         r'outcome="ok"[^}]*\} 1\.0', metrics), metrics
+        assert 'tta_serve_requests_total{model="digits",outcome="ok"} 1.0' in metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "HTTP service: serving digits v1 from" in log_path.read_text()
