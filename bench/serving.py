@@ -94,6 +94,29 @@ def _default_durations(model: BenchModel, quick: bool) -> Durations:
 # ----------------------------------------------------------------------------- raw runtime
 
 
+DEVICE: list[str] = ["cpu"]  # --device: where our servers and raw ORT run
+
+
+def gpu_name() -> str:
+    """nvidia-smi's name of the first GPU, or "none" (bench.common.machine says "none")."""
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return "none"
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else "none"
+
+
+def providers() -> list:
+    """Raw ORT's providers on --device: CUDA as the core configures it (runtime.py), or CPU."""
+    if DEVICE[0] == "cuda":
+        return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+                "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def bench_raw_ort(model: BenchModel, quick: bool) -> list[dict[str, Any]]:
     """session.run on ready-made (B, 3, S, S) float32 arrays: no decode, no resize, no queue."""
     import onnxruntime as ort
@@ -107,15 +130,16 @@ def bench_raw_ort(model: BenchModel, quick: bool) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     min_s = (0.5 if quick else 1.5) if model.key != "xresnet50" else (2.0 if quick else 4.0)
     for label, options in variants.items():
-        session = ort.InferenceSession(str(model.onnx_path), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model.onnx_path), options, providers=providers())
         for batch in sorted({1, model.tta_views, 8, 32}):
             x = rng.random((batch, 3, model.size, model.size), dtype=np.float32)
+            cpu0 = time.process_time()
             times = timed_loop(lambda x=x, s=session: s.run(["probabilities"], {"pixels": x}),
                                min_seconds=min_s, min_iters=3, warmup=2)
+            cpu_ms = (time.process_time() - cpu0) * 1000.0 / ((len(times) + 2) * batch)
             rows.append({"runtime": label, "batch": batch,
                          "throughput": batch / float(np.median(times)),
-                         **latency_ms(times), "calls": len(times)})
+                         **latency_ms(times), "calls": len(times), "cpu_ms_per_image": cpu_ms})
     return rows
 
 
@@ -129,7 +153,7 @@ def bench_core(model: BenchModel, d: Durations, quick: bool) -> list[dict[str, A
     images = images_for(model.key)
     rows = []
     core = InferenceCore.create(CoreConfig(models_dir=model.models_dir, default_model=model.name,
-                                           device="cpu", poll_interval_s=0)).start()
+                                           device=DEVICE[0], poll_interval_s=0)).start()
     try:
         plan = [(False, 1), (True, 1), (False, 32)] + ([] if quick else [(True, 32)])
         for tta, concurrency in plan:
@@ -251,6 +275,21 @@ class RunningServer:
                 total += p.memory_info().rss
         return total
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server's process tree so far: per request, the server's
+        cost, which other work on a shared machine moves far less than latency."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             self._peak = max(self._peak, self.rss_bytes())
@@ -281,7 +320,7 @@ def server_specs(model: BenchModel, quick: bool) -> list[ServerSpec]:
     logs = RESULTS / "logs"
     version_dir = str(model.models_dir / model.name / str(model.version))
     core_flags = ["--models-dir", str(model.models_dir), "--model", model.name,
-                  "--device", "cpu", "--poll-interval-s", "0", "--log-level", "WARNING"]
+                  "--device", DEVICE[0], "--poll-interval-s", "0", "--log-level", "WARNING"]
     all_c = [1, 8, 32]
     big = model.key == "xresnet50"
 
@@ -433,6 +472,9 @@ def decode_ms(model: BenchModel, images: list[bytes]) -> float:
 
 # Which servers the interleaved comparison starts, per model: everything on the real model;
 # only our gRPC server (against raw ORT) on the 224 px one.
+# The core's decode pool size on this machine (CoreConfig's default): with decode_p50_ms, the
+# most images/s decoding alone allows, beside raw ORT's best (what a GPU run needs to know).
+DECODE_THREADS = max(2, min(os.cpu_count() or 1, 8))
 KEY_SERVERS = ("ours gRPC (batching on)", "ours HTTP (batching on)", "plain grpcio peer",
                "plain BentoML peer", "KServe peer")
 
@@ -446,14 +488,19 @@ def _key_round(model: BenchModel, running: list[RunningServer], d: Durations,
         "round": r + 1, "load_avg_1": round(os.getloadavg()[0], 2),
         "raw_best": best["throughput"], "raw_best_is": f"{best['runtime']}, batch "
         f"{best['batch']}", "raw_b1_p50_ms": min(x["p50_ms"] for x in raw if x["batch"] == 1),
-        "raw_bk_p50_ms": min(x["p50_ms"] for x in raw if x["batch"] == model.tta_views)}
+        "raw_bk_p50_ms": min(x["p50_ms"] for x in raw if x["batch"] == model.tta_views),
+        "raw_cpu_ms": min(x["cpu_ms_per_image"] for x in raw if x["runtime"] == "core options")}
+    row["decode_p50_ms"] = decode_ms(model, images_for(model.key, photos=_photos()))
     if not big:
-        row["decode_p50_ms"] = decode_ms(model, images_for(model.key, photos=_photos()))
         row["decode_12mp_p50_ms"] = decode_ms(model, images_for("phone"))
     for server in running:
         for wire in server.spec.wires:
             for concurrency in ((32,) if big else (32, 1)):
+                cpu0 = server.cpu_seconds()
                 result = run_loadgen(wire, model, False, concurrency, d)
+                served = max(1.0, result["throughput"] * (d.warmup_s + d.measure_s))
+                row[f"{wire.label} c={concurrency} cpu"] = (
+                    (server.cpu_seconds() - cpu0) * 1000.0 / served)
                 row[f"{wire.label} c={concurrency}"] = result["throughput"]
                 row[f"{wire.label} c={concurrency} p50"] = result["p50_ms"]
                 row[f"{wire.label} c={concurrency} p99"] = result["p99_ms"]
@@ -522,7 +569,10 @@ def key_summary(model: BenchModel, per_round: list[dict[str, Any]]) -> dict[str,
         "load average (1 min) at the rounds": med("load_avg_1"),
         "raw ORT best images/s": med("raw_best"),
         "raw ORT batch-1 p50 ms": med("raw_b1_p50_ms"),
+        "raw ORT CPU ms per image (core options, best batch)": med("raw_cpu_ms"),
         "decode + preprocess p50 ms (1 thread)": med("decode_p50_ms"),
+        "decode-bound images/s (decode threads / decode p50)": (
+            med("decode_p50_ms") and DECODE_THREADS * 1000.0 / med("decode_p50_ms")),
         "GOAL gRPC c=32 / plain grpcio c=32 (>= 2)": ratio(f"{g} c=32", "plain grpcio peer c=32"),
         "GOAL gRPC c=32 / KServe gRPC c=32 (>= 2)": ratio(f"{g} c=32", "KServe peer c=32"),
         "GOAL HTTP c=32 / plain BentoML c=32 (>= 1.5)": ratio(f"{h} c=32",
@@ -548,6 +598,7 @@ def key_summary(model: BenchModel, per_round: list[dict[str, Any]]) -> dict[str,
             summary[f"{label} c={c} images/s"] = med(f"{label} c={c}")
             summary[f"{label} c={c} p50 ms"] = med(f"{label} c={c} p50")
             summary[f"{label} c={c} errors"] = med(f"{label} c={c} errors")
+            summary[f"{label} c={c} server CPU ms/request"] = med(f"{label} c={c} cpu")
     return {key: value for key, value in summary.items() if value is not None}
 
 
@@ -659,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", default=None, metavar="DIR",
                         help="cifar10's inputs: class folders of photos (e.g. "
                              "data/cifar10/train) instead of the 100 held-out ones")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="our servers and raw ORT on this device (the peers stay on the CPU)")
     parser.add_argument("--no-kserve", action="store_true",
                         help="leave out the KServe peer (its venv is made on first use)")
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer variants")
@@ -672,13 +725,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global NO_KSERVE
     NO_KSERVE = args.no_kserve
+    DEVICE[0] = args.device
     if args.photos:
         PHOTOS.append(str(Path(args.photos).resolve()))
     if args.warmup_s is not None:
         MEASURE_OVERRIDE["warmup_s"] = args.warmup_s
     if args.measure_s is not None:
         MEASURE_OVERRIDE["measure_s"] = args.measure_s
-    results: dict[str, Any] = {"machine": machine(), "quick": args.quick,
+    results: dict[str, Any] = {"machine": {**machine(), "gpu": gpu_name()}, "quick": args.quick,
                                "command": " ".join(["python -m bench.serving", *(argv or
                                                                                  sys.argv[1:])]),
                                "models": {}}

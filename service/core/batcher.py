@@ -4,13 +4,14 @@ Each served model version owns one ``DynamicBatcher`` and its worker thread (ONN
 releases the GIL, so the event loops stay free). A request submits a block of model-input rows
 with the number of *images* it stands for -- one image's row, one image's TTA views (one image,
 V rows), or several preprocessed images (one row each) -- and gets a
-``concurrent.futures.Future`` of exactly those rows' outputs; asyncio callers await it with
-``asyncio.wrap_future``. The worker takes the first waiting block, then gathers more until
-``max_batch_size`` rows (what a pass's memory grows with: a TTA request brings V of them) or
-``max_wait_ms`` after the first, runs one forward pass and hands
-each block its own slice. It waits for company only while company is on its way: when the core
-has no more requests admitted (``in_flight``) than the worker has gathered, the pass runs at
-once, so a lone request pays no batching delay and a loaded server still forms batches.
+``concurrent.futures.Future`` of exactly those rows' outputs (``submit``); asyncio callers await
+``run`` instead, whose answers reach their event loop in one wake-up per pass. The worker takes
+the first waiting block, then gathers more until ``max_batch_size`` rows (what a pass's memory
+grows with: a TTA request brings V of them) or ``max_wait_ms`` after the first, runs one forward
+pass and hands each block its own slice. It waits for company only while company is on its
+way: when the core has no more requests admitted (``in_flight``) than the worker has gathered,
+the pass runs at once, so a lone request pays no batching delay and a loaded server still forms
+batches.
 A block is never split across passes, so TTA views always run
 together; a block is never held back either: one larger than ``max_batch_size`` rows runs
 in a pass of its own (the core submits preprocessed images in blocks of at most
@@ -23,6 +24,7 @@ back-pressure), so at most that many requests' blocks can ever be queued here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -38,6 +40,8 @@ from service.core.stats import CoreStats, RequestTimes
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# What a submitted block's answer goes to: a thread-safe future (submit) or an asyncio one (run).
+Waiter = Future | asyncio.Future
 
 
 class DynamicBatcher:
@@ -79,11 +83,24 @@ class DynamicBatcher:
         views, R for preprocessed images); the future resolves to their (R, C) outputs.
         ``times`` gets the block's queue wait and forward-pass duration."""
         future: Future = Future()
+        self._enqueue(rows, future, images, times)
+        return future
+
+    async def run(self, rows: np.ndarray, images: int = 1,
+                  times: RequestTimes | None = None) -> np.ndarray:
+        """``submit`` for asyncio callers, without a thread-safe future per block: the answers
+        of one pass reach each event loop in one ``call_soon_threadsafe`` (one wake-up of the
+        loop for a pass of 32 requests, where ``wrap_future`` costs one per request)."""
+        waiter: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._enqueue(rows, waiter, images, times)
+        return await waiter
+
+    def _enqueue(self, rows: np.ndarray, waiter: Waiter, images: int,
+                 times: RequestTimes | None) -> None:
         with self._close_lock:
             if self._closed:
                 raise ModelUnavailable(f"{self.name} is shutting down; retry the request")
-            self._queue.put((rows, future, max(1, images), times, time.perf_counter_ns()))
-        return future
+            self._queue.put((rows, waiter, max(1, images), times, time.perf_counter_ns()))
 
     def close(self, wait: bool = False, timeout: float | None = None) -> None:
         """Stop after the requests already queued have been answered."""
@@ -134,10 +151,10 @@ class DynamicBatcher:
         """More admitted requests than blocks in hand: someone is decoding and will submit."""
         return self._in_flight is None or self._in_flight() > gathered
 
-    def _run_batch(self, batch: list[tuple[np.ndarray, Future, int, RequestTimes | None, int]],
+    def _run_batch(self, batch: list[tuple[np.ndarray, Waiter, int, RequestTimes | None, int]],
                    ) -> None:
         # Requests whose caller gave up (cancelled) are dropped before the pass.
-        live = [item for item in batch if item[1].set_running_or_notify_cancel()]
+        live = [item for item in batch if _claim(item[1])]
         if not live:
             return
         images = sum(item[2] for item in live)
@@ -157,19 +174,57 @@ class DynamicBatcher:
             log.exception("forward pass of %s failed (%d images, %d rows)",
                           self.name, images, rows)
             error = ModelUnavailable(f"the forward pass of {self.name} failed: {e}")
-            for item in live:
-                item[1].set_exception(error)
+            _deliver([(item[1], error) for item in live])
             return
         log.debug("%s: batch of %d images in %d blocks (%d rows) in %.1f ms",
                   self.name, images, len(live), len(x), seconds * 1000)
         handing_out = time.perf_counter_ns()
-        offset = 0
-        for block, fut, _, times, submitted in live:
+        offset, answers = 0, []
+        for block, waiter, _, times, submitted in live:
             if times is not None:
                 times.observe_pass(joining - submitted, infer_ns)
-            fut.set_result(out[offset:offset + len(block)])
+            answers.append((waiter, out[offset:offset + len(block)]))
             offset += len(block)
+        _deliver(answers)
         if self._stats is not None:
             self._stats.record_execution(
                 self._stats_key, self._stats_version, images, input_ns=start - joining,
                 infer_ns=infer_ns, output_ns=time.perf_counter_ns() - handing_out)
+
+
+def _claim(waiter: Waiter) -> bool:
+    """False when the caller gave up; a claimed thread-safe future can no longer be cancelled
+    (an asyncio one still can: ``_settle`` skips it then)."""
+    if isinstance(waiter, Future):
+        return waiter.set_running_or_notify_cancel()
+    return not waiter.cancelled()
+
+
+def _deliver(outcomes: list[tuple[Waiter, np.ndarray | BaseException]]) -> None:
+    """Resolve each waiter: thread-safe futures here, asyncio ones on their own loop, one
+    ``call_soon_threadsafe`` per loop for the whole pass."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for waiter, outcome in outcomes:
+        if isinstance(waiter, Future):
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+        else:
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # that loop is closed: nobody is waiting there any more
+            log.debug("batcher: an event loop closed before its answers arrived")
+
+
+def _settle(outcomes: list[tuple[asyncio.Future, np.ndarray | BaseException]]) -> None:
+    """On the waiters' loop: set what the pass produced, unless the caller gave up meanwhile."""
+    for waiter, outcome in outcomes:
+        if waiter.done():
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)

@@ -14,10 +14,12 @@ format into these calls and map ``service.core.errors`` to status codes::
     core.reload()                      # blocking: rescan the repository now (also polled)
     core.stop()                        # blocking: finishes queued work
 
-Request path: the byte limit is checked on the event loop, decoding and the model's evaluation
-transform (``service.imaging``, with the EvalSpec/TTASpec of the leased version's model.json)
-run in a thread pool, the rows -- one, or every TTA view -- go to that version's dynamic batcher
-as one unit, and TTA views are combined by the recorded rule. Already-preprocessed pixels
+Request path: the byte limit is checked on the event loop; decoding and the model's evaluation
+transform (``service.core.preprocess``: ``service.imaging`` with the EvalSpec/TTASpec of the
+leased version's model.json) run on the loop for a small image alone in the core and in a
+thread pool otherwise;
+the rows -- one, or every TTA view -- go to that version's dynamic batcher as one unit, and TTA
+views are combined by the recorded rule. Already-preprocessed pixels
 (``predict_pixels``, the Open Inference Protocol's FP32 input) skip decoding: their rows go to the
 batcher as one block (blocks of at most ``max_batch_size`` images when there are more). At most
 ``max_pending`` requests are admitted at once (a pixel tensor is one request); beyond that,
@@ -36,7 +38,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -45,56 +46,29 @@ from service.core.config import CoreConfig, resolve_default_model
 from service.core.errors import (
     CoreError,
     ImageTooLarge,
-    InvalidImage,
     InvalidRequest,
     ModelUnavailable,
     Overloaded,
 )
 from service.core.evaluation import EvaluationResult, LabelledItems, evaluate_pinned
 from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
+from service.core.prediction import ClassScore, Prediction, make_prediction
+from service.core.preprocess import (
+    check_pixel_values,
+    check_pixels_shape,
+    decode_inline,
+    image_rows,
+)
 from service.core.runtime import ProviderInfo, plan_device
 from service.core.stats import CoreStats, RequestTimes
-from service.imaging import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    combine_tta,
-    decode_image,
-    decode_side,
-    eval_view,
-    to_model_input,
-    tta_views,
-)
+from service.imaging import combine_tta
 from service.model_repository import ModelCard, ModelRepository
+
+__all__ = ["ClassScore", "InferenceCore", "PinnedModel", "Prediction"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Preprocessed pixels may overshoot [0, 1] this much (resampling ringing) before they are refused
-# as being on another scale (0-255, or already mean/std-normalised: the graph normalises itself).
-PIXEL_RANGE_TOLERANCE = 0.05
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    index: int
-    probability: float
-
-
-@dataclass(frozen=True, eq=False)
-class Prediction:
-    """One image's answer: top-k classes, the full probability vector, and who answered."""
-
-    model: str
-    version: int
-    tta: bool
-    tta_views: int  # views combined (1 without TTA)
-    top: tuple[ClassScore, ...]  # most probable first
-    probabilities: np.ndarray  # float32 (n_classes,), in the model's class order
-
-    @property
-    def label(self) -> str:
-        return self.top[0].label
 
 
 class PinnedModel:
@@ -420,24 +394,20 @@ class InferenceCore:
 
     async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int,
                    times: RequestTimes) -> Prediction:
-        if self._decode_pool is None:
-            raise ModelUnavailable("the inference core is not started; call start() first")
         if len(image) > self.config.max_image_bytes:
             raise ImageTooLarge(
                 f"image is {len(image):,} bytes; the limit is {self.config.max_image_bytes:,} "
                 "bytes (raise it with --max-image-bytes)")
-        loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
-        try:
-            decoding = loop.run_in_executor(self._decode_pool, self._preprocess, image,
-                                            model.card, tta)
-        except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
-            raise ModelUnavailable("the inference core is stopping; retry") from e
-        rows = await decoding
+        card, max_pixels = model.card, self.config.max_pixels
+        # Alone, a small image decodes here (no pool hop); among others, in the pool, so that
+        # they are admitted meanwhile and the batcher sees them coming (one pass for all).
+        rows = decode_inline(image, card, tta, max_pixels) if self._images <= 1 else None
+        if rows is None:
+            rows = await self._in_pool(image_rows, image, card, tta, max_pixels)
         times.compute_input = time.perf_counter_ns() - started
-        out = await asyncio.wrap_future(model.batcher.submit(rows, times=times))
+        out = await model.batcher.run(rows, times=times)
         answered = time.perf_counter_ns()
-        card = model.card
         probs = combine_tta(out[None], card.tta)[0] if tta else out[0]
         prediction = _prediction(model, probs, tta, len(rows), top_k)
         times.compute_output = time.perf_counter_ns() - answered
@@ -445,85 +415,33 @@ class InferenceCore:
 
     async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray, top_k: int,
                           times: RequestTimes) -> list[Prediction]:
-        if self._decode_pool is None:
-            raise ModelUnavailable("the inference core is not started; call start() first")
         started = time.perf_counter_ns()
-        pixels = _check_pixels_shape(pixels, model)
-        loop = asyncio.get_running_loop()
-        try:  # a pass over every value: in the pool, like decoding, not on the event loop
-            checking = loop.run_in_executor(self._decode_pool, _check_pixel_values, pixels)
-        except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
-            raise ModelUnavailable("the inference core is stopping; retry") from e
-        await checking
+        pixels = check_pixels_shape(pixels, model.name, model.version, model.card.input_size)
+        await self._in_pool(check_pixel_values, pixels)  # a pass over every value: off the loop
         times.compute_input = time.perf_counter_ns() - started
         # One block, or blocks of max_batch_size images: a pass never exceeds that many.
         step = self.config.max_batch_size
         blocks = [pixels[i:i + step] for i in range(0, len(pixels), step)]
-        futures = [model.batcher.submit(block, images=len(block), times=times)
-                   for block in blocks]
-        outs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        outs = await asyncio.gather(*(model.batcher.run(block, images=len(block), times=times)
+                                      for block in blocks))
         answered = time.perf_counter_ns()
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         predictions = [_prediction(model, row, False, 1, top_k) for row in out]
         times.compute_output = time.perf_counter_ns() - answered
         return predictions
 
-    def _preprocess(self, image: bytes, card: ModelCard, tta: bool) -> np.ndarray:
-        """Bytes -> (V, 3, H, W) float32 model input; V = 1, or the TTA views. Runs in the pool."""
-        if len(image) == 0:
-            raise InvalidImage("image is empty (0 bytes); send the encoded file's bytes "
-                               "(JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    async def _in_pool(self, work: Callable[..., T], *args: object) -> T:
+        """``work(*args)`` in the decode pool; ModelUnavailable when the core is not running."""
+        if self._decode_pool is None:
+            raise ModelUnavailable("the inference core is not started; call start() first")
         try:
-            # The model's TTA spec whether or not this request asks for TTA: the same DCT
-            # scale as training's evaluation, so the tensors are the same (imaging.decode_side).
-            img = decode_image(bytes(image), max_pixels=self.config.max_pixels,
-                               min_side=decode_side(card.eval_spec, card.tta))
-        except ImageTooLargeError as e:
-            raise ImageTooLarge(str(e).replace("image bytes is", "image is", 1)) from e
-        except ImageDecodeError as e:
-            raise InvalidImage(str(e).replace("image bytes", "image", 1)) from e
-        if tta:
-            return to_model_input(tta_views(img, card.eval_spec, card.tta))
-        return to_model_input(eval_view(img, card.eval_spec))
-
-
-def _check_pixels_shape(pixels: np.ndarray, model: LoadedModel) -> np.ndarray:
-    """dtype and shape against the model's input contract; returns a C-contiguous array."""
-    size = model.card.input_size
-    expected = f"[N, 3, {size}, {size}]"
-    contract = (f"{model.name} v{model.version} takes float32 {expected}, N >= 1: NCHW RGB in "
-                f"[0, 1], {size} = model.json eval_transform.size")
-    if not isinstance(pixels, np.ndarray):
-        raise InvalidRequest(f"pixels must be a numpy array, got {type(pixels).__name__}; "
-                             f"{contract}")
-    if pixels.dtype != np.float32:
-        raise InvalidRequest(f"pixels are {pixels.dtype}, not float32; {contract}")
-    if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size) or pixels.shape[0] < 1:
-        raise InvalidRequest(f"pixels have shape {list(pixels.shape)}, expected {expected}; "
-                             f"{contract}")
-    return np.ascontiguousarray(pixels)
-
-
-def _check_pixel_values(pixels: np.ndarray) -> None:
-    """Finite and in [0, 1] (give or take resampling overshoot); runs in the pool."""
-    low, high = float(pixels.min()), float(pixels.max())  # NaN propagates through both
-    if not (np.isfinite(low) and np.isfinite(high)):
-        rows = np.flatnonzero(~np.isfinite(pixels).reshape(len(pixels), -1).all(axis=1))
-        raise InvalidRequest(f"pixels hold NaN or infinite values (rows {rows[:10].tolist()}, "
-                             "0-based); send finite values in [0, 1]")
-    tol = PIXEL_RANGE_TOLERANCE
-    if low < -tol or high > 1 + tol:
-        raise InvalidRequest(
-            f"pixel values span [{low:g}, {high:g}]; the model takes RGB in [0, 1] (8-bit "
-            "values divided by 255) and normalises (mean/std) inside its graph, so send them "
-            "unnormalised")
+            running = asyncio.get_running_loop().run_in_executor(self._decode_pool, work, *args)
+        except RuntimeError as e:  # submit() after the pool was shut down: we are stopping
+            raise ModelUnavailable("the inference core is stopping; retry") from e
+        return await running
 
 
 def _prediction(model: LoadedModel, probs: np.ndarray, tta: bool, views: int,
                 top_k: int) -> Prediction:
-    classes = model.card.classes
-    k = min(top_k, len(classes))
-    order = np.argsort(-probs, kind="stable")[:k]
-    top = tuple(ClassScore(classes[i], int(i), float(probs[i])) for i in order)
-    return Prediction(model=model.name, version=model.version, tta=tta, tta_views=views,
-                      top=top, probabilities=np.asarray(probs, dtype=np.float32))
+    return make_prediction(model.name, model.version, model.card.classes, probs, tta=tta,
+                           views=views, top_k=top_k)

@@ -61,3 +61,62 @@ def test_a_pass_that_cannot_be_formed_fails_its_requests_and_the_worker_goes_on(
         assert stats.batch_sizes("m") == {1: 1}  # only the good pass was counted (1 block)
     finally:
         batcher.close(wait=True)
+
+
+def test_asyncio_callers_share_a_pass_get_their_own_rows_and_one_loop_wake_up():
+    import asyncio
+
+    stats = CoreStats()
+    batcher = _batcher(lambda: 3, stats, wait_ms=5_000)  # three admitted: one pass of all three
+
+    async def three() -> tuple[list, int]:
+        loop = asyncio.get_running_loop()
+        wake_ups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args, **kwargs):
+            nonlocal wake_ups
+            wake_ups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting
+        try:
+            outs = await asyncio.gather(*(batcher.run(np.full((1, 3), i, np.float32))
+                                          for i in range(3)))
+        finally:
+            del loop.call_soon_threadsafe
+        return outs, wake_ups
+
+    try:
+        outs, wake_ups = asyncio.run(three())
+        for i, out in enumerate(outs):
+            np.testing.assert_array_equal(out, np.full((1, 3), 2.0 * i))
+        assert stats.batch_sizes("m") == {3: 1}
+        assert wake_ups == 1  # the whole pass reached the loop at once, not one call per block
+    finally:
+        batcher.close(wait=True)
+
+
+def test_an_asyncio_caller_that_gave_up_is_skipped_and_a_failed_pass_raises_in_each():
+    import asyncio
+
+    stats = CoreStats()
+    batcher = _batcher(lambda: 2, stats, wait_ms=5_000)
+
+    async def scenario() -> None:
+        gone = asyncio.ensure_future(batcher.run(np.ones((1, 3), np.float32)))
+        await asyncio.sleep(0)  # queued
+        gone.cancel()
+        kept = await batcher.run(np.ones((2, 3), np.float32))
+        np.testing.assert_array_equal(kept, np.full((2, 3), 2.0))
+        narrow = batcher.run(np.ones((1, 3), np.float32))
+        wide = batcher.run(np.ones((1, 4), np.float32))
+        for outcome in await asyncio.gather(narrow, wide, return_exceptions=True):
+            assert isinstance(outcome, ModelUnavailable)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close(wait=True)
+    with pytest.raises(ModelUnavailable, match="shutting down"):
+        asyncio.run(batcher.run(np.ones((1, 3), np.float32)))

@@ -263,12 +263,18 @@ def test_errors_map_to_status_codes(server: RunningServer, digits_model: Fixture
 
 
 def test_overload_is_unavailable_and_recovers(digits_model: FixtureModel):
-    # Few slots and a long batching wait: most of a burst finds the queue full.
+    # Few slots and a long batching wait: most of a burst finds the queue full. The digit is
+    # sent photo-sized (over the core's inline-decode bound, so it decodes in the pool as a
+    # photo does): while the first requests decode, the rest of the burst arrives.
     config = core_config(digits_model.repo_root, max_pending=2, max_wait_ms=300,
                          max_batch_size=64)
     server = RunningServer(config)
     try:
-        image = digits_model.samples[6][0]
+        digit = Image.open(io.BytesIO(digits_model.samples[6][0]))
+        buffer = io.BytesIO()
+        digit.resize((digit.width * 64, digit.height * 64), Image.Resampling.NEAREST).save(
+            buffer, format="PNG")
+        image = buffer.getvalue()
         futures = [server.stub.Predict.future(pb.PredictRequest(image=image), timeout=30)
                    for _ in range(12)]
         ok, refused = 0, 0
