@@ -1,6 +1,6 @@
 """The HTTP API's wire format: request parts -> the core's inputs, core objects -> JSON bodies
-(pydantic models, so they appear in the OpenAPI spec), and the one mapping of the core's typed
-errors to HTTP status codes.
+(pydantic models, so they appear in the OpenAPI spec), and error responses (a core error's HTTP
+status is its own ``status``, from the table in ``service.core.errors``).
 
 Field names follow the gRPC messages (``classes``, ``model_version``, ``tta_views`` ...), so a
 client reads the same vocabulary on both front ends. Error bodies are

@@ -13,7 +13,8 @@ Public API (details in ``service.core.inference``)::
     core.provider -> ProviderInfo; core.stats -> CoreStats; core.ready -> bool
     core.reload() -> list[str]; core.stop()
 
-Errors are ``service.core.errors`` classes (all ``CoreError``); front ends map them.
+Errors are ``service.core.errors`` classes (all ``CoreError``), each with its wire ``status``
+(gRPC code + HTTP status): front ends translate that in one line.
 """
 
 from service.core.config import CoreConfig, VersionPolicy
