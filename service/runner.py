@@ -89,7 +89,8 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
     try:
         core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
         listening: dict[str, str] = {}
-        watched: set[asyncio.Future] = {asyncio.ensure_future(stop.wait())}
+        stopping = asyncio.ensure_future(stop.wait())
+        watched: set[asyncio.Future] = {stopping}
         if grpc_config is not None:
             grpc_server = GrpcServer(core, grpc_config)
             listening["gRPC"] = f"{grpc_config.host}:{await grpc_server.start()}"
@@ -101,12 +102,12 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
             watched.add(http_server.finished)
         log.info(startup_message(core, listening))
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-        restore_signals()  # a second signal ends the process at once
+        stopping.cancel()
         clean = stop.is_set()
         if not clean:
             log.error("the HTTP service stopped on its own; stopping the others too")
     finally:
-        restore_signals()
+        restore_signals()  # from here a second signal ends the process at once
         if started:
             grace = max(c.grace_s for c in (grpc_config, http_config) if c is not None)
             log.info("shutting down: finishing in-flight requests (grace %.0f s)", grace)
