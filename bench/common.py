@@ -249,22 +249,21 @@ def _export_random(arch: str, size: int, resize_ratio: float, tta: Any, models_d
 
     import torch
 
-    from training.export import CHECKPOINT_FORMAT, export_checkpoint
+    from service.imaging import EvalSpec
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.export import export_checkpoint
     from training.models import build_model
 
     torch.manual_seed(0)
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     model = build_model(arch, n_classes, mean=mean, std=std)
-    ckpt = {
-        "format": CHECKPOINT_FORMAT, "arch": arch, "classes": [str(i) for i in range(n_classes)],
-        "mean": list(mean), "std": list(std),
-        "eval_spec": {"size": size, "resize_ratio": resize_ratio, "interpolation": "bilinear"},
-        "tta": tta.to_dict(), "model": model.state_dict(), "recipe": {},
-        "metrics": {"note": "random weights, for benchmarks only"},
-    }
+    ckpt = Checkpoint(
+        arch=arch, classes=[str(i) for i in range(n_classes)], mean=mean, std=std,
+        eval_spec=EvalSpec(size, resize_ratio).to_dict(), tta=tta.to_dict(),
+        model=model.state_dict(), metrics={"note": "random weights, for benchmarks only"})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
-        torch.save(ckpt, path)
+        save_checkpoint(ckpt, path)
         export_checkpoint(path, name=name, models_dir=models_dir, version=1, force=True,
                           random_inputs_only=True)
 

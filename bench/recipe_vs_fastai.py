@@ -192,9 +192,10 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from service.imaging import EvalSpec, TTASpec, decode_side
+    from service.imaging import decode_side
+    from training.checkpoint import load_model
     from training.config import recipe_from_dict
-    from training.evaluate import load_model, predict
+    from training.evaluate import predict
     from training.fit import fit
     from training.learner import Callback
 
@@ -250,7 +251,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     device = torch.device("cpu")
     model, ckpt = load_model(result.best_checkpoint, device)
-    espec, tspec = EvalSpec.from_dict(ckpt["eval_spec"]), TTASpec.from_dict(ckpt["tta"])
+    espec, tspec = ckpt.eval_transform, ckpt.tta_spec
     preds = predict(model, result.split.valid, eval_spec=espec, tta=tspec, device=device,
                     progress=False, min_side=decode_side(espec, tspec))
     eval_s = time.perf_counter() - t1

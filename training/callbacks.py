@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.checkpoint import Checkpoint, save_checkpoint
 from training.learner import Callback, Learner
 from training.models.classifier import BN_TYPES
 
@@ -115,7 +115,9 @@ class CheckpointCallback(Callback):
     "best" it is optimistic (picked and reported on the same images), which the report says.
 
     ``describe`` returns the run-level fields (arch, classes, eval spec, progress...) that the
-    runner owns; this callback only decides when to write.
+    runner owns; this callback only decides when to write. ``saved_best`` is the best.pt this
+    process wrote last (weights copied to the CPU), so the runner can add the final evaluation
+    to it without reading the file back.
     """
 
     order = 60
@@ -128,6 +130,7 @@ class CheckpointCallback(Callback):
         self.higher_is_better = metric != "valid_loss"
         self.best = best if best is not None else (-math.inf if self.higher_is_better else math.inf)
         self.enabled = enabled
+        self.saved_best: Checkpoint | None = None
 
     def improved(self, value: float) -> bool:
         if self.select == "last":
@@ -141,46 +144,16 @@ class CheckpointCallback(Callback):
             self.best = value
         if not self.enabled:
             return
-        meta = self.describe(learn)
-        meta["best_metric"] = self.best
+        meta = {**self.describe(learn), "best_metric": self.best,
+                "metrics": dict(learn.state.metrics)}
         if is_best:
-            atomic_save({**meta, "model": learn.eval_model.state_dict(),
-                         "metrics": dict(learn.state.metrics)}, self.out_dir / "best.pt")
+            weights = {k: v.detach().to("cpu", copy=True)
+                       for k, v in learn.eval_model.state_dict().items()}
+            self.saved_best = Checkpoint(**meta, model=weights)
+            save_checkpoint(self.saved_best, self.out_dir / "best.pt")
             log.info("%s %s %.4f: saved %s", "last epoch" if self.select == "last" else "best",
                      self.metric, value, self.out_dir / "best.pt")
-        atomic_save({**meta, **learn.state_dict(), "metrics": dict(learn.state.metrics)},
-                    self.out_dir / "last.pt")
-
-
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """Write then rename: an interrupted save never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A tta-serve training checkpoint; ConfigError (not an unpickling traceback) for a missing
-    file, a recipe or other file given in its place, or a plain state dict."""
-    from training.errors import ConfigError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found")
-    hint = ("give a checkpoint that `training fit` wrote, e.g. runs/digits/best.pt"
-            + (" (a .toml recipe goes to `training fit --config`)"
-               if path.suffix.lower() == ".toml" else ""))
-    try:
-        # weights_only=False: the checkpoint holds the recipe and specs as plain Python objects;
-        # checkpoints are this project's own training output.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, ...)
-        raise ConfigError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}); "
-                          f"{hint}") from e
-    if not isinstance(ckpt, dict) or "arch" not in ckpt or "model" not in ckpt:
-        raise ConfigError(f"{path} is not a tta-serve training checkpoint; {hint}")
-    return ckpt
+        save_checkpoint(Checkpoint(**meta, **learn.state_dict()), self.out_dir / "last.pt")
 
 
 def write_json(obj: Any, path: Path) -> None:

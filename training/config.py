@@ -17,9 +17,12 @@ from typing import Any
 
 import tomli_w
 
+from service.imaging import EvalSpec, TTASpec
 from training.augment import AugmentConfig
 from training.auto_augment import POLICIES
 from training.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")  # train.device, and every command's --device
 
 
 @dataclass
@@ -60,7 +63,7 @@ class StageConfig:
 class TrainConfig:
     seed: int = 42
     output: str = "runs/run"
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    device: str = "auto"  # one of DEVICES
     threads: int = 0  # CPU threads for torch's ops (0: torch's default, one per core)
     weight_decay: float = 0.01  # AdamW, decoupled
     label_smoothing: float = 0.0  # eps; 0 is plain cross-entropy (fastai's default eps is 0.1)
@@ -91,14 +94,16 @@ class EvalConfig:
     resize_ratio: float = 1.0  # shorter side resized to size * ratio before the center crop
 
 
+_TTA_DEFAULTS = TTASpec()  # the service's defaults are the recipe's
+
+
 @dataclass
 class TTAConfig:
-    views: list[str] = field(
-        default_factory=lambda: ["center", "zoom_center", "top_left", "top_right",
-                                 "bottom_left", "bottom_right"])
-    zoom_ratio: float = 1.15
-    combine: str = "mean"  # "mean" (beta-weighted) | "max"
-    beta: float = 0.25  # weight of the plain view in "mean"; negative averages all views equally
+    views: list[str] = field(default_factory=lambda: list(_TTA_DEFAULTS.views))
+    zoom_ratio: float = _TTA_DEFAULTS.zoom_ratio
+    combine: str = _TTA_DEFAULTS.combine  # "mean" (beta-weighted) | "max"
+    # weight of the plain view in "mean"; negative averages all views equally (TTASpec's None)
+    beta: float = -1.0 if _TTA_DEFAULTS.beta is None else _TTA_DEFAULTS.beta
 
 
 @dataclass
@@ -211,6 +216,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(d)
 
 
+def with_values(recipe: Recipe, values: dict[str, Any],
+                stage_values: dict[str, Any] | None = None) -> Recipe:
+    """A copy with typed values set, validated: ``values`` by dotted key (``data.path``),
+    ``stage_values`` on every stage (``epochs``, ``lr``). The command line's named flags come
+    here as they are, never through TOML text."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    try:
+        changed = dataclasses.replace(recipe, **{
+            section: dataclasses.replace(getattr(recipe, section), **fields)
+            for section, fields in sections.items()})
+        if stage_values:
+            changed.stages = [dataclasses.replace(s, **stage_values) for s in changed.stages]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{sorted(values)}: {e}") from e
+    validate(changed)
+    return changed
+
+
 def apply_override(d: dict[str, Any], item: str) -> None:
     """Set one dotted key in the raw recipe dict; the value is parsed as a TOML value."""
     if "=" not in item:
@@ -310,7 +336,7 @@ def validate(recipe: Recipe) -> None:
         "data.normalize": (recipe.data.normalize, ("imagenet", "dataset", "none")),
         "data.cache": (recipe.data.cache, ("auto", "memory", "disk", "off")),
         "data.presize_fit": (recipe.data.presize_fit, ("crop", "squish", "pad")),
-        "train.device": (recipe.train.device, ("auto", "cpu", "cuda")),
+        "train.device": (recipe.train.device, DEVICES),
         "train.mixed_precision": (recipe.train.mixed_precision, ("auto", "bf16", "fp16", "off")),
         "train.channels_last": (recipe.train.channels_last, ("auto", "on", "off")),
         "train.metric": (recipe.train.metric, ("accuracy", "valid_loss")),
@@ -337,15 +363,11 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"[tta]/[eval]: {e}") from e
 
 
-def eval_spec(recipe: Recipe, size: int):
-    from service.imaging import EvalSpec
-
+def eval_spec(recipe: Recipe, size: int) -> EvalSpec:
     return EvalSpec(size=size, resize_ratio=recipe.eval.resize_ratio)
 
 
-def tta_spec(recipe: Recipe):
-    from service.imaging import TTASpec
-
+def tta_spec(recipe: Recipe) -> TTASpec:
     t = recipe.tta
     return TTASpec(views=tuple(t.views), zoom_ratio=t.zoom_ratio, combine=t.combine,
                    beta=None if t.beta < 0 else t.beta)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +17,7 @@ from tqdm.auto import tqdm
 
 from service.imaging import EvalSpec, TTASpec, combine_tta, decode_side
 from training.augment import to_float_nchw
-from training.callbacks import load_checkpoint
 from training.data import Items, make_eval_loader
-from training.models import Classifier, build_model
 
 if TYPE_CHECKING:
     from training.distributed import DistContext
@@ -44,13 +41,6 @@ class Predictions:
         if self.tta_probs is None:
             return None
         return float((self.tta_probs.argmax(1) == self.targets).mean())
-
-
-def load_model(checkpoint: str | Path, device: torch.device) -> tuple[Classifier, dict[str, Any]]:
-    ckpt = load_checkpoint(checkpoint)
-    model = build_model(ckpt["arch"], len(ckpt["classes"]), mean=ckpt["mean"], std=ckpt["std"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
 
 
 @torch.no_grad()

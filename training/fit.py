@@ -1,8 +1,9 @@
 """Walk a recipe: stages (progressive resizing) of one-cycle phases (fine-tune: frozen, then
 unfrozen with discriminative LRs), checkpointing every epoch and resuming where it stopped.
 
-Split the way timm's train script should have been: build_data, build_model, build_learner,
-plan_phases, fit — each short enough to read at once.
+Split the way timm's train script should have been: plan_phases, prepare_run (data, model,
+presized set), build_learner, train_phases (stage loaders, resume), fit — each short enough to
+read at once. The checkpoints' layout and reading are training.checkpoint's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from training.callbacks import (
     CheckpointCallback,
     HistoryCallback,
     ProgressCallback,
-    load_checkpoint,
     write_json,
 )
+from training.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from training.config import Recipe, eval_spec, save_recipe, tta_spec
 from training.data import (
     IMAGENET_MEAN,
@@ -35,7 +36,7 @@ from training.data import (
     DataSplit,
     build_dataloaders,
     compute_stats,
-    load_items,
+    split_from_recipe,
 )
 from training.data.cache import PresizedImages, build_presized
 from training.device import select_device, select_precision, use_channels_last
@@ -55,8 +56,6 @@ from training.schedule import (
 )
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "tta-serve-checkpoint/1"
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,8 @@ class FitResult:
     history: list[dict[str, Any]]
     output: Path
     split: DataSplit
+    best: Checkpoint | None = None  # best.pt as written (None where this process wrote none)
+    summary: dict[str, Any] = field(default_factory=dict)  # metrics.json as fit wrote it
 
 
 def plan_phases(recipe: Recipe) -> list[Phase]:
@@ -105,7 +106,7 @@ def plan_phases(recipe: Recipe) -> list[Phase]:
 
 def build_data(recipe: Recipe) -> tuple[DataSplit, tuple[float, ...], tuple[float, ...]]:
     d = recipe.data
-    split = load_items(d.path, csv=d.csv or None, valid_pct=d.valid_pct, seed=d.seed)
+    split = split_from_recipe(d)
     log.info("data: %s, %d classes, %d train / %d valid images", split.source,
              len(split.classes), len(split.train.paths), len(split.valid.paths))
     if d.normalize == "dataset":
@@ -139,23 +140,23 @@ def build_presized_set(recipe: Recipe, split: DataSplit, device: torch.device,
 
 
 def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...],
-                     std: tuple[float, ...]) -> Classifier:
-    """The recipe's architecture; ``init_from`` keeps an earlier run's body (head if it fits)."""
+                     std: tuple[float, ...], init: Checkpoint | None = None) -> Classifier:
+    """The recipe's architecture; ``init_from`` (``init``: that checkpoint, already read) keeps
+    an earlier run's evaluated weights: the body, and the head if the classes are the same."""
     m = recipe.model
     if not m.init_from:
         return build_model(m.arch, len(classes), mean=mean, std=std,
                            pretrained=m.pretrained or None)
-    ckpt = load_checkpoint(m.init_from)
-    if ckpt["arch"] != m.arch:
+    init = init or load_checkpoint(m.init_from)
+    if init.arch != m.arch:
         raise ConfigError(
-            f"model.init_from {m.init_from} is a {ckpt['arch']!r} checkpoint but model.arch is "
-            f"{m.arch!r}; set model.arch = {ckpt['arch']!r} (--set model.arch={ckpt['arch']}) "
+            f"model.init_from {m.init_from} is a {init.arch!r} checkpoint but model.arch is "
+            f"{m.arch!r}; set model.arch = {init.arch!r} (--set model.arch={init.arch}) "
             "or start from a checkpoint of the recipe's architecture")
-    model = build_model(ckpt["arch"], len(ckpt["classes"]), mean=ckpt["mean"], std=ckpt["std"])
-    model.load_state_dict(ckpt["model"])
-    if list(ckpt["classes"]) != list(classes):
+    model = init.build_model().train()
+    if list(init.classes) != list(classes):
         log.warning("init_from %s: its %d classes differ from the data's %d; kept the body, "
-                    "rebuilt the head", m.init_from, len(ckpt["classes"]), len(classes))
+                    "rebuilt the head", m.init_from, len(init.classes), len(classes))
         model.reset_head(len(classes))
     else:
         log.info("init_from %s: same %d classes, starting from all its weights", m.init_from,
@@ -217,6 +218,125 @@ def boundary_state(state: dict[str, Any]) -> dict[str, Any]:
     return {"model": state["model"], "ema": state.get("ema"), "scaler": state.get("scaler")}
 
 
+@dataclass
+class Run:
+    """What every phase of one fit shares: the data, the model, where it trains and writes."""
+
+    recipe: Recipe
+    out: Path
+    device: torch.device
+    dist: DistContext | None
+    split: DataSplit
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    model: Classifier
+    presized: PresizedImages | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size if self.dist is not None else 1
+
+    def describe(self, phase_index: int, size: int, epochs_done: int) -> dict[str, Any]:
+        """The run-level checkpoint fields at the end of an epoch (the callback adds weights)."""
+        recipe = self.recipe
+        return {"format": CHECKPOINT_FORMAT, "arch": recipe.model.arch,
+                "classes": self.split.classes, "mean": list(self.mean), "std": list(self.std),
+                "eval_spec": eval_spec(recipe, size).to_dict(),
+                "tta": tta_spec(recipe).to_dict(), "recipe": recipe.to_dict(),
+                "progress": {"phase": phase_index, "epoch": epochs_done},
+                "history": self.history, "world_size": self.world_size}
+
+
+def prepare_run(recipe: Recipe, dist: DistContext | None, progress: bool) -> Run:
+    """Seed, choose the device, read and split the data, build the model, presize once."""
+    torch.manual_seed(recipe.train.seed)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    device = dist.device if dist is not None else select_device(recipe.train.device)
+    split, mean, std = build_data(recipe)
+    init = load_checkpoint(recipe.model.init_from) if recipe.model.init_from else None
+    if init is not None:  # keep the normalisation its weights were trained with
+        mean, std = tuple(init.mean), tuple(init.std)
+    model = build_classifier(recipe, split.classes, mean, std, init=init)
+    model = convert_sync_bn(model, dist, recipe.train.sync_bn)
+    model.to(device)
+    if use_channels_last(recipe.train.channels_last, device):
+        model.to(memory_format=torch.channels_last)
+    presized = build_presized_set(recipe, split, device, progress and is_main(dist))
+    out = Path(recipe.train.output)
+    out.mkdir(parents=True, exist_ok=True)
+    return Run(recipe, out, device, dist, split, mean, std, model, presized)
+
+
+def read_resume_state(run: Run) -> Checkpoint:
+    """OUTPUT/last.pt, warning when it was trained on another number of processes."""
+    path = run.out / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} not found")
+    state = load_checkpoint(path)
+    state.resume_position(path)  # a clear error now for a last.pt fit cannot continue
+    if state.world_size != run.world_size:
+        log.warning("resuming a run trained on %d process(es) with %d: it continues, but the "
+                    "shards, global batch and scaled LR differ, so it will not reproduce the "
+                    "uninterrupted run exactly", state.world_size, run.world_size)
+    return state
+
+
+def stage_loaders(run: Run, stage_index: int) -> DataLoaders:
+    """One progressive-resizing stage's loaders (sharded under torchrun)."""
+    recipe, stage = run.recipe, run.recipe.stages[stage_index]
+    min_side = decode_side(eval_spec(recipe, recipe.stages[-1].size), tta_spec(recipe))
+    dls = build_dataloaders(
+        run.split, size=stage.size, batch_size=stage.batch_size, presize=recipe.presize,
+        eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
+        seed=recipe.train.seed, presized=run.presized, min_side=min_side,
+        presize_fit=recipe.data.presize_fit)
+    log.info("stage %d: size %d px, batch %d, %d epochs, lr %.2e", stage_index + 1,
+             stage.size, stage.batch_size, stage.epochs, stage.lr)
+    if run.dist is None:
+        return dls
+    log.info("  x %d processes: global batch %d, lr x %g (train.scale_lr=%s)", run.world_size,
+             stage.batch_size * run.world_size, run.dist.lr_factor(recipe.train.scale_lr),
+             recipe.train.scale_lr)
+    return run.dist.shard_loaders(dls, recipe.train.seed)
+
+
+def enter_stage(run: Run, learn: Learner | None, stage_index: int,
+                callbacks: list[Callback]) -> Learner:
+    """The learner on a stage's loaders: built for the first stage, re-pointed after that."""
+    dls = stage_loaders(run, stage_index)
+    size = run.recipe.stages[stage_index].size
+    if learn is None:
+        return build_learner(run.recipe, run.model, dls, size, run.device, callbacks, run.dist)
+    learn.train_dl, learn.valid_dl = dls.train, dls.valid
+    learn.augment = BatchAugment(run.recipe.augment, size)
+    return learn
+
+
+def train_phases(run: Run, state: Checkpoint | None, callbacks: list[Callback],
+                 current: dict[str, int]) -> None:
+    """Every phase from the resume point on; ``current`` tells the checkpoints where we are."""
+    start_index, start_epoch = state.resume_position(run.out / "last.pt") if state else (0, 0)
+    learn: Learner | None = None
+    loaded_stage = -1
+    for index, phase in enumerate(plan_phases(run.recipe)):
+        first_epoch = start_epoch if index == start_index else 0
+        if index < start_index or first_epoch >= phase.epochs:
+            continue
+        if phase.stage != loaded_stage:
+            learn = enter_stage(run, learn, phase.stage, callbacks)
+            loaded_stage = phase.stage
+        current.update(index=index, size=run.recipe.stages[phase.stage].size)
+        start_phase(learn, run.model, phase, run.recipe)
+        if state is not None:
+            learn.load_state_dict(state.to_dict() if index == start_index
+                                  else boundary_state(state.to_dict()))
+            log.info("resumed %s at epoch %d of %d", phase.name, first_epoch + 1, phase.epochs)
+            state = None
+        learn.fit(phase.epochs, phase=phase.name, start_epoch=first_epoch)
+
+
 def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
         callbacks: Sequence[Callback] = (), dist: DistContext | None = None) -> FitResult:
     """Train the recipe; with ``resume``, continue from ``output/last.pt`` exactly.
@@ -224,100 +344,28 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     ``callbacks`` are added to the built-in ones (progress, history, checkpoints). ``dist``
     (training.distributed, under torchrun): every rank trains its shard, rank 0 writes the files.
     """
-    out = Path(recipe.train.output)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    torch.manual_seed(recipe.train.seed)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
-    device = dist.device if dist is not None else select_device(recipe.train.device)
-    world_size = dist.world_size if dist is not None else 1
-    split, mean, std = build_data(recipe)
-    model = build_classifier(recipe, split.classes, mean, std)
-    model = convert_sync_bn(model, dist, recipe.train.sync_bn)
-    if recipe.model.init_from:  # keep the normalisation its weights were trained with
-        ckpt_meta = load_checkpoint(recipe.model.init_from)
-        mean, std = tuple(ckpt_meta["mean"]), tuple(ckpt_meta["std"])
-    model.to(device)
-    if use_channels_last(recipe.train.channels_last, device):
-        model.to(memory_format=torch.channels_last)
-    presized = build_presized_set(recipe, split, device, progress and is_main(dist))
-    min_side = decode_side(eval_spec(recipe, recipe.stages[-1].size), tta_spec(recipe))
-
-    phases = plan_phases(recipe)
-    state = load_checkpoint(out / "last.pt") if resume else None
-    if resume and state is None:
-        raise ConfigError(f"--resume: {out / 'last.pt'} not found")
-    start_index, start_epoch = (state["progress"]["phase"], state["progress"]["epoch"]) \
-        if state else (0, 0)
-    history: list[dict[str, Any]] = list(state["history"]) if state else []
-    if state and state.get("world_size", 1) != world_size:
-        log.warning("resuming a run trained on %d process(es) with %d: it continues, but the "
-                    "shards, global batch and scaled LR differ, so it will not reproduce the "
-                    "uninterrupted run exactly", state.get("world_size", 1), world_size)
-    if is_main(dist):
-        save_recipe(recipe, out / "recipe.toml")
-
-    current: dict[str, Any] = {}
-
-    def describe(learn: Learner) -> dict[str, Any]:
-        phase_index = current["index"]
-        epoch_done = learn.state.epoch + 1
-        return {
-            "format": CHECKPOINT_FORMAT, "arch": recipe.model.arch, "classes": split.classes,
-            "mean": list(mean), "std": list(std),
-            "eval_spec": eval_spec(recipe, current["size"]).to_dict(),
-            "tta": tta_spec(recipe).to_dict(), "recipe": recipe.to_dict(),
-            "progress": {"phase": phase_index, "epoch": epoch_done},
-            "history": history, "world_size": world_size,
-        }
-
-    checkpoints = CheckpointCallback(out, recipe.train.metric, describe,
-                                     best=state["best_metric"] if state else None,
-                                     enabled=is_main(dist), select=recipe.train.select)
-    all_callbacks = [BnFreeze(), ProgressCallback(progress and is_main(dist)),
-                     HistoryCallback(history), checkpoints, *callbacks]
-    learn: Learner | None = None
-    loaded_stage = -1
-    for index, phase in enumerate(phases):
-        if index < start_index:
-            continue
-        first_epoch = start_epoch if index == start_index else 0
-        if first_epoch >= phase.epochs:
-            continue
-        stage = recipe.stages[phase.stage]
-        if phase.stage != loaded_stage:
-            dls = build_dataloaders(
-                split, size=stage.size, batch_size=stage.batch_size, presize=recipe.presize,
-                eval_spec=eval_spec(recipe, stage.size), num_workers=recipe.data.num_workers,
-                seed=recipe.train.seed, presized=presized, min_side=min_side,
-                presize_fit=recipe.data.presize_fit)
-            if dist is not None:
-                dls = dist.shard_loaders(dls, recipe.train.seed)
-            if learn is None:
-                learn = build_learner(recipe, model, dls, stage.size, device, all_callbacks,
-                                      dist)
-            else:
-                learn.train_dl, learn.valid_dl = dls.train, dls.valid
-                learn.augment = BatchAugment(recipe.augment, stage.size)
-            loaded_stage = phase.stage
-            log.info("stage %d: size %d px, batch %d, %d epochs, lr %.2e", phase.stage + 1,
-                     stage.size, stage.batch_size, stage.epochs, stage.lr)
-            if dist is not None:
-                log.info("  x %d processes: global batch %d, lr x %g (train.scale_lr=%s)",
-                         world_size, stage.batch_size * world_size,
-                         dist.lr_factor(recipe.train.scale_lr), recipe.train.scale_lr)
-        current.update(index=index, size=stage.size)
-        start_phase(learn, model, phase, recipe)
-        if state is not None:
-            learn.load_state_dict(state if index == start_index else boundary_state(state))
-            log.info("resumed %s at epoch %d of %d", phase.name, first_epoch + 1, phase.epochs)
-            state = None
-        learn.fit(phase.epochs, phase=phase.name, start_epoch=first_epoch)
-
-    if is_main(dist):
-        write_json({"history": history, "best": {recipe.train.metric: checkpoints.best},
-                    "seconds": time.perf_counter() - t0}, out / "metrics.json")
+    run = prepare_run(recipe, dist, progress)
+    state = read_resume_state(run) if resume else None
+    run.history.extend(state.history if state else [])
+    main = is_main(dist)
+    if main:
+        save_recipe(recipe, run.out / "recipe.toml")
+    current: dict[str, int] = {}
+    checkpoints = CheckpointCallback(
+        run.out, recipe.train.metric,
+        lambda learn: run.describe(current["index"], current["size"], learn.state.epoch + 1),
+        best=state.best_metric if state else None, enabled=main, select=recipe.train.select)
+    train_phases(run, state, [BnFreeze(), ProgressCallback(progress and main),
+                              HistoryCallback(run.history), checkpoints, *callbacks], current)
+    summary = {"history": run.history, "best": {recipe.train.metric: checkpoints.best},
+               "seconds": time.perf_counter() - t0}
+    best = checkpoints.saved_best
+    if main:
+        write_json(summary, run.out / "metrics.json")
+        if best is None and (run.out / "best.pt").is_file():  # resumed after its best epoch
+            best = load_checkpoint(run.out / "best.pt")
     if dist is not None:
         dist.barrier()  # rank 0's checkpoints are on disk before any rank reads them
-    return FitResult(out / "best.pt", checkpoints.best, recipe.train.metric, history, out, split)
+    return FitResult(run.out / "best.pt", checkpoints.best, recipe.train.metric, run.history,
+                     run.out, run.split, best, summary)

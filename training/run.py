@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from service.imaging import EvalSpec, TTASpec, decode_side
-from training.callbacks import atomic_save, load_checkpoint
+from service.imaging import decode_side
+from training.callbacks import write_json
+from training.checkpoint import load_model, save_checkpoint
 from training.config import Recipe, eval_spec
-from training.data import DataSplit, Items, build_dataloaders, load_items
+from training.data import DataSplit, Items, build_dataloaders, labelled_folder, split_from_recipe
 from training.device import select_device
 from training.distributed import DistContext, is_main, require_single_process
 from training.errors import DataError
-from training.evaluate import load_model, predict
+from training.evaluate import predict
 from training.fit import FitResult, build_classifier, build_data, build_learner, fit, plan_phases
 from training.interpret import write_interpretation
 from training.lr_find import DEFAULT_SUGGESTION, LRFindResult, lr_find, plot_lr_find
@@ -70,20 +71,19 @@ def epoch_offsets(recipe: Recipe) -> dict[str, int]:
 
 def record_final_metrics(result: FitResult, summary: dict[str, Any]) -> None:
     """The best checkpoint's evaluation (plain + TTA) into it and into metrics.json."""
-    ckpt = load_checkpoint(result.best_checkpoint)
-    select = ckpt.get("recipe", {}).get("train", {}).get("select", "best")
+    best = result.best
+    if best is None:
+        raise DataError(f"no epoch was trained: {result.best_checkpoint} was not written")
     history = result.history
-    ckpt["metrics"] = {**ckpt.get("metrics", {}), "accuracy": summary["accuracy"],
-                       "tta_accuracy": summary.get("tta_accuracy"), "n_valid": summary["n"],
-                       "valid_set": result.split.source,
-                       # honest numbers: was this epoch picked on the split it is reported on?
-                       "epoch_selected_on_valid_set": select == "best",
-                       "last_epoch_accuracy": history[-1].get("accuracy") if history else None}
-    atomic_save(ckpt, result.best_checkpoint)
-    metrics_path = result.output / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    metrics["final"] = ckpt["metrics"]
-    metrics_path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    metrics = {**best.metrics, "accuracy": summary["accuracy"],
+               "tta_accuracy": summary.get("tta_accuracy"), "n_valid": summary["n"],
+               "valid_set": result.split.source,
+               # honest numbers: was this epoch picked on the split it is reported on?
+               "epoch_selected_on_valid_set": best.recipe.get("train", {}).get("select",
+                                                                              "best") == "best",
+               "last_epoch_accuracy": history[-1].get("accuracy") if history else None}
+    save_checkpoint(dataclasses.replace(best, metrics=metrics), result.best_checkpoint)
+    write_json({**result.summary, "final": metrics}, result.output / "metrics.json")
 
 
 def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
@@ -109,22 +109,16 @@ def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
     return result, png
 
 
-def labeled_items(folder: str | Path, classes: list[str]) -> Items:
-    """Every image of a labeled folder (its valid/ split if it has one), labels in ``classes``.
-
-    The folder may hold any subset of the model's classes, even one; a class folder the model
-    does not know is a DataError.
-    """
-    folder = Path(folder)
-    has_split = any((folder / name).is_dir() for name in ("valid", "val"))
-    split = load_items(folder, valid_pct=0.0 if not has_split else 0.2, min_classes=1)
-    items = split.valid if has_split else split.train
-    unknown = sorted(set(split.classes) - set(classes))
-    if unknown:
-        raise DataError(f"{folder} has classes the model does not know: {unknown}; "
-                        f"the model's classes are {classes}")
-    index = {name: i for i, name in enumerate(classes)}
-    return Items(list(items.paths), [index[split.classes[y]] for y in items.labels])
+def evaluation_items(data: str | Path | None, classes: list[str], split: DataSplit | None,
+                     recipe: dict[str, Any]) -> Items:
+    """A labelled folder of the model's classes, else the run's validation split."""
+    if data is None:
+        return (split or split_from_recipe(recipe.get("data") or {})).valid
+    items = labelled_folder(data, classes)
+    if not items:
+        raise DataError(f"{data} has no readable images in folders named after the model's "
+                        f"classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    return items
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Path | None = None,
@@ -138,23 +132,15 @@ def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Pat
     """
     device = dist.device if dist is not None else select_device(device_name)
     model, ckpt = load_model(checkpoint, device)
-    classes = list(ckpt["classes"])
-    if data is not None:
-        items = labeled_items(data, classes)
-    else:
-        if split is None:
-            d = ckpt["recipe"]["data"]
-            split = load_items(d["path"], csv=d["csv"] or None, valid_pct=d["valid_pct"],
-                               seed=d["seed"])
-        items = split.valid
-    spec = EvalSpec.from_dict(ckpt["eval_spec"])
-    tta_spec = TTASpec.from_dict(ckpt["tta"]) if tta else None
-    preds = predict(model, items, eval_spec=spec, tta=tta_spec, device=device,
-                    batch_size=batch_size, progress=progress and is_main(dist), dist=dist,
-                    min_side=decode_side(spec, TTASpec.from_dict(ckpt["tta"])))
+    classes = list(ckpt.classes)
+    items = evaluation_items(data, classes, split, ckpt.recipe)
+    spec = ckpt.eval_transform
+    preds = predict(model, items, eval_spec=spec, tta=ckpt.tta_spec if tta else None,
+                    device=device, batch_size=batch_size, progress=progress and is_main(dist),
+                    dist=dist, min_side=decode_side(spec, ckpt.tta_spec))
     if not is_main(dist):
         return {"n": len(preds.targets), "accuracy": preds.accuracy,
-                **({"tta_accuracy": preds.tta_accuracy} if tta_spec is not None else {})}
+                **({"tta_accuracy": preds.tta_accuracy} if tta else {})}
     summary = write_interpretation(preds, items, classes, Path(output), eval_spec=spec,
                                    min_confused=min_confused)
     log.info("evaluated %d images: accuracy %.4f%s", summary["n"], summary["accuracy"],

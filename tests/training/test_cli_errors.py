@@ -192,3 +192,25 @@ def test_ctrl_c_names_last_pt_and_the_resume_command_then_resume_finishes(
     assert len(epoch_lines) == 1  # only the epoch that was left: epoch 2
     history = json.loads((out_dir / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_init_from_a_path_with_a_quote_and_a_backslash_is_taken_as_typed(digits_dir, tmp_path,
+                                                                         capsys):
+    """Named flags reach the recipe as values, never through TOML text a path could break."""
+    from training.commands._recipe_args import recipe_from_args
+
+    weird = tmp_path / 'run "best" \\ v2' / "best.pt"
+    args = build_parser().parse_args(["fit", "--config", str(RECIPE), "--init-from", str(weird),
+                                      "--log", "csv", "--epochs", "0"])
+    recipe = recipe_from_args(args)
+    assert recipe.model.init_from == str(weird)
+    assert recipe.log.loggers == ["csv"] and [s.epochs for s in recipe.stages] == [0, 0]
+    code = main(["fit", "--config", str(RECIPE), "--data", str(digits_dir), "--output",
+                 str(tmp_path / "out"), "--init-from", str(weird)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"error: checkpoint {weird} not found"
+
+
+def test_named_flags_are_validated_like_the_recipe(capsys):
+    assert main(["fit", "--config", str(RECIPE), "--epochs", "-1"]) == 2
+    assert "stages[0].epochs must be >= 0, got -1" in capsys.readouterr().err

@@ -88,3 +88,11 @@ def test_missing_config_file_is_a_clear_cli_error(tmp_path, capsys):
 
     assert main(["fit", "--config", str(tmp_path / "nope.toml"), "--epochs", "1"]) == 2
     assert f"recipe {tmp_path / 'nope.toml'} not found" in capsys.readouterr().err
+
+
+def test_tta_defaults_are_the_services(tmp_path):
+    """A recipe without [tta] records exactly the TTA the service applies by default."""
+    from service.imaging import TTASpec
+    from training.config import tta_spec
+
+    assert tta_spec(load_recipe(write(tmp_path, GOOD))) == TTASpec()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.callbacks import load_checkpoint
+from training.checkpoint import load_checkpoint
 from training.config import load_recipe
 from training.data import EpochShuffleSampler, load_items
 from training.distributed import (
@@ -210,19 +210,19 @@ def test_only_rank_zero_prints_and_writes(ddp_run):
 
 @pytest.mark.slow
 def test_distributed_checkpoint_loads_and_exports_like_any_other(ddp_run, digits_dir, tmp_path):
-    from training.evaluate import load_model
+    from training.checkpoint import load_model
     from training.export import export_checkpoint
 
     ckpt = load_checkpoint(ddp_run.out / "best.pt")
-    assert not any(k.startswith("module.") for k in ckpt["model"])  # the unwrapped module
-    assert ckpt["world_size"] == 2 and ckpt["recipe"]["train"]["scale_lr"] == "linear"
+    assert not any(k.startswith("module.") for k in ckpt.model)  # the unwrapped module
+    assert ckpt.world_size == 2 and ckpt.recipe["train"]["scale_lr"] == "linear"
     model, _ = load_model(ddp_run.out / "best.pt", torch.device("cpu"))
     assert model(torch.rand(2, 3, 16, 16)).shape == (2, 10)
     published = export_checkpoint(ddp_run.out / "best.pt", name="digits",
                                   models_dir=tmp_path / "models", data=digits_dir,
                                   max_images=64)
     card = json.loads((published.path / "model.json").read_text())
-    assert card["metrics"]["accuracy"] == pytest.approx(ckpt["metrics"]["accuracy"])
+    assert card["metrics"]["accuracy"] == pytest.approx(ckpt.metrics["accuracy"])
 
 
 STOP_SCRIPT = textwrap.dedent("""
@@ -264,14 +264,14 @@ def test_ranks_agree_and_resume_reproduces_the_uninterrupted_run(ddp_run, digits
     stopped = _launch(_torchrun(str(script), str(out), "stage1", "1",
                                 *_fit_args(digits_dir, out)), tmp_path, check=False)
     assert stopped.returncode != 0
-    assert load_checkpoint(out / "last.pt")["progress"] == {"phase": 1, "epoch": 1}
+    assert load_checkpoint(out / "last.pt").progress == {"phase": 1, "epoch": 1}
     rank0, rank1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
     for key, tensor in rank0.items():  # after freeze -> unfreeze, gradients are still reduced
         assert torch.equal(tensor, rank1[key]), key
 
     _launch(_torchrun("-m", "training", *_fit_args(digits_dir, out), "--resume"), tmp_path)
     resumed, straight = load_checkpoint(out / "last.pt"), load_checkpoint(ddp_run.out / "last.pt")
-    for key, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][key]), key
-    assert [h["accuracy"] for h in resumed["history"]] == \
-        [h["accuracy"] for h in straight["history"]]
+    for key, tensor in straight.model.items():
+        assert torch.equal(tensor, resumed.model[key]), key
+    assert [h["accuracy"] for h in resumed.history] == \
+        [h["accuracy"] for h in straight.history]

@@ -23,7 +23,9 @@ import pytest
 import torch
 from torch import nn
 
+import training.checkpoint as checkpoint_module
 import training.export as export
+import training.export.pipeline as pipeline
 from service.evaluation_report import build_report, save_report
 from service.imaging import EvalSpec, TTASpec, decode_image, eval_view, to_model_input
 from service.model_repository import CARD_FILE, MODEL_FILE, ModelCard, ModelRepository, sha256_file
@@ -51,15 +53,16 @@ def tiny_classifier(n_classes: int, mean, std) -> Classifier:
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_arch():
-    """Teach export's model builder the test arch; every other arch goes to build_model."""
-    real = export._build_model
+    """Teach the checkpoint's model builder the test arch; every other arch goes to
+    build_model."""
+    real = checkpoint_module.build_model
 
-    def build(arch: str, n_classes: int, mean, std) -> nn.Module:
-        return tiny_classifier(n_classes, mean, std) if arch == TINY else real(arch, n_classes,
-                                                                             mean, std)
+    def build(arch: str, n_classes: int, *, mean, std) -> nn.Module:
+        return tiny_classifier(n_classes, mean, std) if arch == TINY else real(
+            arch, n_classes, mean=mean, std=std)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(export, "_build_model", build)
+        mp.setattr(checkpoint_module, "build_model", build)
         yield
 
 
@@ -113,7 +116,7 @@ def trained(tmp_path_factory, digits) -> Trained:
     (run / "metrics.json").write_text(json.dumps({"best": {"accuracy": accuracy}}))
     (run / "recipe.toml").write_text('[model]\narch = "tiny"\n')
     ckpt = {
-        "format": export.CHECKPOINT_FORMAT, "arch": TINY, "classes": split.classes,
+        "format": checkpoint_module.CHECKPOINT_FORMAT, "arch": TINY, "classes": split.classes,
         "mean": MEAN, "std": STD, "eval_spec": spec.to_dict(),
         "tta": TTASpec(views=("center", "hflip")).to_dict(),
         "model": model.state_dict(),
@@ -141,7 +144,7 @@ def fast_export(monkeypatch, published):
         shutil.copyfile(published.onnx_path, path)
         return published.card.opset
 
-    monkeypatch.setattr(export, "export_onnx", copy)
+    monkeypatch.setattr(pipeline, "export_onnx", copy)
 
 
 def save_variant(trained: Trained, folder: Path, **changes) -> Path:
@@ -289,7 +292,7 @@ def test_crash_after_staging_leaves_no_partial_version(tmp_path, trained, fast_e
         staged.extend(dest.parent.iterdir())  # model.onnx is already written by now
         raise error
 
-    monkeypatch.setattr(export, "copy_run_report", crash)
+    monkeypatch.setattr(pipeline, "copy_run_report", crash)
     with pytest.raises(type(error)):
         export.export_checkpoint(trained.checkpoint, name="digits", models_dir=tmp_path)
     assert any(p.name == MODEL_FILE for p in staged)
@@ -308,7 +311,7 @@ def test_parity_failure_raises_and_publishes_nothing(tmp_path, trained, monkeypa
         onnx.save(model, str(path))
         return 18
 
-    monkeypatch.setattr(export, "export_onnx", corrupted)
+    monkeypatch.setattr(pipeline, "export_onnx", corrupted)
     with pytest.raises(ExportError, match="does not reproduce PyTorch.*nothing was published"):
         export.export_checkpoint(trained.checkpoint, name="digits", models_dir=tmp_path)
     assert ModelRepository(tmp_path).versions("digits") == []
@@ -466,7 +469,8 @@ def test_real_xresnet_tiny_exports(tmp_path) -> None:
     from training.models import build_model
 
     model = build_model("xresnet_tiny", 3, mean=MEAN, std=STD)
-    ckpt = {"format": export.CHECKPOINT_FORMAT, "arch": "xresnet_tiny", "classes": ["a", "b", "c"],
+    ckpt = {"format": checkpoint_module.CHECKPOINT_FORMAT, "arch": "xresnet_tiny",
+            "classes": ["a", "b", "c"],
             "mean": MEAN, "std": STD, "eval_spec": EvalSpec(size=32).to_dict(),
             "tta": TTASpec().to_dict(), "model": model.state_dict(), "recipe": {},
             "metrics": {"accuracy": 0.5, "tta_accuracy": None}}

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.imaging import TTASpec
-from training.callbacks import BnFreeze, load_checkpoint
+from training.callbacks import BnFreeze
+from training.checkpoint import load_checkpoint, load_model
 from training.cli import main
 from training.config import load_recipe
 from training.data import load_items
 from training.errors import ConfigError, DataError
-from training.evaluate import load_model, predict
+from training.evaluate import predict
 from training.fit import boundary_state, build_classifier, fit, plan_phases, start_phase
 from training.learner import Callback, Learner, Precision
 from training.lr_find import lr_find
@@ -50,8 +50,8 @@ def test_digits_recipe_reaches_95_percent_on_cpu(trained):
     assert summary["accuracy"] >= 0.95, summary
     assert summary["tta_accuracy"] is not None
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["metrics"]["accuracy"] == pytest.approx(summary["accuracy"])
-    assert ckpt["metrics"]["tta_accuracy"] == pytest.approx(summary["tta_accuracy"])
+    assert ckpt.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+    assert ckpt.metrics["tta_accuracy"] == pytest.approx(summary["tta_accuracy"])
     assert (out / "recipe.toml").is_file() and (out / "last.pt").is_file()
     history = json.loads((out / "metrics.json").read_text())["history"]
     recipe = trained[0]
@@ -64,7 +64,7 @@ def test_report_files_are_real_and_totals_match(trained):
     _, summary, out = trained
     report = out / "report"
     matrix = json.loads((report / "confusion_matrix.json").read_text())
-    n_valid = load_checkpoint(out / "best.pt")["metrics"]["n_valid"]
+    n_valid = load_checkpoint(out / "best.pt").metrics["n_valid"]
     assert sum(map(sum, matrix["confusion"])) == n_valid == summary["n"]
     per_class = json.loads((report / "classification_report.json").read_text())["per_class"]
     supports = {c["name"]: c["support"] for c in per_class}
@@ -78,10 +78,9 @@ def test_report_files_are_real_and_totals_match(trained):
 def test_tta_runs_all_views_in_batched_passes_and_reproduces_from_saved_spec(trained, digits_dir):
     recipe, summary, out = trained
     model, ckpt = load_model(out / "best.pt", torch.device("cpu"))
-    tta = TTASpec.from_dict(ckpt["tta"])
-    from service.imaging import EvalSpec
+    tta = ckpt.tta_spec
 
-    spec = EvalSpec.from_dict(ckpt["eval_spec"])
+    spec = ckpt.eval_transform
     split = load_items(digits_dir, valid_pct=recipe.data.valid_pct, seed=recipe.data.seed)
     batch_sizes: list[int] = []
     handle = model.register_forward_hook(lambda m, i, o: batch_sizes.append(i[0].shape[0]))
@@ -131,12 +130,12 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(digits_dir, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         fit(recipe_for(digits_dir, tmp_path / "b", *SMALL), progress=False,
             callbacks=[_StopAfter("stage1", 1)])
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["progress"] == {"phase": 0, "epoch": 1}
+    assert load_checkpoint(tmp_path / "b" / "last.pt").progress == {"phase": 0, "epoch": 1}
     resumed = fit(recipe_for(digits_dir, tmp_path / "b", *SMALL), resume=True, progress=False)
     a = load_checkpoint(tmp_path / "a" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "last.pt")
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
+    for key, tensor in a.model.items():
+        assert torch.equal(tensor, b.model[key]), key
     assert [h["accuracy"] for h in straight.history] == [h["accuracy"] for h in resumed.history]
     assert resumed.best_metric == straight.best_metric
 
@@ -353,7 +352,7 @@ def test_init_from_with_other_classes_keeps_body_and_rebuilds_head(trained, digi
     ckpt = load_checkpoint(out / "best.pt")
     model = build_classifier(recipe, ["0", "1", "2"], (0.5,) * 3, (0.25,) * 3).eval()
     assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3)  # eval: BN statistics stay as loaded
-    body = {k: v for k, v in ckpt["model"].items() if k.startswith("body")}
+    body = {k: v for k, v in ckpt.model.items() if k.startswith("body")}
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in body.items())
     assert "rebuilt the head" in caplog.text

@@ -12,11 +12,11 @@ import torch
 import torchvision
 
 from service.core import CoreConfig, InferenceCore
-from service.imaging import EvalSpec
+from training.checkpoint import load_model
 from training.cli import main
 from training.data import Items, load_items
 from training.errors import ConfigError
-from training.evaluate import load_model, predict
+from training.evaluate import predict
 from training.models import build_model
 from training.models.timm_models import save_timm_state
 
@@ -70,14 +70,14 @@ def test_a_timm_model_fine_tunes_on_digits_exports_and_serves_with_parity(
                  "--set", "train.lr_mult=10", "--set", "stages.0.epochs=3",
                  "--set", "stages.1.epochs=0", "--no-tta"]) == 0
     model, ckpt = load_model(out / "best.pt", torch.device("cpu"))
-    assert ckpt["arch"] == ARCH and ckpt["metrics"]["accuracy"] >= 0.85  # chance is 0.10
+    assert ckpt.arch == ARCH and ckpt.metrics["accuracy"] >= 0.85  # chance is 0.10
     assert main(["export", str(out / "best.pt"), "--name", "digits_timm", "--models-dir",
                  str(models)]) == 0
 
     split = load_items(digits_dir, valid_pct=0.2, seed=42)
     picked = list(range(0, len(split.valid.paths), 30))
     items = Items([split.valid.paths[i] for i in picked], [split.valid.labels[i] for i in picked])
-    spec = EvalSpec.from_dict(ckpt["eval_spec"])
+    spec = ckpt.eval_transform
     torch_probs = predict(model, items, eval_spec=spec, tta=None, device=torch.device("cpu"),
                           progress=False).probs
     with InferenceCore.create(CoreConfig(models_dir=models, poll_interval_s=0)) as core:

@@ -1,11 +1,26 @@
 """Flags shared by the commands that take a recipe (fit, lr-find, ablation; show-batch takes
---config and --set only)."""
+--config and --set only), and the one way they become a Recipe: the file, then ``--set``, then
+the named flags as typed values (the command line wins)."""
 
 from __future__ import annotations
 
 import argparse
 
-from training.config import Recipe, apply_override, read_recipe_file, recipe_from_dict
+from training.config import DEVICES, Recipe, load_recipe, with_values
+
+# named flag (argparse dest) -> the recipe key it sets; a flag a command lacks is skipped
+FLAG_KEYS = {
+    "data": "data.path",
+    "csv": "data.csv",
+    "arch": "model.arch",
+    "pretrained": "model.pretrained",
+    "init_from": "model.init_from",
+    "output": "train.output",
+    "device": "train.device",
+    "log": "log.loggers",
+    "mlflow_uri": "log.mlflow_uri",
+}
+STAGE_FLAGS = ("epochs", "lr")  # set on every stage
 
 
 def add_config_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -32,35 +47,18 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="run folder; overrides train.output")
     parser.add_argument("--epochs", type=int, help="epochs of every stage")
     parser.add_argument("--lr", type=float, help="peak learning rate of every stage")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    parser.add_argument("--device", choices=DEVICES, help="overrides train.device")
     add_set_arg(parser)
 
 
-def load_with_overrides(config: str, overrides: list[str]) -> Recipe:
-    """The recipe file with ``key=value`` overrides; ConfigError (never a traceback) for a
-    missing file, invalid TOML, or a bad key or value."""
-    d = read_recipe_file(config)
-    for item in overrides:
-        apply_override(d, item)
-    return recipe_from_dict(d)
-
-
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """Recipe file, then --set overrides, then the named flags (the command line wins)."""
-    overrides = list(args.set)
-    for flag, key in (("data", "data.path"), ("csv", "data.csv"), ("arch", "model.arch"),
-                      ("pretrained", "model.pretrained"), ("output", "train.output"),
-                      ("device", "train.device")):
-        if getattr(args, flag, None):
-            overrides.append(f"{key}={_q(getattr(args, flag))}")
-    stages = read_recipe_file(args.config).get("stages", [])
-    for i in range(len(stages) if isinstance(stages, list) else 0):
-        if args.epochs is not None:
-            overrides.append(f"stages.{i}.epochs={args.epochs}")
-        if args.lr is not None:
-            overrides.append(f"stages.{i}.lr={args.lr}")
-    return load_with_overrides(args.config, overrides)
-
-
-def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """Recipe file, then --set overrides, then the named flags (the command line wins);
+    ConfigError (never a traceback) for a missing file, invalid TOML, or a bad key or value."""
+    recipe = load_recipe(args.config, list(args.set))
+    values = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()
+              if getattr(args, flag, None)}
+    stage_values = {flag: getattr(args, flag) for flag in STAGE_FLAGS
+                    if getattr(args, flag, None) is not None}
+    if not values and not stage_values:
+        return recipe
+    return with_values(recipe, values, stage_values)

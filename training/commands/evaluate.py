@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.config import DEVICES
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path)
@@ -14,7 +16,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="report folder (default: CHECKPOINT_DIR/evaluation)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--min-confused", type=int, default=1)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
 def run(args: argparse.Namespace) -> int:

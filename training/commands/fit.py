@@ -31,12 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from training.distributed import distributed_session
     from training.run import fit_and_report
 
-    if args.init_from:
-        args.set.append(f'model.init_from="{args.init_from}"')
-    if args.log:
-        args.set.append("log.loggers=[" + ", ".join(f'"{name}"' for name in args.log) + "]")
-    if args.mlflow_uri:
-        args.set.append(f'log.mlflow_uri="{args.mlflow_uri}"')
     recipe = recipe_from_args(args)
     # Under torchrun (docs/distributed.md) every process runs this; rank 0 writes and prints.
     try:

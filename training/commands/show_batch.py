@@ -17,8 +17,9 @@ import torch
 
 from service.imaging import EvalSpec
 from training.augment import AugmentConfig, BatchAugment
-from training.commands._recipe_args import add_config_arg, add_set_arg, load_with_overrides
+from training.commands._recipe_args import add_config_arg, add_set_arg
 from training.commands.data_summary import add_data_arguments
+from training.config import load_recipe
 from training.data import build_dataloaders, load_items
 from training.errors import ConfigError
 from training.show import show_batch
@@ -71,7 +72,7 @@ def resolve(args: argparse.Namespace) -> BatchView:
         view = BatchView(args.data, args.csv, DEFAULT_VALID_PCT, DEFAULT_SEED, DEFAULT_SIZE,
                          DEFAULT_PRESIZE, AugmentConfig())
     else:
-        recipe = load_with_overrides(args.config, args.set)
+        recipe = load_recipe(args.config, args.set)
         d = recipe.data
         view = BatchView(Path(d.path), Path(d.csv) if d.csv else None, d.valid_pct, d.seed,
                          recipe.stages[0].size, recipe.presize, recipe.augment)

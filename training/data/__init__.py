@@ -6,6 +6,7 @@ service.imaging so validation measures what the service will see.
 """
 
 from training.data.digits import make_digits
+from training.data.labelled import labelled_folder, split_from_recipe
 from training.data.loaders import (
     DataLoaders,
     EpochShuffleSampler,
@@ -27,7 +28,9 @@ __all__ = [
     "build_dataloaders",
     "compute_stats",
     "format_summary",
+    "labelled_folder",
     "load_items",
     "make_digits",
     "make_eval_loader",
+    "split_from_recipe",
 ]

@@ -71,20 +71,10 @@ class DataLoaders:
 
 
 def build_dataloaders(
-    split: DataSplit,
-    *,
-    size: int,
-    batch_size: int,
-    presize: int,
-    eval_spec: EvalSpec,
-    tta: TTASpec | None = None,
-    num_workers: int = 0,
-    seed: int = 42,
-    drop_last: bool = True,
-    valid_batch_size: int | None = None,
-    pin_memory: bool | None = None,
-    presized: PresizedImages | None = None,
-    min_side: int | None = None,
+    split: DataSplit, *, size: int, batch_size: int, presize: int, eval_spec: EvalSpec,
+    tta: TTASpec | None = None, num_workers: int = 0, seed: int = 42, drop_last: bool = True,
+    valid_batch_size: int | None = None, pin_memory: bool | None = None,
+    presized: PresizedImages | None = None, min_side: int | None = None,
     presize_fit: str = "crop",
 ) -> DataLoaders:
     """Loaders for one progressive-resizing stage.
@@ -104,36 +94,17 @@ def build_dataloaders(
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if presize < size:
-        logger.warning(
-            "presize %d is smaller than the training size %d; augmentation will upsample",
-            presize, size,
-        )
-    n_train = len(split.train)
-    if drop_last and n_train < batch_size:
-        logger.warning(
-            "only %d training images for batch size %d: keeping the partial batch", n_train,
-            batch_size,
-        )
+        logger.warning("presize %d is smaller than the training size %d; augmentation will "
+                       "upsample", presize, size)
+    if drop_last and len(split.train) < batch_size:
+        logger.warning("only %d training images for batch size %d: keeping the partial batch",
+                       len(split.train), batch_size)
         drop_last = False
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    sampler = EpochShuffleSampler(n_train, seed=seed)
-    if presized is not None:
-        on_device = presized.images.device.type != "cpu"
-        train = DataLoader(CachedDataset(presized.images, presized.labels),
-                           batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                           collate_fn=collate_batch, num_workers=0,
-                           pin_memory=pin_memory and not on_device)
-    else:
-        train = DataLoader(
-            PresizedDataset(split.train, presize, eval_spec.interpolation, presize_fit),
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=num_workers > 0,
-        )
+    train = _train_loader(split.train, presized, batch_size=batch_size, presize=presize,
+                          eval_spec=eval_spec, presize_fit=presize_fit, seed=seed,
+                          drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory)
     if valid_batch_size is None:
         valid_batch_size = max(1, 2 * batch_size // (len(tta.views) if tta else 1))
     valid = make_eval_loader(
@@ -142,6 +113,24 @@ def build_dataloaders(
         precompute=presized is not None,
     )
     return DataLoaders(train=train, valid=valid, classes=list(split.classes))
+
+
+def _train_loader(items: Items, presized: PresizedImages | None, *, batch_size: int,
+                  presize: int, eval_spec: EvalSpec, presize_fit: str, seed: int,
+                  drop_last: bool, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Shuffled (seed + epoch) batches: gathered from the presized set, or decoded per epoch."""
+    sampler = EpochShuffleSampler(len(items), seed=seed)
+    if presized is not None:
+        on_device = presized.images.device.type != "cpu"
+        return DataLoader(CachedDataset(presized.images, presized.labels),
+                          batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          collate_fn=collate_batch, num_workers=0,
+                          pin_memory=pin_memory and not on_device)
+    return DataLoader(
+        PresizedDataset(items, presize, eval_spec.interpolation, presize_fit),
+        batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
+        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+    )
 
 
 def make_eval_loader(

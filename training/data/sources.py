@@ -7,7 +7,6 @@ a warning naming the file) rather than failing an epoch hours into a run.
 
 from __future__ import annotations
 
-import csv as csv_module
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -19,22 +18,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from service.imaging import DEFAULT_MAX_PIXELS
+from training.data.csv_source import Labelled, read_csv
+from training.data.files import IMAGE_EXTENSIONS, class_folders, image_files, is_image
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# What service.imaging.decode_image reads; other files in class folders (README, .DS_Store) are
-# ignored, as fastai's get_image_files does.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+__all__ = ["IMAGE_EXTENSIONS", "DataSplit", "Items", "load_items", "random_split"]
+
 VALID_FOLDER_NAMES = ("valid", "val")
-_CSV_PATH_COLUMNS = ("path", "file", "filename", "fname", "image", "image_id", "name")
-_CSV_LABEL_COLUMNS = ("label", "class", "category", "target", "y")
-_CSV_VALID_COLUMNS = ("is_valid", "is_val", "valid")
-_TRUE = frozenset({"1", "true", "t", "yes", "y", "valid", "val"})
-_FALSE = frozenset({"0", "false", "f", "no", "n", "train", ""})
-_MAX_LISTED = 5  # how many offending files an error message names
 
 
 @dataclass
@@ -106,29 +98,39 @@ def load_items(
         raise DataError(f"data folder {root} does not exist (or is not a folder)")
     if not 0.0 <= valid_pct < 1.0:
         raise DataError(f"valid_pct must be in [0, 1), got {valid_pct}")
-
     problems: list[str] = []
     if csv is not None:
         train, valid, source = _from_csv(root, Path(csv), valid_pct, seed)
     else:
         train, valid, source = _from_folders(root, valid_pct, seed, problems)
-
     sizes: dict[Path, tuple[int, int]] = {}
     if check_images:
-        sizes, bad = _check_images([p for p, _ in train] + [p for p, _ in valid])
+        sizes, bad = probe_images([p for p, _ in train] + [p for p, _ in valid])
         for p, reason in bad.items():
             logger.warning("skipping unreadable image %s: %s", p, reason)
             problems.append(f"{p}: {reason}")
         train = [(p, y) for p, y in train if p not in bad]
         valid = [(p, y) for p, y in valid if p not in bad]
-
-    classes = sort_classes(y for _, y in train)
     # valid_pct=0 (only meaningful for a random split) asks for everything in train, e.g. to
     # evaluate a model on a whole labelled folder.
-    _check_split(root, classes, train, valid, allow_empty_valid=valid_pct == 0.0,
+    split = _make_split(root, train, valid, problems, source, sizes,
+                        allow_empty_valid=valid_pct == 0.0, min_classes=min_classes)
+    logger.info(
+        "%s: %d classes, %d train / %d valid images, %d skipped",
+        source, len(split.classes), len(split.train), len(split.valid), len(problems),
+    )
+    return split
+
+
+def _make_split(root: Path, train: Labelled, valid: Labelled, problems: list[str], source: str,
+                sizes: dict[Path, tuple[int, int]], *, allow_empty_valid: bool,
+                min_classes: int) -> DataSplit:
+    """Checked and indexed: class names become indices into the sorted class list."""
+    classes = sort_classes(y for _, y in train)
+    _check_split(root, classes, train, valid, allow_empty_valid=allow_empty_valid,
                  min_classes=min_classes)
     index = {c: i for i, c in enumerate(classes)}
-    split = DataSplit(
+    return DataSplit(
         classes=classes,
         train=Items([p for p, _ in train], [index[y] for _, y in train]),
         valid=Items([p for p, _ in valid], [index[y] for _, y in valid]),
@@ -136,21 +138,13 @@ def load_items(
         source=source,
         image_sizes=[sizes[p] for p, _ in train + valid if p in sizes],
     )
-    logger.info(
-        "%s: %d classes, %d train / %d valid images, %d skipped",
-        source, len(classes), len(split.train), len(split.valid), len(problems),
-    )
-    return split
 
 
 # --- folders -----------------------------------------------------------------------------------
 
-_Labelled = list[tuple[Path, str]]
-
-
 def _from_folders(
     root: Path, valid_pct: float, seed: int, problems: list[str]
-) -> tuple[_Labelled, _Labelled, str]:
+) -> tuple[Labelled, Labelled, str]:
     valid_dirs = [root / n for n in VALID_FOLDER_NAMES if (root / n).is_dir()]
     if (root / "train").is_dir() and valid_dirs:
         if len(valid_dirs) > 1:
@@ -171,19 +165,19 @@ def _from_folders(
     return train, valid, f"folder split {valid_pct:.0%} seed {seed}"
 
 
-def _class_tree(root: Path, problems: list[str]) -> _Labelled:
+def _class_tree(root: Path, problems: list[str]) -> Labelled:
     """(path, class name) for every image under root/<class>/ (recursively), sorted."""
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    for stray in sorted(f for f in root.iterdir() if f.is_file() and _is_image(f)):
+    class_dirs = class_folders(root)
+    for stray in sorted(f for f in root.iterdir() if f.is_file() and is_image(f)):
         problems.append(f"{stray}: image outside any class folder, ignored")
     if not class_dirs:
         raise DataError(
             f"{root} has no class folders; expected one sub-folder of images per class "
             "(or train/ and valid/ folders, or --csv)"
         )
-    out: _Labelled = []
+    out: Labelled = []
     for d in class_dirs:
-        files = _image_files(d)
+        files = image_files(d)
         if not files:
             raise DataError(
                 f"class folder {d} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
@@ -193,21 +187,9 @@ def _class_tree(root: Path, problems: list[str]) -> _Labelled:
     return out
 
 
-def _image_files(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if _is_image(Path(f)))
-    return sorted(found)
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-
-
 def random_split(
     items: Sequence[tuple[Path, str]], valid_pct: float, seed: int
-) -> tuple[_Labelled, _Labelled]:
+) -> tuple[Labelled, Labelled]:
     """Seeded random split, order-independent: the items are sorted first, then permuted."""
     ordered = sorted(items, key=lambda t: str(t[0]))
     perm = np.random.default_rng(seed).permutation(len(ordered))
@@ -223,97 +205,19 @@ def random_split(
 
 def _from_csv(
     root: Path, csv_path: Path, valid_pct: float, seed: int
-) -> tuple[_Labelled, _Labelled, str]:
-    if not csv_path.is_file() and not csv_path.is_absolute() and (root / csv_path).is_file():
-        csv_path = root / csv_path
-    if not csv_path.is_file():
-        raise DataError(f"CSV file {csv_path} does not exist")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv_module.reader(f) if any(c.strip() for c in r)]
-    if not rows:
-        raise DataError(f"CSV file {csv_path} is empty")
-
-    bases = [csv_path.parent, root]
-    header = [c.strip().lower() for c in rows[0]]
-    # A first row whose first cell is neither an existing file nor an image name is a header;
-    # with a header only a column named is_valid (or is_val, valid) splits the rows.
-    first = rows[0][0].strip()
-    has_header = _resolve(first, bases) is None and not _is_image(Path(first))
-    if has_header:
-        path_col = _column(header, _CSV_PATH_COLUMNS, 0)
-        label_col = _column(header, _CSV_LABEL_COLUMNS, 1)
-        valid_col = _column(header, _CSV_VALID_COLUMNS, None)
-        body = rows[1:]
-        first_line = 2
-    else:
-        path_col, label_col = 0, 1
-        valid_col = 2 if len(rows[0]) > 2 else None
-        body = rows
-        first_line = 1
-
-    train: _Labelled = []
-    valid: _Labelled = []
-    unsplit: _Labelled = []
-    missing: list[str] = []
-    needed = max(c for c in (path_col, label_col, valid_col) if c is not None)
-    for line, row in enumerate(body, start=first_line):
-        if len(row) <= needed:
-            raise DataError(f"{csv_path} line {line}: expected {needed + 1} columns, got {row}")
-        name, label = row[path_col].strip(), row[label_col].strip()
-        if not label:
-            raise DataError(f"{csv_path} line {line}: empty label for {name!r}")
-        file = _resolve(name, bases)
-        if file is None:
-            missing.append(name)
-            continue
-        if valid_col is None:
-            unsplit.append((file, label))
-            continue
-        flag = row[valid_col].strip().lower()
-        if flag in _TRUE:
-            valid.append((file, label))
-        elif flag in _FALSE:
-            train.append((file, label))
-        else:
-            raise DataError(
-                f"{csv_path} line {line}: is_valid must be true/false (or 1/0), got {flag!r}"
-            )
-    if missing:
-        raise DataError(
-            f"{csv_path} names {len(missing)} file(s) that do not exist (looked in "
-            f"{csv_path.parent} and {root}): {', '.join(missing[:_MAX_LISTED])}"
-            + (" ..." if len(missing) > _MAX_LISTED else "")
-        )
-    if valid_col is None:
-        train, valid = random_split(unsplit, valid_pct, seed)
-        return train, valid, f"csv {csv_path.name} split {valid_pct:.0%} seed {seed}"
-    return train, valid, f"csv {csv_path.name}"
-
-
-def _column(header: list[str], names: tuple[str, ...], default: int | None) -> int | None:
-    for n in names:
-        if n in header:
-            return header.index(n)
-    return default
-
-
-def _resolve(name: str, bases: Sequence[Path]) -> Path | None:
-    if not name:
-        return None
-    p = Path(name)
-    if p.is_absolute():
-        return p if p.is_file() else None
-    for base in bases:
-        if (base / p).is_file():
-            return base / p
-    return None
+) -> tuple[Labelled, Labelled, str]:
+    rows = read_csv(root, csv_path)
+    if rows.unsplit is not None:
+        train, valid = random_split(rows.unsplit, valid_pct, seed)
+        return train, valid, f"csv {rows.path.name} split {valid_pct:.0%} seed {seed}"
+    return rows.train, rows.valid, f"csv {rows.path.name}"
 
 
 # --- checks ------------------------------------------------------------------------------------
 
 
 def _check_split(
-    root: Path, classes: list[str], train: _Labelled, valid: _Labelled, *,
+    root: Path, classes: list[str], train: Labelled, valid: Labelled, *,
     allow_empty_valid: bool, min_classes: int = 2,
 ) -> None:
     if not train and not valid:
@@ -342,7 +246,7 @@ def _check_split(
         )
 
 
-def _check_images(
+def probe_images(
     paths: list[Path],
 ) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
     """Open every image cheaply (JPEGs at reduced scale): (upright sizes, unreadable -> reason)."""
