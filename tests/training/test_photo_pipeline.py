@@ -20,7 +20,7 @@ from PIL import Image
 
 from bench.imaging import phone_jpeg as bench_phone_jpeg
 from service.core.config import CoreConfig
-from service.core.inference import InferenceCore
+from service.core.preprocess import image_rows
 from service.imaging import (
     EvalSpec,
     TTASpec,
@@ -157,10 +157,9 @@ def test_training_evaluation_and_the_server_see_identical_tensors_for_a_phone_ph
     items = load_items(tmp_path, valid_pct=0.0, min_classes=1).train
     plain = EvalDataset(items, card.eval_spec, None, min_side=side)[0][0].numpy()
     views = EvalDataset(items, card.eval_spec, card.tta, min_side=side)[0][0].numpy()
-    core = InferenceCore.create(CoreConfig(models_dir=models, default_model="digits",
-                                           poll_interval_s=0, device="cpu"))
-    assert np.array_equal(core._preprocess(data, card, tta=False), to_model_input(plain))
-    assert np.array_equal(core._preprocess(data, card, tta=True), to_model_input(views))
+    max_pixels = CoreConfig(models_dir=models).max_pixels  # what the core decodes with
+    assert np.array_equal(image_rows(data, card, False, max_pixels), to_model_input(plain))
+    assert np.array_equal(image_rows(data, card, True, max_pixels), to_model_input(views))
     assert np.array_equal(views[0], plain)  # TTA's center view is the plain view
 
 
