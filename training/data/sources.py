@@ -69,13 +69,8 @@ def sort_classes(names: Iterable[str]) -> list[str]:
 
 
 def load_items(
-    path: str | Path,
-    *,
-    csv: str | Path | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 42,
-    check_images: bool = True,
-    min_classes: int = 2,
+    path: str | Path, *, csv: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
+    check_images: bool = True, min_classes: int = 2,
 ) -> DataSplit:
     """Find the labelled images under ``path`` and split them into train and valid.
 
