@@ -80,7 +80,8 @@ def _run_http(args: argparse.Namespace) -> int:
     from service.runner import serve
 
     return serve(core_config_from_args(args), None,
-                 HttpConfig(host=args.host, port=args.port, grace_s=args.grace_s))
+                 HttpConfig(host=args.host, port=args.port, grace_s=args.grace_s,
+                            port_flag="--port"))
 
 
 def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

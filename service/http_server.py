@@ -49,6 +49,7 @@ class HttpConfig:
     port: int = 3000  # 0 = any free port (tests)
     grace_s: float = 10.0  # on SIGTERM: time in-flight requests get to finish
     keep_alive_s: int = 5  # idle keep-alive connections close after this (BentoML's default)
+    port_flag: str = "--http-port"  # the option a port-in-use error tells the user to change
 
 
 class _Uvicorn(uvicorn.Server):
@@ -59,8 +60,8 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket; OSError names the address (``--http-port`` to choose)."""
+def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> socket.socket:
+    """A bound, listening TCP socket; OSError names the address and the option to change."""
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = info[0]
@@ -74,7 +75,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}; is the port in use? "
-                      "(choose --http-port)") from e
+                      f"(choose {port_flag})") from e
     sock.setblocking(False)
     return sock
 
@@ -120,7 +121,7 @@ class HttpServer:
         """Bind, build the app, run its start-up (the Classifier instance); the bound port."""
         from service.http_hardening import DRAIN
 
-        sock = listening_socket(self.config.host, self.config.port)
+        sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
         DRAIN.draining = False  # one drain per server (the state is the process's)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(

@@ -113,17 +113,19 @@ def test_all_refuses_to_start_and_listens_on_nothing(tmp_path: Path):
     assert "listening on" not in server.log  # the core's check ran before any port was bound
 
 
-def test_http_port_in_use_is_a_one_line_error(digits_model: FixtureModel, tmp_path: Path):
+@pytest.mark.parametrize(("command", "flag"), [("all", "--http-port"), ("http", "--port")])
+def test_http_port_in_use_is_a_one_line_error(digits_model: FixtureModel, tmp_path: Path,
+                                              command: str, flag: str):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        server = ServerProcess(["all", "--host", "127.0.0.1", "--grpc-port", str(free_port()),
-                                "--http-port", str(port),
+        other_port = ["--grpc-port", str(free_port())] if command == "all" else []
+        server = ServerProcess([command, "--host", "127.0.0.1", *other_port, flag, str(port),
                                 *cli_flags(core_config(digits_model.repo_root))], tmp_path)
         assert server.process.wait(120) == 2, server.log
     assert (f"tta-serve: error: cannot listen on 127.0.0.1:{port}; is the port in use? "
-            "(choose --http-port)") in server.log
+            f"(choose {flag})") in server.log
     assert "Traceback" not in server.log
 
 
