@@ -1,7 +1,8 @@
 """What the HTTP front end corrects in BentoML 1.4 and uvicorn, each with its reason.
 
-Installed by ``service.http_service`` when the BentoML worker imports it (``install()``);
-bentoml is pinned below 1.5 and ``tests/reliability`` fails if any of these regresses.
+Installed by ``service.http_service`` when it is imported (``install()``): in ``tta-serve``'s
+process (``service.http_server``) or in a worker of ``bentoml serve``; bentoml is pinned below
+1.5 and ``tests/reliability`` fails if any of these regresses.
 
 1. **Memory held per request** (BentoML's ``TimeoutMiddleware``). Every request schedules
    ``loop.call_later(traffic timeout, ...)`` and never cancels it, so the timer -- with the
@@ -27,11 +28,13 @@ bentoml is pinned below 1.5 and ``tests/reliability`` fails if any of these regr
 
 4. **SIGTERM reset connections** (uvicorn's shutdown closes idle keep-alive connections at
    once, so a request on its way on one is lost to a reset, and the requests it reads in its
-   last moments with it). On the first SIGTERM/SIGINT the worker drains first (``HttpDrain``):
+   last moments with it). On the first SIGTERM/SIGINT the server drains first (``HttpDrain``):
    ``/readyz`` answers 503, every new request 503 ``shutting_down`` with ``Connection: close``,
    every response ``Connection: close``; when no request is in flight and none has arrived for
    ``DRAIN_QUIET_S`` (or no connection is left, or the grace period is over) uvicorn's own
    shutdown runs. A client learns of the shutdown from a response, never from a reset.
+   ``tta-serve`` starts the drain itself (``HttpServer.stop``, its uvicorn has no signal
+   handlers); under ``bentoml serve`` the patched ``uvicorn.Server.handle_exit`` does.
 """
 
 from __future__ import annotations
@@ -344,7 +347,7 @@ _installed = False
 
 
 def install() -> None:
-    """Apply 1-4 in this process (idempotent): the BentoML worker, when it imports the service."""
+    """Apply 1-4 in this process (idempotent), when it imports the service."""
     global _installed
     if _installed:
         return
