@@ -9,6 +9,7 @@ other work on a shared machine moves far less than latency.
 
     .venv/bin/python -m bench.ab_serving HEAD --protocol grpc --rounds 3
     .venv/bin/python -m bench.ab_serving e1f3c05 --protocol http --concurrency 1 32 --images phone
+    .venv/bin/python -m bench.ab_serving --after-flags "--max-batch-size 8" --concurrency 32
 """
 
 from __future__ import annotations
@@ -38,22 +39,29 @@ def worktree(rev: str) -> Path:
     return path
 
 
-def spec(name: str, tree: Path, protocol: str) -> ServerSpec:
+def spec(name: str, tree: Path, protocol: str, flags: list[str]) -> ServerSpec:
     model = ensure_model("cifar10")
     port = free_port()
     target = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/predict"
     return ServerSpec(name, protocol,
                       [PY, "-m", "service.cli", protocol, "--models-dir", str(model.models_dir),
                        "--model", model.name, "--device", "cpu", "--poll-interval-s", "0",
-                       "--log-level", "WARNING", "--host", "127.0.0.1", "--port", str(port)],
+                       "--log-level", "WARNING", "--host", "127.0.0.1", "--port", str(port),
+                       *flags],
                       {"PYTHONPATH": str(tree)}, target, "core", [],
-                      log=ROOT / "bench" / "results" / "logs" / f"ab-{name}.log")
+                      log=ROOT / "bench" / "results" / "logs" / f"ab-{name}.log", cwd=tree)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab_serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rev", help="the 'before' commit (e.g. HEAD)")
+    parser.add_argument("rev", nargs="?", default=None,
+                        help="the 'before' commit (e.g. HEAD; default: the working tree too, "
+                             "to compare --before-flags with --after-flags)")
+    parser.add_argument("--before-flags", default="", help="extra tta-serve flags, 'before'")
+    parser.add_argument("--after-flags", default="", help="extra tta-serve flags, 'after'")
+    parser.add_argument("--after", default=None,
+                        help="the 'after' commit (default: the working tree)")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--images", default="cifar10", choices=["cifar10", "phone"])
@@ -64,10 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     d = Durations(1.0, args.measure_s)
     image = images_for("cifar10", 1)[0]
     servers: dict[str, RunningServer] = {}
+    trees = {"before": worktree(args.rev) if args.rev else ROOT,
+             "after": worktree(args.after) if args.after else ROOT}
+    flags = {"before": args.before_flags.split(), "after": args.after_flags.split()}
+    for name, tree in trees.items():
+        code = subprocess.run([PY, "-c", "import service.core.batcher as b; print(b.__file__)"],
+                              cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                              capture_output=True, text=True).stdout.strip()
+        assert code.startswith(str(tree)), f"{name} would import {code}, not {tree}'s code"
     rounds: list[dict[str, Any]] = []
     try:
-        for name, tree in (("before", worktree(args.rev)), ("after", ROOT)):
-            servers[name] = RunningServer(spec(name, tree, args.protocol), image)
+        for name, tree in trees.items():
+            servers[name] = RunningServer(spec(name, tree, args.protocol, flags[name]), image)
         for r in range(args.rounds):
             row: dict[str, Any] = {"round": r + 1, "load_avg_1": round(os.getloadavg()[0], 2)}
             for c in args.concurrency:
@@ -86,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
     print(f"{args.protocol}, {args.images} images, {args.rounds} interleaved rounds, "
-          f"before = {args.rev}\n")
+          f"before = {args.rev or 'the working tree'} {args.before_flags}, "
+          f"after = {args.after or 'the working tree'} {args.after_flags}\n")
     print("| concurrency | before req/s | after req/s | after/before | before p50 ms | "
           "after p50 ms | p50 change ms | server CPU ms/request before | after |\n"
           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

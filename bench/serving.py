@@ -205,6 +205,7 @@ class ServerSpec:
     oip_model: str = ""
     oip_http_bytes: str = "binary"
     extra_wires: list[Wire] = field(default_factory=list)  # same process, other protocols
+    cwd: Path = ROOT  # where it starts: `python -m` imports from here first
 
     @property
     def wires(self) -> list[Wire]:
@@ -249,7 +250,7 @@ class RunningServer:
         self.spec = spec
         spec.log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(spec.log, "w")  # noqa: SIM115 -- closed in stop()
-        self.proc = subprocess.Popen(spec.command, env={**os.environ, **spec.env}, cwd=ROOT,
+        self.proc = subprocess.Popen(spec.command, env={**os.environ, **spec.env}, cwd=spec.cwd,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self._peak = 0
@@ -536,7 +537,12 @@ def bench_key_comparison(model: BenchModel, rounds: int, quick: bool,
     try:
         for spec in specs:
             print(f"  starting {spec.name} ...", file=sys.stderr, flush=True)
-            running.append(RunningServer(spec, image))
+            try:
+                running.append(RunningServer(spec, image))
+            except RuntimeError as e:  # e.g. its free port was taken meanwhile: new ports
+                print(f"  {e}; retrying once", file=sys.stderr, flush=True)
+                again = next(s for s in server_specs(model, quick) if s.name == spec.name)
+                running.append(RunningServer(again, image))
         rss = {server.spec.name: server.rss_bytes() / 2**20 for server in running}
         for r in range(rounds):
             per_round.append(_key_round(model, running, d, big, r))
