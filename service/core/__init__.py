@@ -17,22 +17,50 @@ Errors are ``service.core.errors`` classes (all ``CoreError``), each with its wi
 (gRPC code + HTTP status): front ends translate that in one line.
 """
 
-from service.core.config import CoreConfig, VersionPolicy
-from service.core.errors import (
-    CoreError,
-    DeviceUnavailable,
-    ImageTooLarge,
-    InvalidImage,
-    InvalidRequest,
-    ModelNotFound,
-    ModelUnavailable,
-    Overloaded,
-)
-from service.core.evaluation import EvaluationResult
-from service.core.inference import ClassScore, InferenceCore, PinnedModel, Prediction
-from service.core.models import ModelInfo
-from service.core.runtime import ProviderInfo
-from service.core.stats import CoreStats
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. Loaded on first use (PEP 562) so that importing one light module
+# -- ``service.core.errors`` from the client, say -- does not load ONNX Runtime with the rest.
+_HOMES = {
+    "CoreConfig": "config", "VersionPolicy": "config",
+    "CoreError": "errors", "DeviceUnavailable": "errors", "ImageTooLarge": "errors",
+    "InvalidImage": "errors", "InvalidRequest": "errors", "ModelNotFound": "errors",
+    "ModelUnavailable": "errors", "Overloaded": "errors",
+    "EvaluationResult": "evaluation",
+    "ClassScore": "inference", "InferenceCore": "inference", "PinnedModel": "inference",
+    "Prediction": "inference",
+    "ModelInfo": "models",
+    "ProviderInfo": "runtime",
+    "CoreStats": "stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from service.core.config import CoreConfig, VersionPolicy
+    from service.core.errors import (
+        CoreError,
+        DeviceUnavailable,
+        ImageTooLarge,
+        InvalidImage,
+        InvalidRequest,
+        ModelNotFound,
+        ModelUnavailable,
+        Overloaded,
+    )
+    from service.core.evaluation import EvaluationResult
+    from service.core.inference import ClassScore, InferenceCore, PinnedModel, Prediction
+    from service.core.models import ModelInfo
+    from service.core.runtime import ProviderInfo
+    from service.core.stats import CoreStats
 
 __all__ = [
     "ClassScore",

@@ -155,3 +155,15 @@ def test_models(client: Client, digits_model: FixtureModel):
     assert client.model("digits").version == 1
     with pytest.raises(NotFound):
         client.model("cats")
+
+
+def test_importing_the_client_does_not_load_onnx_runtime() -> None:
+    """Client teams import service.client without paying for the server's runtime."""
+    import subprocess
+    import sys
+
+    code = ("import sys, service.client; "
+            "print('onnxruntime' in sys.modules, 'service.core.inference' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["False", "False"]
