@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
+from bench.common import process_tree, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEGS = sorted((ROOT / "tests/data/cifar10_heldout").glob("*/*.jpg"))
@@ -63,24 +63,16 @@ class Run:
 
 
 def tree_memory(pid: int) -> Memory:
-    root = psutil.Process(pid)
-    tree = [root, *root.children(recursive=True)]
+    """Read after each phase too, so a server that died mid-run stops the bench here."""
+    tree = process_tree(pid)
+    if not tree:
+        raise RuntimeError(f"the server (pid {pid}) is gone")
     rss = pss = 0
     for p in tree:
         info = p.memory_full_info()
         rss += info.rss
         pss += info.pss
     return Memory(len(tree), rss / 2**20, pss / 2**20)
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the tree has used so far, every thread included."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for p in [root, *root.children(recursive=True)]:
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
 
 
 def _free_port() -> int:
@@ -193,11 +185,11 @@ def measure(checkout: Path, models_dir: Path, round_: int, concurrency: int,
             asyncio.run(_load(("grpc", "http"), server, images, concurrency, 2))  # warm-up
             for name, wires in (("grpc", ("grpc",)), ("http", ("http",)),
                                 ("both", ("grpc", "http"))):
-                cpu_before = tree_cpu_s(server.process.pid)
+                cpu_before = tree_cpu_seconds(server.process.pid)
                 answered, failed = asyncio.run(_load(wires, server, images, concurrency,
                                                      seconds))
                 rps[name] = sum(answered.values()) / seconds
-                cpu_ms[name] = 1000 * (tree_cpu_s(server.process.pid) - cpu_before) / max(
+                cpu_ms[name] = 1000 * (tree_cpu_seconds(server.process.pid) - cpu_before) / max(
                     1, sum(answered.values()))
                 errors += failed
             loaded = tree_memory(server.process.pid)

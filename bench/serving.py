@@ -55,7 +55,9 @@ from bench.common import (
     latency_ms,
     machine,
     markdown_table,
+    process_tree,
     timed_loop,
+    tree_cpu_seconds,
     write_results,
 )
 from bench.loadgen import run_load
@@ -265,31 +267,14 @@ class RunningServer:
         self._sampler.start()
 
     def rss_bytes(self) -> int:
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
         total = 0
-        for p in procs:
+        for p in process_tree(self.proc.pid):
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 total += p.memory_info().rss
         return total
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the server's process tree so far: per request, the server's
-        cost, which other work on a shared machine moves far less than latency."""
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                times = p.cpu_times()
-                total += times.user + times.system
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
