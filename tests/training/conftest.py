@@ -45,3 +45,22 @@ def make_class_tree() -> Callable[..., Path]:
 def write_image() -> Callable[..., Path]:
     """write_image(path, color=(r, g, b), size=12): a solid RGB PNG."""
     return write_png
+
+
+@pytest.fixture
+def ctrl_c_in_second_epoch(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Learner.validate raises KeyboardInterrupt on its second call, as Ctrl-C in epoch 2 would;
+    call the returned function to put validate back before the ``--resume`` that follows."""
+    from training.learner import Learner
+
+    calls = {"n": 0}
+    validate = Learner.validate
+
+    def interrupt_second_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return validate(self)
+
+    monkeypatch.setattr(Learner, "validate", interrupt_second_epoch)
+    return lambda: monkeypatch.setattr(Learner, "validate", validate)

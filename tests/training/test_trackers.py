@@ -117,24 +117,13 @@ def test_a_logger_whose_package_is_missing_is_a_config_error_naming_the_extra(mo
 
 
 def test_an_interrupted_run_resumes_into_the_same_mlflow_run_and_csv(digits_dir, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch,
+                                                                      ctrl_c_in_second_epoch):
     """Ctrl-C (KeyboardInterrupt) in epoch 2 marks the MLflow run KILLED; --resume continues
     that run (no second one) and appends to the CSV: each epoch recorded once."""
     from mlflow.tracking import MlflowClient
 
-    from training.learner import Learner
-
-    calls = {"n": 0}
-    validate = Learner.validate
-
-    def interrupt_second_epoch(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return validate(self)
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(Learner, "validate", interrupt_second_epoch)
     out = tmp_path / "run"
     argv = ["fit", "--config", str(RECIPE), "--data", str(digits_dir), "--output", str(out),
             "--set", "stages.0.epochs=2", "--set", "stages.1.epochs=0", "--no-tta",
@@ -143,7 +132,7 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run_and_csv(digits_dir,
     info = json.loads((out / "mlflow_run.json").read_text())
     client = MlflowClient(info["tracking_uri"])
     assert client.get_run(info["run_id"]).info.status == "KILLED"
-    monkeypatch.setattr(Learner, "validate", validate)
+    ctrl_c_in_second_epoch()  # validate as it is, for the resumed run
     assert main([*argv, "--resume"]) == 0
     assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == info["run_id"]
     runs = client.search_runs([info["experiment_id"]])
