@@ -28,8 +28,8 @@ _HOMES = {
     "InvalidImage": "errors", "InvalidRequest": "errors", "ModelNotFound": "errors",
     "ModelUnavailable": "errors", "Overloaded": "errors",
     "EvaluationResult": "evaluation",
-    "ClassScore": "inference", "InferenceCore": "inference", "PinnedModel": "inference",
-    "Prediction": "inference",
+    "InferenceCore": "inference", "PinnedModel": "inference",
+    "ClassScore": "prediction", "Prediction": "prediction",
     "ModelInfo": "models",
     "ProviderInfo": "runtime",
     "CoreStats": "stats",
@@ -57,8 +57,9 @@ if TYPE_CHECKING:
         Overloaded,
     )
     from service.core.evaluation import EvaluationResult
-    from service.core.inference import ClassScore, InferenceCore, PinnedModel, Prediction
+    from service.core.inference import InferenceCore, PinnedModel
     from service.core.models import ModelInfo
+    from service.core.prediction import ClassScore, Prediction
     from service.core.runtime import ProviderInfo
     from service.core.stats import CoreStats
 

@@ -52,7 +52,7 @@ from service.core.errors import (
 )
 from service.core.evaluation import EvaluationResult, LabelledItems, evaluate_pinned
 from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
-from service.core.prediction import ClassScore, Prediction, make_prediction
+from service.core.prediction import Prediction, make_prediction
 from service.core.preprocess import (
     check_pixel_values,
     check_pixels_shape,
@@ -64,7 +64,7 @@ from service.core.stats import CoreStats, RequestTimes
 from service.imaging import combine_tta
 from service.model_repository import ModelCard, ModelRepository
 
-__all__ = ["ClassScore", "InferenceCore", "PinnedModel", "Prediction"]
+__all__ = ["InferenceCore", "PinnedModel"]
 
 log = logging.getLogger(__name__)
 
