@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,15 @@ TTA_VIEWS = (
     "bottom_left",
     "bottom_right",
 )
+
+# Translate views, any offsets: "shift:DX,DY" is the plain view moved DX px right and DY px down
+# (negative: left/up), the pixels that come in from outside filled by reflect padding;
+# "hflip_shift:DX,DY" is that shifted view mirrored left-right. E.g. "shift:+1,+1",
+# "hflip_shift:-2,+0". |DX| and |DY| must be smaller than the model's input size.
+SHIFT_VIEW = re.compile(r"(?P<mirror>hflip_)?shift:(?P<dx>[+-]?\d+),(?P<dy>[+-]?\d+)")
+VIEW_GRAMMAR = (f"a named view {list(TTA_VIEWS)}, or 'shift:DX,DY' / 'hflip_shift:DX,DY' "
+                "(the plain view translated DX px right and DY px down with reflect padding, "
+                "and its mirror; signed integers, e.g. 'shift:+2,+0')")
 
 
 class ImageDecodeError(ValueError):
@@ -99,9 +109,9 @@ class TTASpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))
-        unknown = [v for v in self.views if v not in TTA_VIEWS]
+        unknown = [v for v in self.views if v not in TTA_VIEWS and not SHIFT_VIEW.fullmatch(v)]
         if unknown:
-            raise ValueError(f"unknown TTA view(s) {unknown}; known views are {list(TTA_VIEWS)}")
+            raise ValueError(f"unknown TTA view(s) {unknown}; a view is {VIEW_GRAMMAR}")
         if len(self.views) < 2:
             raise ValueError("TTA needs at least two views")
         if self.combine not in ("mean", "max"):
@@ -124,8 +134,19 @@ class TTASpec:
         return cls(**{**d, "views": tuple(d["views"])})
 
 
-# Views that are crops of the plain evaluation view (no zoomed copy of the image is needed).
-_UNZOOMED_VIEWS = frozenset({"center", "hflip", "vflip"})
+# Views cropped from a zoomed copy of the image; every other view is computed from the plain
+# evaluation view's pixels (flips, shifts).
+_ZOOMED_VIEWS = frozenset({"zoom_center", "top_left", "top_right", "bottom_left", "bottom_right"})
+
+
+def check_views_fit(spec: EvalSpec, tta: TTASpec) -> None:
+    """Refuse shift views that move the whole view out (|DX| or |DY| >= the input size): reflect
+    padding, as numpy's and PyTorch's 'reflect', needs the shift inside the view."""
+    for view in tta.views:
+        if (m := SHIFT_VIEW.fullmatch(view)) and max(abs(int(m["dx"])),
+                                                     abs(int(m["dy"]))) >= spec.size:
+            raise ValueError(f"TTA view {view!r} shifts by {spec.size} px or more; the model's "
+                             f"input is {spec.size} px, so |DX| and |DY| must be < {spec.size}")
 
 
 def decode_side(spec: EvalSpec, tta: TTASpec | None = None) -> int:
@@ -136,7 +157,7 @@ def decode_side(spec: EvalSpec, tta: TTASpec | None = None) -> int:
     decodes a large JPEG to the same DCT scale, so the tensors stay identical everywhere.
     """
     side = spec.size * spec.resize_ratio
-    if tta is not None and any(v not in _UNZOOMED_VIEWS for v in tta.views):
+    if tta is not None and any(v in _ZOOMED_VIEWS for v in tta.views):
         side *= tta.zoom_ratio
     return max(1, math.ceil(side))
 
@@ -257,6 +278,28 @@ def eval_view(img: Image.Image, spec: EvalSpec) -> np.ndarray:
     return resize_center_crop(img, resize_to, spec.size, spec.interpolation)
 
 
+def shift_reflect(view: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``view`` (H, W, ...) moved ``dx`` px right and ``dy`` px down, same shape; the pixels that
+    come in from outside are the view reflected at its border without repeating the edge pixel
+    (numpy's and PyTorch's 'reflect', as airbench's multi-crop TTA pads its input)."""
+    h, w = view.shape[:2]
+    if abs(dx) >= w or abs(dy) >= h:
+        raise ValueError(f"shift ({dx}, {dy}) must be smaller than the {w}x{h} view")
+    pad = ((abs(dy), abs(dy)), (abs(dx), abs(dx))) + ((0, 0),) * (view.ndim - 2)
+    padded = np.pad(view, pad, mode="reflect")
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return padded[top:top + h, left:left + w]
+
+
+def _shifted(center: np.ndarray, view: str) -> np.ndarray | None:
+    """A shift view of the plain view, or None when ``view`` is not one."""
+    m = SHIFT_VIEW.fullmatch(view)
+    if m is None:
+        return None
+    out = shift_reflect(center, int(m["dx"]), int(m["dy"]))
+    return out[:, ::-1] if m["mirror"] else out
+
+
 def tta_views(img: Image.Image, spec: EvalSpec, tta: TTASpec) -> np.ndarray:
     """All TTA views of one image, in ``tta.views`` order: (V, size, size, 3) uint8."""
     center = eval_view(img, spec)
@@ -269,6 +312,8 @@ def tta_views(img: Image.Image, spec: EvalSpec, tta: TTASpec) -> np.ndarray:
             out.append(center[:, ::-1])
         elif view == "vflip":
             out.append(center[::-1, :])
+        elif (shifted := _shifted(center, view)) is not None:
+            out.append(shifted)
         else:
             if zoomed is None:
                 zoom_to = max(round(spec.size * spec.resize_ratio * tta.zoom_ratio), spec.size)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.imaging import EvalSpec, TTASpec
+from service.imaging import EvalSpec, TTASpec, check_views_fit
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class ModelCard:
     recipe: dict[str, Any] | None = None
     created_at: str = ""
     variants: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_views_fit(self.eval_spec, self.tta)  # a shift view must fit the input size
 
     @property
     def input_size(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from service.imaging import EvalSpec, TTASpec
+from service.imaging import EvalSpec, TTASpec, check_views_fit
 from training.augment import AugmentConfig
 from training.auto_augment import POLICIES
 from training.errors import ConfigError
@@ -99,6 +99,7 @@ _TTA_DEFAULTS = TTASpec()  # the service's defaults are the recipe's
 
 @dataclass
 class TTAConfig:
+    # named views and translate views "shift:DX,DY" / "hflip_shift:DX,DY" (service.imaging)
     views: list[str] = field(default_factory=lambda: list(_TTA_DEFAULTS.views))
     zoom_ratio: float = _TTA_DEFAULTS.zoom_ratio
     combine: str = _TTA_DEFAULTS.combine  # "mean" (beta-weighted) | "max"
@@ -357,8 +358,10 @@ def validate(recipe: Recipe) -> None:
         load_pipeline(recipe.augment.item_transform)
     check_bounds(recipe)
     try:
-        tta_spec(recipe)
+        tta = tta_spec(recipe)
         eval_spec(recipe, recipe.stages[-1].size)
+        for stage in recipe.stages:  # TTA runs at every stage's size (the validation views)
+            check_views_fit(eval_spec(recipe, stage.size), tta)
     except ValueError as e:
         raise ConfigError(f"[tta]/[eval]: {e}") from e
 
