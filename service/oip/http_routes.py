@@ -73,7 +73,7 @@ CoreSource = InferenceCore | Callable[[], InferenceCore]
 def max_body_bytes(core: InferenceCore) -> int:
     """An infer body's byte limit, compressed or not and once decompressed: the gRPC front
     end's default message limit for the same core, max(64 MiB, --max-image-bytes + 1 MiB)."""
-    from service.grpc_server import default_max_message_bytes
+    from service.grpc.server import default_max_message_bytes
 
     return default_max_message_bytes(core.config.max_image_bytes)
 

@@ -26,7 +26,7 @@ from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.cli import main
 from service.core import CoreConfig, VersionPolicy
-from service.serve_env import core_config_from_env, core_config_to_env, default_models_dir
+from service.process.serve_env import core_config_from_env, core_config_to_env, default_models_dir
 
 
 def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(
@@ -148,7 +148,7 @@ def test_core_config_crosses_the_environment(tmp_path: Path):
 
 def test_bentoml_serve_by_hand_starts_and_stops_its_own_core(digits_model: FixtureModel,
                                                             tmp_path: Path):
-    """``bentoml serve service.http_service:Classifier`` (the service run by hand, configured by
+    """``bentoml serve service.http.service:Classifier`` (the service run by hand, configured by
     ``TTA_SERVE_*``): no core is provided, so its worker starts one and stops it at shutdown; its
     /metrics come from BentoML's multiprocess files; SIGTERM drains and exits 0."""
     port = free_port()
@@ -158,7 +158,7 @@ def test_bentoml_serve_by_hand_starts_and_stops_its_own_core(digits_model: Fixtu
     log_path = tmp_path / "bentoml-serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.http_service:Classifier",
+            [sys.executable, "-m", "bentoml", "serve", "service.http.service:Classifier",
              "--working-dir", str(Path(service.__file__).resolve().parents[1]),
              "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "5"],
             stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.core import CoreConfig, InferenceCore
-from service.grpc_server import GrpcConfig, GrpcServer
+from service.grpc.server import GrpcConfig, GrpcServer
 from service.imaging import (
     EvalSpec,
     TTASpec,

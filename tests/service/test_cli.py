@@ -21,8 +21,8 @@ from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.cli import build_parser, main
 from service.core.runtime import cuda_problem
-from service.core_options import core_config_from_args
-from service.serve_env import default_models_dir
+from service.process.core_options import core_config_from_args
+from service.process.serve_env import default_models_dir
 
 
 @pytest.mark.skipif(cuda_problem() is None, reason="CUDA is usable on this machine")

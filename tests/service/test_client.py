@@ -21,7 +21,7 @@ from service.client import (
     Unavailable,
     UnreadableImage,
 )
-from service.grpc_server import GrpcConfig
+from service.grpc.server import GrpcConfig
 
 
 @pytest.fixture(scope="module")

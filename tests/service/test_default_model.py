@@ -12,7 +12,7 @@ from service.cli import build_parser
 from service.core.config import CoreConfig
 from service.core.errors import ModelNotFound
 from service.core.inference import InferenceCore
-from service.core_options import core_config_from_args
+from service.process.core_options import core_config_from_args
 
 DIGITS = Path(__file__).resolve().parents[2] / "models" / "digits" / "1"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from service.client_errors import (
+from service.client.errors import (
     InvalidArgument,
     NotFound,
     ServiceError,
@@ -26,8 +26,8 @@ from service.core.errors import (
     Overloaded,
     Status,
 )
-from service.grpc_server import status_code as grpc_status
-from service.http_schema import status_code as http_status
+from service.grpc.server import status_code as grpc_status
+from service.http.schema import status_code as http_status
 from service.oip.messages import from_core_error
 
 TABLE = [  # docs/architecture.md and service/core/errors.py say the same

@@ -21,7 +21,7 @@ from PIL import Image
 from service_testkit import FixtureModel, RunningServer, core_config, publish, write_card
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
-from service.grpc_server import GrpcConfig, GrpcServer
+from service.grpc.server import GrpcConfig, GrpcServer
 
 Code = grpc.StatusCode
 

@@ -19,7 +19,7 @@ from service_testkit import REPO_ROOT, RunningServer, core_config
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service.client import Client
 from service.core import CoreConfig, InferenceCore, ModelUnavailable
-from service.http_schema import model_info_body
+from service.http.schema import model_info_body
 from service.model_repository import ModelRepository
 
 MODELS = REPO_ROOT / "models"

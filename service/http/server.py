@@ -6,13 +6,13 @@ a worker), and each worker builds its own service instance and so its own ``Infe
 second copy of every model, a second batcher per model, a second /metrics. BentoML 1.4's worker
 itself does no more than ``Service.to_asgi()`` and ``uvicorn.Server(config).run()``
 (``_bentoml_impl/worker/service.py``); ``HttpServer`` does the same beside the gRPC server, and
-``service.http_service.provide_core`` hands the caller's core to the ``Classifier`` instance
+``service.http.service.provide_core`` hands the caller's core to the ``Classifier`` instance
 BentoML creates in the app's lifespan. What differs from the worker, each on purpose:
 
 - the socket is bound here first, so a port in use is the CLI's one-line error (uvicorn logs
   it and calls ``sys.exit``);
 - uvicorn installs no signal handlers (``_Uvicorn.capture_signals``): the runner owns
-  SIGTERM/SIGINT and calls ``stop()``, which drains as ``service.http_hardening`` describes
+  SIGTERM/SIGINT and calls ``stop()``, which drains as ``service.http.hardening`` describes
   (503 + ``Connection: close`` to new requests, in-flight ones answered) before uvicorn's own
   shutdown;
 - Prometheus in single-process mode: BentoML's client defaults to multiprocess mode, which
@@ -94,7 +94,7 @@ def _app(core: InferenceCore) -> object:
     from bentoml._internal.context import server_context
     from bentoml._internal.utils.uri import join_paths
 
-    from service.http_service import Classifier, provide_core
+    from service.http.service import Classifier, provide_core
 
     _single_process_metrics()
     provide_core(core)
@@ -119,7 +119,7 @@ class HttpServer:
 
     async def start(self) -> int:
         """Bind, build the app, run its start-up (the Classifier instance); the bound port."""
-        from service.http_hardening import DRAIN
+        from service.http.hardening import DRAIN
 
         sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
         DRAIN.draining = False  # one drain per server (the state is the process's)
@@ -146,9 +146,9 @@ class HttpServer:
         return self._task
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain (``service.http_hardening.DRAIN``: 503 to new requests, in-flight ones get
+        """Drain (``service.http.hardening.DRAIN``: 503 to new requests, in-flight ones get
         ``grace_s``), then uvicorn's shutdown: connections closed, the lifespan's end."""
-        from service.http_hardening import DRAIN
+        from service.http.hardening import DRAIN
 
         if self._server is None or self._task is None:
             return

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.client import Client
-from service.client_errors import (
+from service.client.errors import (
     ClientError,
     Unavailable,
     UnreadableImage,
     error_for,
     error_for_http,
 )
-from service.client_results import (
+from service.client.files import labelled_files, read_image
+from service.client.results import (
     ClassScore,
     Evaluation,
     ModelInfo,
@@ -38,8 +39,7 @@ from service.client_results import (
     prediction_from_json,
 )
 from service.core.errors import CoreError
-from service.core_options import add_core_options, core_config_from_args
-from service.image_files import labelled_files, read_image
+from service.process.core_options import add_core_options, core_config_from_args
 
 HTTP_CHUNK = 32  # images per POST /predict_batch
 
@@ -84,7 +84,7 @@ class LocalBackend:
         self.description = f"in this process, from {config.models_dir}"
 
     def model(self, name: str) -> ModelInfo:
-        from service.grpc_server import model_info_to_proto
+        from service.grpc.server import model_info_to_proto
 
         try:
             return model_info_from_proto(model_info_to_proto(self.core.get_model(name or None)))

@@ -326,7 +326,7 @@ def openapi_document(spec: dict[str, Any], *, default_model: str,
     for name in BENTOML_ERROR_SCHEMAS:
         schemas.pop(name, None)
     schemas["Error"] = ERROR_SCHEMA
-    from service.http_schema import ListModelsResponse, ModelInfoResponse
+    from service.http.schema import ListModelsResponse, ModelInfoResponse
 
     for model in (ListModelsResponse, ModelInfoResponse):
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")

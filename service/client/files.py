@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from service.client_errors import UnreadableImage
+from service.client.errors import UnreadableImage
 from service.core.evaluation import IMAGE_SUFFIXES
 
 ImageInput = str | Path | bytes

@@ -1,8 +1,8 @@
 """The HTTP front end: a BentoML service over the inference core.
 
-Run it with ``tta-serve`` (beside gRPC) or ``tta-serve http`` (``service.http_server``), or
-with ``bentoml serve service.http_service:Classifier`` (the core is then configured by
-``TTA_SERVE_*`` environment variables, see ``service.serve_env``). Routes:
+Run it with ``tta-serve`` (beside gRPC) or ``tta-serve http`` (``service.http.server``), or
+with ``bentoml serve service.http.service:Classifier`` (the core is then configured by
+``TTA_SERVE_*`` environment variables, see ``service.process.serve_env``). Routes:
 
     POST /predict          one image: multipart ``image``, or JSON ``image_base64``
     POST /predict_batch    several images: multipart ``images``, or JSON ``images_base64``
@@ -17,7 +17,7 @@ with ``bentoml serve service.http_service:Classifier`` (the core is then configu
 Like the gRPC servicer, each route only parses, calls the core and maps the core's typed errors
 (each carries its status, ``service.core.errors``: 400 bad image or option, 413 too large, 404
 unknown model, 503 overloaded). A multipart body with more files or fields than the form parser
-takes (1000 each) gets 413 from the ``FormLimits`` middleware (``service.http_form_limits``),
+takes (1000 each) gets 413 from the ``FormLimits`` middleware (``service.http.form_limits``),
 where BentoML would answer 500.
 
 The GET routes are a small Starlette app mounted on the service, because BentoML's own API
@@ -33,10 +33,10 @@ second wait, could not mix requests with different ``tta``/``top_k``/``model`` o
 (batchable APIs take one argument), and fails a whole batch when one input raises, where the
 core answers each image on its own.
 
-The core: ``tta-serve`` serves this app in its own process (``service.http_server``) over the
+The core: ``tta-serve`` serves this app in its own process (``service.http.server``) over the
 core its gRPC server uses, handed over by ``provide_core`` before the app starts: one copy of
 each model, one batcher per model fed by both wires, one /metrics and one statistics view.
-Under ``bentoml serve service.http_service:Classifier`` no core is provided, and the instance
+Under ``bentoml serve service.http.service:Classifier`` no core is provided, and the instance
 starts (and at shutdown stops) its own from the ``TTA_SERVE_*`` variables; then ``workers=1``,
 because each worker would load its own core and models (scale with replicas).
 """
@@ -60,9 +60,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
-from service.http_form_limits import FormLimits
-from service.http_hardening import DRAIN, HttpDrain, install
-from service.http_schema import (
+from service.http.form_limits import FormLimits
+from service.http.hardening import DRAIN, HttpDrain, install
+from service.http.schema import (
     BatchResponse,
     EvaluationResponse,
     ListModelsResponse,
@@ -78,9 +78,9 @@ from service.http_schema import (
     provider_body,
     several_images,
 )
+from service.http.web import web_routes
 from service.oip.http_routes import build_app as build_oip_app
-from service.serve_env import LOG_LEVEL_ENV, core_config_from_env
-from service.web import web_routes
+from service.process.serve_env import LOG_LEVEL_ENV, core_config_from_env
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _json(body: BaseModel) -> Response:
 
 
 # BentoML 1.4 / uvicorn corrections (memory held per request, URL fetching and 500s on client
-# mistakes, a traceback per 400, connections reset on SIGTERM): see service.http_hardening.
+# mistakes, a traceback per 400, connections reset on SIGTERM): see service.http.hardening.
 install()
 
 
@@ -163,7 +163,7 @@ get_routes = Starlette(routes=[
     Route("/models", _models_route, methods=["GET"]),
     Route("/models/{name}", _model_route, methods=["GET"]),
     Route("/evaluations/{evaluation_id}/confusion.png", _confusion_route, methods=["GET"]),
-    # /ui, / and /docs.json (service.web); the service's API spec exists once the class does
+    # /ui, / and /docs.json (service.http.web); the service's API spec exists once the class does
     *web_routes(lambda: Classifier.openapi_spec.asdict(), oip_routes),
 ])
 
@@ -303,4 +303,4 @@ class Classifier:
 
 
 Classifier.add_asgi_middleware(FormLimits)
-Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http_hardening)
+Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.hardening)

@@ -1,7 +1,7 @@
 """The serving process: one event loop, one ``InferenceCore``, the front ends beside each other.
 
-``tta-serve`` (= ``tta-serve all``) serves gRPC (``service.grpc_server.GrpcServer``) and HTTP
-(``service.http_server.HttpServer``, the BentoML service's app on uvicorn) from this process
+``tta-serve`` (= ``tta-serve all``) serves gRPC (``service.grpc.server.GrpcServer``) and HTTP
+(``service.http.server.HttpServer``, the BentoML service's app on uvicorn) from this process
 over one core: one copy of each model, one batcher per model fed by both wires, one /metrics and
 one statistics view. ``tta-serve grpc`` / ``tta-serve http`` serve one of them the same way.
 Front ends own their wires; this module owns the process: the core's start (its errors -- no
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from service.core import CoreConfig, InferenceCore
-from service.grpc_server import GrpcConfig, GrpcServer
-from service.http_server import HttpConfig, HttpServer
+from service.grpc.server import GrpcConfig, GrpcServer
+from service.http.server import HttpConfig, HttpServer
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-// The API reference page at "/": Swagger UI over this service's /docs.json (service/openapi.py).
+// The API reference page at "/": Swagger UI over this service's /docs.json (service/http/openapi.py).
 "use strict";
 window.addEventListener("load", () => {
   window.ui = SwaggerUIBundle({

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from service.client_errors import ClientError
-from service.client_results import Prediction
+from service.client.errors import ClientError
+from service.client.results import Prediction
 
 FORMATS = ("table", "csv", "json")
 CSV_COLUMNS = ("path", "label", "probability", "top_k", "model", "version", "error")

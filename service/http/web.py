@@ -1,9 +1,9 @@
 """The HTTP service's pages for people: the browser page at ``/ui`` and the API reference.
 
-``/ui/`` serves ``service/ui/`` as plain static files (HTML, CSS, JavaScript; no build step, nothing
-from a CDN, so it works on an offline machine); the page calls the JSON API it sits beside.
+``/ui/`` serves ``service/http/ui/`` as plain static files (HTML, CSS, JavaScript; no build step,
+nothing from a CDN, so it works on an offline machine); the page calls the JSON API it sits beside.
 ``/`` is Swagger UI (the copy BentoML ships) over ``/docs.json``, this service's OpenAPI document
-(``service.openapi``). ``web_routes(...)`` goes into the Starlette app ``service.http_service``
+(``service.http.openapi``). ``web_routes(...)`` goes into the Starlette app ``service.http.service``
 mounts at "/"; BentoML's mounts are matched before its own ``/`` and ``/docs.json``, so these
 replace BentoML's generic page and document.
 """
@@ -20,7 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from service.openapi import openapi_document
+from service.http.openapi import openapi_document
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 _documents: dict[str, dict] = {}  # default model -> the OpenAPI document (built once per process)

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import IO
 
-from service.client_errors import ClientError, InvalidArgument, ServiceError
-from service.client_results import ModelInfo
-from service.core_options import add_core_options
-from service.image_files import image_files, labelled_files
-from service.predict_backends import open_backend
-from service.predict_output import FORMATS, Progress, RowWriter
+from service.client.errors import ClientError, InvalidArgument, ServiceError
+from service.client.files import image_files, labelled_files
+from service.client.results import ModelInfo
+from service.predict.backends import open_backend
+from service.predict.output import FORMATS, Progress, RowWriter
+from service.process.core_options import add_core_options
 
 
 def _add_client_options(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The core options every ``tta-serve`` sub-command shares, and the CoreConfig they make.
 
 Its own module so that the serving commands (``service.cli``) and the predict/evaluate commands
-(``service.predict_cli``, which runs a core in-process without ``--url``) parse the same flags
+(``service.predict.cli``, which runs a core in-process without ``--url``) parse the same flags
 without importing each other.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from service.core.config import DEVICES, CoreConfig, VersionPolicy, default_threads
 from service.imaging import DEFAULT_MAX_PIXELS
-from service.serve_env import MODELS_DIR_ENV, default_models_dir
+from service.process.serve_env import MODELS_DIR_ENV, default_models_dir
 
 
 def _version_policy(text: str) -> VersionPolicy:

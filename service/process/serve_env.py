@@ -1,13 +1,13 @@
 """CoreConfig <-> environment variables: settings for the HTTP service under ``bentoml serve``.
 
-``tta-serve`` serves the HTTP service in its own process over its own core (``service.runner``).
-Run by hand with ``bentoml serve``, the service starts in worker processes of BentoML's, which
-take no command-line arguments of ours; the environment is what they inherit. Every CoreConfig
-field has one variable, ``TTA_SERVE_`` + the field name in capitals (``models_dir`` ->
-``TTA_SERVE_MODELS_DIR``, the variable the CLI also reads), so ``bentoml serve
-service.http_service:Classifier`` can be configured by hand. Unset variables keep the
-CoreConfig defaults; the models folder defaults to ``default_models_dir()``, as for the CLI and
-``training export``.
+``tta-serve`` serves the HTTP service in its own process over its own core
+(``service.process.runner``). Run by hand with ``bentoml serve``, the service starts in worker
+processes of BentoML's, which take no command-line arguments of ours; the environment is what they
+inherit. Every CoreConfig field has one variable, ``TTA_SERVE_`` + the field name in capitals
+(``models_dir`` -> ``TTA_SERVE_MODELS_DIR``, the variable the CLI also reads), so ``bentoml serve
+service.http.service:Classifier`` can be configured by hand. Unset variables keep the CoreConfig
+defaults; the models folder defaults to ``default_models_dir()``, as for the CLI and ``training
+export``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the HTTP front end corrects in BentoML 1.4 and uvicorn, each with its reason.
 
-Installed by ``service.http_service`` when it is imported (``install()``): in ``tta-serve``'s
-process (``service.http_server``) or in a worker of ``bentoml serve``; bentoml is pinned below
+Installed by ``service.http.service`` when it is imported (``install()``): in ``tta-serve``'s
+process (``service.http.server``) or in a worker of ``bentoml serve``; bentoml is pinned below
 1.5 and ``tests/reliability`` fails if any of these regresses.
 
 1. **Memory held per request** (BentoML's ``TimeoutMiddleware``). Every request schedules

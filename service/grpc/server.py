@@ -2,7 +2,7 @@
 
 Shape of grpc's asyncio route_guide example: pure conversion helpers, a thin servicer that only
 parses, calls the core and maps its errors, then ``GrpcServer`` (the process that runs it, its
-signals and its core: ``service.runner``). Health checking
+signals and its core: ``service.process.runner``). Health checking
 (``grpc.health.v1``) and server reflection are enabled. Error mapping:
 
     InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND

@@ -19,8 +19,8 @@ the server's message; ``predict_many`` puts such an error in the failed image's 
 and keeps going. Only UNAVAILABLE (the server overloaded, starting or restarting) is retried,
 with exponential backoff: any other status would fail the same way again.
 
-The results (``service.client_results``), the exceptions (``service.client_errors``) and the file
-helpers (``service.image_files``) live in modules of their own, which ``tta-serve predict``
+The results (``service.client.results``), the exceptions (``service.client.errors``) and the file
+helpers (``service.client.files``) live in modules of their own, which ``tta-serve predict``
 shares; ``__all__`` below is this module's public API, as README shows it.
 """
 
@@ -38,7 +38,7 @@ import grpc
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.client_errors import (
+from service.client.errors import (
     ClientError,
     InvalidArgument,
     NotFound,
@@ -49,7 +49,8 @@ from service.client_errors import (
     error_for_number,
     error_from_rpc,
 )
-from service.client_results import (
+from service.client.files import ImageInput, image_files, labelled_files, read_image
+from service.client.results import (
     ClassScore,
     Evaluation,
     ExecutionProvider,
@@ -59,7 +60,6 @@ from service.client_results import (
     model_info_from_proto,
     prediction_from_proto,
 )
-from service.image_files import ImageInput, image_files, labelled_files, read_image
 
 __all__ = [
     "ClassScore",
