@@ -1,7 +1,7 @@
 """Image files on this machine, as the client and ``tta-serve predict`` send them.
 
 Folder walks keep the image suffixes the server reads from a labelled set
-(``service.core.evaluation.IMAGE_SUFFIXES``); a file named on its own is sent whatever its suffix.
+(``service.image_suffixes.IMAGE_SUFFIXES``); a file named on its own is sent whatever its suffix.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from service.client.errors import UnreadableImage
-from service.core.evaluation import IMAGE_SUFFIXES
+from service.image_suffixes import IMAGE_SUFFIXES
 
 ImageInput = str | Path | bytes
 

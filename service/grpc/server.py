@@ -1,8 +1,8 @@
 """The gRPC front end: ``tta_serve.v1.Classifier`` over the inference core.
 
-Shape of grpc's asyncio route_guide example: pure conversion helpers, a thin servicer that only
-parses, calls the core and maps its errors, then ``GrpcServer`` (the process that runs it, its
-signals and its core: ``service.process.runner``). Health checking
+Shape of grpc's asyncio route_guide example: pure conversion helpers (``service.grpc.messages``),
+a thin servicer that only parses, calls the core and maps its errors, then ``GrpcServer`` (the
+process that runs it, its signals and its core: ``service.process.runner``). Health checking
 (``grpc.health.v1``) and server reflection are enabled. Error mapping:
 
     InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND
@@ -30,22 +30,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.core import (
-    CoreError,
-    InferenceCore,
-    InvalidRequest,
-    ModelInfo,
-    Prediction,
-    ProviderInfo,
+from service.core import CoreError, InferenceCore, InvalidRequest
+from service.core.config import default_max_message_bytes
+from service.grpc.messages import (
+    error_to_proto,
+    evaluation_to_proto,
+    model_info_to_proto,
+    prediction_to_proto,
+    provider_to_proto,
+    status_code,
 )
-from service.core.evaluation import EvaluationResult
 from service.oip import grpc_servicer as oip_grpc
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
 # What grpc.health.v1 reports SERVING while the server runs ("" = the server as a whole), and
 # NOT_SERVING from the start of a shutdown (enter_graceful_shutdown covers every name set).
 HEALTH_SERVICES = ("", SERVICE_NAME, oip_grpc.SERVICE_NAME)
-
-# Default largest gRPC message: room for a KServe v2 FP32 batch (32 images of 3x224x224 float32
-# are 19 MB) and for the core's own image-size check (whose message names --max-image-bytes).
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-
-
-def default_max_message_bytes(max_image_bytes: int) -> int:
-    """max(64 MiB, max_image_bytes + 1 MiB): one image up to the core's limit always fits."""
-    return max(DEFAULT_MAX_MESSAGE_BYTES, max_image_bytes + (1 << 20))
-
 
 @dataclass(frozen=True)
 class GrpcConfig:
@@ -74,92 +64,6 @@ class GrpcConfig:
     max_concurrent_rpcs: int | None = None  # None = unlimited (the core's max_pending bounds work)
     stream_window: int = 64  # PredictStream items in flight per stream
     grace_s: float = 10.0  # on SIGTERM: time in-flight RPCs get to finish
-
-
-# ---- pure helpers: core objects <-> protobuf
-
-
-def status_code(error: CoreError) -> grpc.StatusCode:
-    """The gRPC status of a core error: its ``Status`` names the code (service.core.errors)."""
-    return grpc.StatusCode[error.status.name]
-
-
-def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.PredictResponse:
-    return pb.PredictResponse(
-        request_id=request_id,
-        classes=[pb.ClassScore(label=s.label, index=s.index, probability=s.probability)
-                 for s in prediction.top],
-        model=prediction.model,
-        model_version=prediction.version,
-        tta=prediction.tta,
-        tta_views=prediction.tta_views,
-    )
-
-
-def error_to_proto(error: CoreError, request_id: str = "") -> pb.PredictResponse:
-    return pb.PredictResponse(request_id=request_id, status=pb.Status(
-        code=status_code(error).value[0], message=str(error)))
-
-
-def provider_to_proto(provider: ProviderInfo) -> pb.ExecutionProvider:
-    return pb.ExecutionProvider(name=provider.name, device=provider.device,
-                                requested=provider.requested)
-
-
-def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    json_format.ParseDict(json_format_safe(values), out)
-    return out
-
-
-def json_format_safe(value: Any) -> Any:
-    """model.json metrics as Struct-compatible values (tuples to lists, NaN/None kept)."""
-    if isinstance(value, dict):
-        return {str(k): json_format_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_format_safe(v) for v in value]
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    return str(value)
-
-
-def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
-    message = pb.ModelInfo(
-        name=info.name,
-        version=info.version,
-        repository_versions=list(info.repository_versions),
-        classes=list(info.classes),
-        input_size=info.input_size,
-        tta_views=list(info.tta.views),
-        tta_combine=info.tta.combine,
-        metrics=_struct(info.metrics),
-        is_default=info.is_default,
-        created_at=info.created_at,
-        provider=provider_to_proto(info.provider),
-        variant=info.variant or "",
-        variants=_struct(info.variants),
-    )
-    if info.tta.beta is not None and info.tta.combine == "mean":
-        message.tta_beta = info.tta.beta
-    return message
-
-
-def evaluation_to_proto(result: EvaluationResult) -> pb.EvaluateResponse:
-    report = result.report
-    return pb.EvaluateResponse(
-        model=result.model,
-        model_version=result.version,
-        tta=result.tta,
-        n=report.n,
-        accuracy=report.accuracy,
-        per_class=[pb.ClassMetrics(name=m.name, precision=m.precision, recall=m.recall,
-                                   f1=m.f1, support=m.support) for m in report.per_class],
-        confusion=pb.ConfusionMatrix(classes=list(report.classes),
-                                     counts=report.confusion.astype(int).ravel().tolist()),
-        most_confused=[pb.ConfusedPair(actual=a, predicted=p, count=c)
-                       for a, p, c in report.most_confused],
-        confusion_png=result.png,
-    )
 
 
 # ---- the servicer

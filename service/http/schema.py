@@ -31,7 +31,8 @@ from service.core import (
     Prediction,
     ProviderInfo,
 )
-from service.core.evaluation import IMAGE_SUFFIXES, EvaluationResult
+from service.core.evaluation import EvaluationResult
+from service.image_suffixes import IMAGE_SUFFIXES
 
 RETRY_AFTER_S = 1  # Retry-After on 503: the queue drains in well under a second when healthy
 

@@ -84,7 +84,7 @@ class LocalBackend:
         self.description = f"in this process, from {config.models_dir}"
 
     def model(self, name: str) -> ModelInfo:
-        from service.grpc.server import model_info_to_proto
+        from service.grpc.messages import model_info_to_proto
 
         try:
             return model_info_from_proto(model_info_to_proto(self.core.get_model(name or None)))

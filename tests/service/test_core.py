@@ -364,7 +364,7 @@ def test_batcher_gathers_blocks_by_rows_and_never_splits_one():
 
 
 def test_default_grpc_message_limit_fits_an_fp32_batch():
-    from service.grpc.server import default_max_message_bytes
+    from service.core.config import default_max_message_bytes
 
     assert default_max_message_bytes(16 << 20) == 64 << 20 > 32 * 3 * 224 * 224 * 4
     assert default_max_message_bytes(100 << 20) == 101 << 20

@@ -26,7 +26,7 @@ from service.core.errors import (
     Overloaded,
     Status,
 )
-from service.grpc.server import status_code as grpc_status
+from service.grpc.messages import status_code as grpc_status
 from service.http.schema import status_code as http_status
 from service.oip.messages import from_core_error
 
