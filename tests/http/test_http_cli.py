@@ -146,11 +146,20 @@ def test_core_config_crosses_the_environment(tmp_path: Path):
         core_config_from_env({"TTA_SERVE_MAX_BATCH_SIZE": "many"})
 
 
+def test_the_old_bentoml_service_path_names_the_same_service() -> None:
+    """``service.http_service`` is a shim for ``service.http.service`` (issue 24's regroup)."""
+    import service.http.service
+    import service.http_service
+
+    assert service.http_service.Classifier is service.http.service.Classifier
+
+
 def test_bentoml_serve_by_hand_starts_and_stops_its_own_core(digits_model: FixtureModel,
                                                             tmp_path: Path):
-    """``bentoml serve service.http.service:Classifier`` (the service run by hand, configured by
-    ``TTA_SERVE_*``): no core is provided, so its worker starts one and stops it at shutdown; its
-    /metrics come from BentoML's multiprocess files; SIGTERM drains and exits 0."""
+    """``bentoml serve service.http_service:Classifier`` (the service run by hand, configured by
+    ``TTA_SERVE_*``; the path from before the service moved to ``service.http.service``, kept by a
+    shim, so this runs both): no core is provided, so its worker starts one and stops it at
+    shutdown; its /metrics come from BentoML's multiprocess files; SIGTERM drains and exits 0."""
     port = free_port()
     env = {**os.environ, **core_config_to_env(core_config(digits_model.repo_root)),
            "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True",
@@ -158,7 +167,7 @@ def test_bentoml_serve_by_hand_starts_and_stops_its_own_core(digits_model: Fixtu
     log_path = tmp_path / "bentoml-serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.http.service:Classifier",
+            [sys.executable, "-m", "bentoml", "serve", "service.http_service:Classifier",
              "--working-dir", str(Path(service.__file__).resolve().parents[1]),
              "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "5"],
             stdout=log, stderr=subprocess.STDOUT, env=env)
