@@ -5,7 +5,7 @@
     tta-serve http --port 3000                       # the BentoML HTTP service alone
 
 Each runs one process over one inference core, whichever front ends it serves
-(``service.runner``).
+(``service.process.runner``).
 
 Every sub-command shares the core options (``add_core_options`` -> ``core_config_from_args``).
 To add a front end, write ``_add_NAME(subparsers, common)`` that registers a sub-parser with
@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 
 from service.core import CoreError
-from service.core_options import add_core_options, core_config_from_args
-from service.predict_cli import add_evaluate, add_predict
+from service.predict.cli import add_evaluate, add_predict
+from service.process.core_options import add_core_options, core_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def _add_grpc_limits(p: argparse.ArgumentParser) -> None:
 
 
 def _run_grpc(args: argparse.Namespace) -> int:
-    from service.grpc_server import GrpcConfig
-    from service.runner import serve
+    from service.grpc.server import GrpcConfig
+    from service.process.runner import serve
 
     grpc_config = GrpcConfig(host=args.host, port=args.port,
                              max_message_bytes=args.max_message_bytes,
@@ -76,8 +76,8 @@ def _add_http(subparsers: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def _run_http(args: argparse.Namespace) -> int:
-    from service.http_server import HttpConfig
-    from service.runner import serve
+    from service.http.server import HttpConfig
+    from service.process.runner import serve
 
     return serve(core_config_from_args(args), None,
                  HttpConfig(host=args.host, port=args.port, grace_s=args.grace_s,
@@ -101,9 +101,9 @@ def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _run_all(args: argparse.Namespace) -> int:
-    from service.grpc_server import GrpcConfig
-    from service.http_server import HttpConfig
-    from service.runner import serve
+    from service.grpc.server import GrpcConfig
+    from service.http.server import HttpConfig
+    from service.process.runner import serve
 
     grpc_config = GrpcConfig(host=args.host, port=args.grpc_port,
                              max_message_bytes=args.max_message_bytes,
@@ -119,7 +119,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser]
     _add_grpc,
     _add_http,
     _add_all,
-    add_predict,  # tta-serve predict / evaluate: service.predict_cli
+    add_predict,  # tta-serve predict / evaluate: service.predict.cli
     add_evaluate,
 ]
 

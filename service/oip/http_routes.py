@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core import InferenceCore
+from service.core.config import default_max_message_bytes
 from service.core.errors import Status
 from service.oip.core_adapter import CLASSIFICATION_PARAMETER, OipAdapter
 from service.oip.messages import (
@@ -73,8 +74,6 @@ CoreSource = InferenceCore | Callable[[], InferenceCore]
 def max_body_bytes(core: InferenceCore) -> int:
     """An infer body's byte limit, compressed or not and once decompressed: the gRPC front
     end's default message limit for the same core, max(64 MiB, --max-image-bytes + 1 MiB)."""
-    from service.grpc_server import default_max_message_bytes
-
     return default_max_message_bytes(core.config.max_image_bytes)
 
 
