@@ -38,6 +38,7 @@ from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.core import CoreError, InferenceCore, InvalidRequest
 from service.core.config import default_max_message_bytes
+from service.core.drain import Drain
 from service.grpc.messages import (
     error_to_proto,
     evaluation_to_proto,
@@ -181,79 +182,61 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
 # ---- the server
 
-# Drain: how long no new RPC must have arrived before grpc's own shutdown begins (calls on their
-# way are handed to the servicer and refused with UNAVAILABLE, not cancelled by core), and the
-# services a drain neither refuses nor waits for (health watches stay open until cancelled).
+# Drain (``service.core.drain``): how long no new RPC must have arrived before grpc's own
+# shutdown begins (calls on their way are handed to the servicer and refused with UNAVAILABLE,
+# not cancelled by core), and the services a drain neither refuses nor waits for (health watches
+# stay open until cancelled).
 DRAIN_QUIET_S = 0.1
 DRAIN_EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 
 
-class DrainGate(grpc.aio.ServerInterceptor):
-    """Counts the RPCs in flight and, once ``draining``, refuses new ones with UNAVAILABLE."""
+class DrainInterceptor(grpc.aio.ServerInterceptor):
+    """Counts the RPCs in flight in ``drain`` and, once it drains, refuses new ones with
+    ``ShuttingDown`` (UNAVAILABLE)."""
 
-    def __init__(self) -> None:
-        self.draining = False
-        self.in_flight = 0
-        self.last_arrival = 0.0  # time.monotonic() of the latest RPC (not health/reflection)
+    def __init__(self, drain: Drain) -> None:
+        self.drain = drain
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[Any]],
                                 handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(DRAIN_EXEMPT):
             return handler
-        self.last_arrival = time.monotonic()
-        if self.draining:
-            return _refusing(handler)
-        return _counted(handler, self)
-
-    async def drained(self, grace_s: float) -> bool:
-        """Wait (at most ``grace_s``) until nothing is in flight and nothing arrived for
-        DRAIN_QUIET_S; whether that happened in time."""
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            quiet = time.monotonic() - self.last_arrival >= DRAIN_QUIET_S
-            if self.in_flight == 0 and quiet:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        refusal = self.drain.arrived()
+        if refusal is not None:
+            return _refusing(handler, refusal)
+        return _counted(handler, self.drain)
 
 
-def _counted(handler: Any, gate: DrainGate) -> Any:
-    """``handler`` with its behaviour counted in ``gate.in_flight`` while it runs."""
+def _counted(handler: Any, drain: Drain) -> Any:
+    """``handler`` with its behaviour counted in ``drain.in_flight`` while it runs."""
     if handler.unary_unary or handler.stream_unary:  # one response: a coroutine
         behaviour = handler.unary_unary or handler.stream_unary
 
         async def counted(request: Any, context: Any) -> Any:
-            gate.in_flight += 1
-            try:
+            with drain.serving():
                 return await behaviour(request, context)
-            finally:
-                gate.in_flight -= 1
     else:  # a response stream: an async generator
         behaviour = handler.unary_stream or handler.stream_stream
 
         async def counted(request: Any, context: Any) -> Any:  # type: ignore[misc]
-            gate.in_flight += 1
-            try:
+            with drain.serving():
                 async for response in behaviour(request, context):
                     yield response
-            finally:
-                gate.in_flight -= 1
 
     field = next(name for name in ("unary_unary", "unary_stream", "stream_unary",
                                    "stream_stream") if getattr(handler, name))
     return handler._replace(**{field: counted})
 
 
-def _refusing(handler: Any) -> Any:
-    """A handler of the same shape as ``handler`` that answers UNAVAILABLE."""
+def _refusing(handler: Any, error: CoreError) -> Any:
+    """A handler of the same shape as ``handler`` that answers ``error`` (its status)."""
     if handler.unary_unary or handler.stream_unary:
         async def refuse(request: Any, context: Any) -> Any:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            await context.abort(status_code(error), str(error))
     else:
         async def refuse(request: Any, context: Any) -> Any:  # type: ignore[misc]
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            await context.abort(status_code(error), str(error))
             yield  # an async generator, as a streaming behaviour must be
 
     field = next(name for name in ("unary_unary", "unary_stream", "stream_unary",
@@ -268,9 +251,9 @@ class GrpcServer:
         self.core = core
         self.config = config
         limit = config.max_message_bytes or default_max_message_bytes(core.config.max_image_bytes)
-        self.drain = DrainGate()
+        self.drain = Drain(DRAIN_QUIET_S)
         self.server = grpc.aio.server(
-            interceptors=[self.drain],
+            interceptors=[DrainInterceptor(self.drain)],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", limit),
                      # Without this a second server on a taken port binds too (SO_REUSEPORT)
@@ -310,7 +293,7 @@ class GrpcServer:
         finish (``grace_s`` seconds in all), then grpc's shutdown cancels whatever is left."""
         grace_s = self.config.grace_s if grace_s is None else grace_s
         deadline = time.monotonic() + grace_s
-        self.drain.draining = True
+        self.drain.begin()
         await self.health.enter_graceful_shutdown()
         if grace_s > 0 and not await self.drain.drained(grace_s):
             log.warning("%d RPC(s) still in flight after the %.0f s grace period; cancelling "

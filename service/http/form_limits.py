@@ -17,14 +17,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.errors import TooManyParts
+from service.http.schema import error_response
+
 log = logging.getLogger(__name__)
 
 # The form parser's limits (Starlette's ``Request.form``, as BentoML calls it: defaults). Past
 # them the parser raises and BentoML answers 500; ``FormPartCounter`` finds such requests first.
 _FORM_DEFAULTS = inspect.signature(Request.form).parameters
-MAX_FORM_FILES = int(_FORM_DEFAULTS["max_files"].default)
-MAX_FORM_FIELDS = int(_FORM_DEFAULTS["max_fields"].default)
-TOO_MANY_PARTS_KIND = "too_many_parts"
+
+
+def _form_default(name: str) -> int:
+    """One of ``Request.form``'s limits; 0 when Starlette no longer has it, and then
+    ``service.http.patches`` (which checks ``Request.form``) refuses to serve."""
+    parameter = _FORM_DEFAULTS.get(name)
+    return parameter.default if parameter is not None and isinstance(parameter.default, int) else 0
+
+
+MAX_FORM_FILES = _form_default("max_files")
+MAX_FORM_FIELDS = _form_default("max_fields")
 
 
 class FormPartCounter:
@@ -84,27 +95,23 @@ class FormPartCounter:
 
 def too_many_parts_response(counter: FormPartCounter) -> JSONResponse:
     """413 for a multipart request over the form parser's limits; says how to send it instead."""
-    return JSONResponse({
-        "error": f"a multipart request carries at most {counter.max_files} files and "
-                 f"{counter.max_fields} other fields; this one has more. Send a labelled set "
-                 "this large to POST /evaluate as one zip 'archive' of class folders "
-                 "(CLASS/image.png), and split larger /predict_batch requests",
-        "kind": TOO_MANY_PARTS_KIND}, status_code=413)
+    return error_response(TooManyParts(
+        f"a multipart request carries at most {counter.max_files} files and "
+        f"{counter.max_fields} other fields; this one has more. Send a labelled set "
+        "this large to POST /evaluate as one zip 'archive' of class folders "
+        "(CLASS/image.png), and split larger /predict_batch requests"))
 
 
 class TooManyFormParts(Exception):
     """What the application reads in place of a multipart body over the form parser's limits."""
 
 
-class _QuietTooManyFormParts(logging.Filter):
-    """Drops BentoML's traceback of the request ``FormLimits`` answers (it logs one line)."""
+class QuietTooManyFormParts(logging.Filter):
+    """Drops BentoML's traceback of the request ``FormLimits`` answers (it logs one line);
+    ``service.http.patches.install`` adds it to BentoML's API logger."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and isinstance(record.exc_info[1], TooManyFormParts))
-
-
-# BentoML logs an API's exception there (bentoml._internal.server.http_app.log_exception).
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietTooManyFormParts())
 
 
 class FormLimits:

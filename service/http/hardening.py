@@ -1,8 +1,10 @@
-"""What the HTTP front end corrects in BentoML 1.4 and uvicorn, each with its reason.
+"""What the HTTP front end puts in place of BentoML 1.4's own code, each with its reason.
 
-Installed by ``service.http.service`` when it is imported (``install()``): in ``tta-serve``'s
-process (``service.http.server``) or in a worker of ``bentoml serve``; bentoml is pinned below
-1.5 and ``tests/reliability`` fails if any of these regresses.
+Installed by ``service.http.patches.install()`` (which checks every target first, and is the
+only module that assigns to BentoML's or uvicorn's attributes) when ``service.http.service`` is
+imported: in ``tta-serve``'s process (``service.http.server``) or in a worker of ``bentoml
+serve``. Import this module only through ``patches``: it subclasses private BentoML classes.
+``tests/reliability`` fails if any of these regresses.
 
 1. **Memory held per request** (BentoML's ``TimeoutMiddleware``). Every request schedules
    ``loop.call_later(traffic timeout, ...)`` and never cancels it, so the timer -- with the
@@ -26,15 +28,8 @@ process (``service.http.server``) or in a worker of ``bentoml serve``; bentoml i
 3. **A traceback per client error** (BentoML logs ``Exception on /predict [POST]`` with the
    stack for every validation 400): ``QuietClientErrors`` turns each into one INFO line.
 
-4. **SIGTERM reset connections** (uvicorn's shutdown closes idle keep-alive connections at
-   once, so a request on its way on one is lost to a reset, and the requests it reads in its
-   last moments with it). On the first SIGTERM/SIGINT the server drains first (``HttpDrain``):
-   ``/readyz`` answers 503, every new request 503 ``shutting_down`` with ``Connection: close``,
-   every response ``Connection: close``; when no request is in flight and none has arrived for
-   ``DRAIN_QUIET_S`` (or no connection is left, or the grace period is over) uvicorn's own
-   shutdown runs. A client learns of the shutdown from a response, never from a reset.
-   ``tta-serve`` starts the drain itself (``HttpServer.stop``, its uvicorn has no signal
-   handlers); under ``bentoml serve`` the patched ``uvicorn.Server.handle_exit`` does.
+4. **SIGTERM reset connections** (uvicorn): ``drain_then_exit`` wraps ``Server.handle_exit``
+   under ``bentoml serve``; the drain itself is ``service.http.drain``.
 """
 
 from __future__ import annotations
@@ -44,8 +39,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import signal
-import time
 from typing import Any
 
 from _bentoml_impl.serde import JSONSerde, MultipartSerde, Payload
@@ -57,20 +50,20 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from service.http.drain import CLIENT_ERROR_SCOPE_KEY, drain_then_exit
+
+__all__ = ["ClientMistake", "NoFetchJSON", "QuietClientErrors", "UploadsOnlyMultipart",
+           "drain_then_exit", "timeout_call"]
 
 log = logging.getLogger(__name__)
-
-CLIENT_ERROR_SCOPE_KEY = "tta_serve.client_error"
-SHUTTING_DOWN_KIND = "shutting_down"
-DRAIN_QUIET_S = 0.2
-RETRY_AFTER_S = 1
 
 
 # ---- 1. the timeout middleware's timers
 
 
-async def _timeout_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+async def timeout_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
     """``bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__``, its timer
     cancelled when the request ends (and scheduled in an empty context)."""
     if scope["type"] not in ("http", "websocket"):
@@ -109,7 +102,8 @@ async def _timeout_call(self: Any, scope: Scope, receive: Receive, send: Send) -
 
 
 class ClientMistake(BadInput):
-    """A request the client got wrong: BentoML answers 400, ``HttpDrain`` writes the body."""
+    """A request the client got wrong: BentoML answers 400, ``HttpDrain`` writes the body
+    (``InvalidRequest`` from the one error table)."""
 
 
 def _client_mistake(request: Request, message: str) -> ClientMistake:
@@ -234,132 +228,3 @@ def _client_status(error: BaseException) -> int | None:
     if isinstance(error, BentoMLException) and 400 <= int(error.error_code) < 500:
         return int(error.error_code)
     return None
-
-
-# ---- 4. drain on SIGTERM
-
-
-class DrainState:
-    """The worker's drain: whether it began, requests in flight, the latest arrival."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.in_flight = 0
-        self.last_arrival = 0.0
-
-    async def drained(self, grace_s: float, connections: Any) -> None:
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            quiet = time.monotonic() - self.last_arrival >= DRAIN_QUIET_S
-            if not connections or (self.in_flight == 0 and quiet):
-                return
-            await asyncio.sleep(0.02)
-        log.warning("%d HTTP request(s) still in flight after the %.0f s grace period",
-                    self.in_flight, grace_s)
-
-
-DRAIN = DrainState()
-
-
-class HttpDrain:
-    """ASGI middleware: counts requests; once draining, refuses new ones with 503 and closes
-    every connection after its response; writes ``ClientMistake`` bodies as ours."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        DRAIN.last_arrival = time.monotonic()
-        if DRAIN.draining and scope.get("path") not in ("/livez", "/readyz", "/metrics"):
-            await JSONResponse(
-                {"error": "the server is shutting down; retry on another replica",
-                 "kind": SHUTTING_DOWN_KIND}, status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
-            )(scope, receive, send)
-            return
-        replaced = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal replaced
-            if replaced:
-                return
-            if message["type"] == "http.response.start":
-                mistake = scope.get(CLIENT_ERROR_SCOPE_KEY)
-                if mistake is not None and message["status"] == 400:
-                    replaced = True
-                    await JSONResponse({"error": mistake, "kind": "invalid_request"},
-                                       status_code=400,
-                                       headers={"Connection": "close"} if DRAIN.draining else None
-                                       )(scope, receive, send)
-                    return
-                if DRAIN.draining:
-                    message = {**message, "headers": [
-                        *[(k, v) for k, v in message.get("headers", []) if k != b"connection"],
-                        (b"connection", b"close")]}
-            await send(message)
-
-        DRAIN.in_flight += 1
-        try:
-            await self.app(scope, receive, guarded_send)
-        finally:
-            DRAIN.in_flight -= 1
-
-
-def _drain_then_exit(original: Any) -> Any:
-    """uvicorn's ``Server.handle_exit``, drained first on the first SIGTERM/SIGINT."""
-
-    def handle_exit(self: Any, sig: int, frame: Any) -> None:
-        if sig not in (signal.SIGTERM, signal.SIGINT):
-            original(self, sig, frame)
-            return
-        if DRAIN.draining:  # a second SIGINT stops at once; the drain outlives more SIGTERMs
-            if sig == signal.SIGINT:
-                original(self, sig, frame)
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not serving yet
-            original(self, sig, frame)
-            return
-        DRAIN.draining = True
-        grace_s = float(self.config.timeout_graceful_shutdown or 10)
-        log.info("draining: refusing new requests, finishing %d in flight (grace %.0f s)",
-                 DRAIN.in_flight, grace_s)
-
-        async def drain() -> None:
-            try:
-                await DRAIN.drained(grace_s, self.server_state.connections)
-            finally:
-                original(self, sig, frame)
-
-        loop.call_soon_threadsafe(lambda: loop.create_task(drain()))
-
-    return handle_exit
-
-
-# ---- installing
-
-
-_installed = False
-
-
-def install() -> None:
-    """Apply 1-4 in this process (idempotent), when it imports the service."""
-    global _installed
-    if _installed:
-        return
-    import uvicorn
-    from _bentoml_impl import serde
-    from bentoml._internal.server.http import traffic
-
-    traffic.TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
-    table: Any = serde.ALL_SERDE  # a dict: BentoML looks the Content-Type up per request
-    table["application/json"] = NoFetchJSON
-    table["multipart/form-data"] = UploadsOnlyMultipart
-    table["application/x-www-form-urlencoded"] = UploadsOnlyMultipart
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
-    uvicorn.Server.handle_exit = _drain_then_exit(uvicorn.Server.handle_exit)  # type: ignore
-    _installed = True

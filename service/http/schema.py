@@ -42,12 +42,14 @@ def status_code(error: CoreError) -> int:
     return error.status.http_status
 
 
-def error_response(error: CoreError) -> JSONResponse:
-    """The HTTP response for a core error; 503s carry Retry-After."""
+def error_response(error: CoreError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The HTTP response for an error of the table (``headers`` added); 503s carry Retry-After."""
     status = status_code(error)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     return JSONResponse({"error": str(error), "kind": error.kind}, status_code=status,
-                        headers=headers)
+                        headers=headers or None)
 
 
 # ---- request parts -> bytes for the core

@@ -11,8 +11,8 @@ BentoML creates in the app's lifespan. What differs from the worker, each on pur
 
 - the socket is bound here first, so a port in use is the CLI's one-line error (uvicorn logs
   it and calls ``sys.exit``);
-- uvicorn installs no signal handlers (``_Uvicorn.capture_signals``): the runner owns
-  SIGTERM/SIGINT and calls ``stop()``, which drains as ``service.http.hardening`` describes
+- uvicorn installs no signal handlers (``patches.QuietUvicorn``): the runner owns
+  SIGTERM/SIGINT and calls ``stop()``, which drains as ``service.http.drain`` describes
   (503 + ``Connection: close`` to new requests, in-flight ones answered) before uvicorn's own
   shutdown;
 - Prometheus in single-process mode: BentoML's client defaults to multiprocess mode, which
@@ -28,15 +28,15 @@ instead, or run replicas.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
 
 from service.core import InferenceCore
+from service.http import patches
+from service.http.drain import DRAIN, drained
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ class HttpConfig:
     grace_s: float = 10.0  # on SIGTERM: time in-flight requests get to finish
     keep_alive_s: int = 5  # idle keep-alive connections close after this (BentoML's default)
     port_flag: str = "--http-port"  # the option a port-in-use error tells the user to change
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without signal handlers of its own: the process's owner stops it (``stop``)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> socket.socket:
@@ -80,31 +72,12 @@ def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> so
     return sock
 
 
-def _single_process_metrics() -> None:
-    """BentoML's Prometheus client over prometheus_client's registry (no multiprocess files)."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.server.metrics.prometheus import PrometheusClient
-
-    BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
-
-
 def _app(core: InferenceCore) -> object:
     """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``."""
-    from bentoml._internal.container import BentoMLContainer
-    from bentoml._internal.context import server_context
-    from bentoml._internal.utils.uri import join_paths
-
     from service.http.service import Classifier, provide_core
 
-    _single_process_metrics()
     provide_core(core)
-    BentoMLContainer.development_mode.set(False)
-    server_context.service_type = "entry_service"
-    server_context.service_name = Classifier.name
-    server_context.service_routes = [join_paths(Classifier.path_prefix, api.route)
-                                     for api in Classifier.apis.values()]
-    server_context.bento_name = Classifier.name
-    return Classifier.to_asgi(is_main=True)
+    return patches.in_process_app(Classifier)
 
 
 class HttpServer:
@@ -114,22 +87,24 @@ class HttpServer:
         self.core = core
         self.config = config
         self.port: int | None = None
-        self._server: _Uvicorn | None = None
+        self._server: patches.QuietUvicorn | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> int:
-        """Bind, build the app, run its start-up (the Classifier instance); the bound port."""
-        from service.http.hardening import DRAIN
+        """Bind, build the app, run its start-up (the Classifier instance); the bound port.
 
+        ``UnsupportedDependency`` before binding when a BentoML/uvicorn target is not as the
+        patches expect (``service.http.patches``)."""
+        patches.require()
         sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
-        DRAIN.draining = False  # one drain per server (the state is the process's)
+        DRAIN.reset()  # one drain per server (the state is the process's)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             app=_app(self.core), log_config=None, access_log=False,  # BentoML logs access
             backlog=BACKLOG, server_header=False,
             timeout_keep_alive=self.config.keep_alive_s,
             timeout_graceful_shutdown=max(1, round(self.config.grace_s)))
-        self._server = _Uvicorn(config)
+        self._server = patches.QuietUvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:
             if self._task.done():
@@ -146,17 +121,15 @@ class HttpServer:
         return self._task
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain (``service.http.hardening.DRAIN``: 503 to new requests, in-flight ones get
-        ``grace_s``), then uvicorn's shutdown: connections closed, the lifespan's end."""
-        from service.http.hardening import DRAIN
-
+        """Drain (``service.http.drain``: 503 to new requests, in-flight ones get ``grace_s``),
+        then uvicorn's shutdown: connections closed, the lifespan's end."""
         if self._server is None or self._task is None:
             return
         grace_s = self.config.grace_s if grace_s is None else grace_s
         if not self._task.done():
-            DRAIN.draining = True
+            DRAIN.begin()
             log.info("HTTP draining: refusing new requests, finishing %d in flight (grace "
                      "%.0f s)", DRAIN.in_flight, grace_s)
-            await DRAIN.drained(grace_s, self._server.server_state.connections)
+            await drained(grace_s, self._server.server_state.connections)
             self._server.should_exit = True
         await asyncio.shield(self._task)

@@ -56,12 +56,14 @@ import bentoml
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
+from service.core.errors import EvaluationNotFound
+from service.http.drain import DRAIN, HttpDrain
 from service.http.form_limits import FormLimits
-from service.http.hardening import DRAIN, HttpDrain, install
+from service.http.patches import install
 from service.http.schema import (
     BatchResponse,
     EvaluationResponse,
@@ -139,7 +141,8 @@ def _json(body: BaseModel) -> Response:
 
 
 # BentoML 1.4 / uvicorn corrections (memory held per request, URL fetching and 500s on client
-# mistakes, a traceback per 400, connections reset on SIGTERM): see service.http.hardening.
+# mistakes, a traceback per 400, connections reset on SIGTERM): service.http.patches checks
+# every target first and refuses to serve (UnsupportedDependency) when one is not as expected.
 install()
 
 
@@ -296,11 +299,10 @@ class Classifier:
     def confusion_png(self, evaluation_id: str) -> Response:
         png = self.evaluations.get(evaluation_id)
         if png is None:
-            return JSONResponse({"error": f"no evaluation {evaluation_id!r}; this server keeps "
-                                          f"the last {KEPT_EVALUATIONS}", "kind": "not_found"},
-                                status_code=404)
+            return error_response(EvaluationNotFound(
+                f"no evaluation {evaluation_id!r}; this server keeps the last {KEPT_EVALUATIONS}"))
         return Response(png, media_type="image/png")
 
 
 Classifier.add_asgi_middleware(FormLimits)
-Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.hardening)
+Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.drain)

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from service.core import CoreConfig, InferenceCore
 from service.grpc.server import GrpcConfig, GrpcServer
+from service.http.patches import require as require_http_patches
 from service.http.server import HttpConfig, HttpServer
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
     started: list[FrontEnd] = []
     clean = False
     try:
+        if http_config is not None:  # UnsupportedDependency before anything loads or listens
+            require_http_patches()
         core.start()  # raises DeviceUnavailable / ModelNotFound before anything listens
         listening: dict[str, str] = {}
         stopping = asyncio.ensure_future(stop.wait())
