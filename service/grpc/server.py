@@ -7,10 +7,12 @@ process that runs it, its signals and its core: ``service.process.runner``). Hea
 
     InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND
     ImageTooLarge -> RESOURCE_EXHAUSTED                 Overloaded, ModelUnavailable -> UNAVAILABLE
+    ShuttingDown (the drain) -> UNAVAILABLE             (the table: ``service.core.errors``)
 
 A failing request only ever ends its own RPC (or, in PredictStream, its own item).
 SIGTERM/SIGINT: a drain phase, then grpc's own shutdown (``GrpcServer.stop``). Health turns
-NOT_SERVING and every new RPC is refused with UNAVAILABLE (safe to retry elsewhere) while the
+NOT_SERVING and every new RPC is refused with ``ShuttingDown``, UNAVAILABLE (safe to retry
+elsewhere; ``service.core.drain.Drain``, the HTTP front end's too) while the
 server still runs; the RPCs in flight get up to ``grace_s`` seconds to finish; only when none
 is left, and none has arrived for ``DRAIN_QUIET_S``, does ``grpc.aio.Server.stop`` run. Why: the
 aio server takes calls from gRPC core one at a time, and core cancels (CANCELLED, which retry

@@ -77,7 +77,7 @@ what to do.
 | 400 | `invalid_image`, `invalid_request` | undecodable image; bad option; label not a class |
 | 404 | `model_not_found`, `not_found` | no such model or version; evaluation no longer kept |
 | 413 | `image_too_large`, `too_many_parts` | image over a limit; over 1000 multipart files |
-| 503 | `overloaded`, `model_unavailable` | too many requests in flight (with `Retry-After`) |
+| 503 | `overloaded`, `model_unavailable`, `shutting_down` | too busy; draining (`Retry-After`) |
 
 The `/v2` routes answer errors as KServe does: `{"error": message}`.
 """
@@ -96,7 +96,8 @@ ERRORS = {
     400: "not a decodable image, a bad option, or a label that is not one of the model's classes",
     404: "no such model or version",
     413: "an image over the byte or pixel limit, or more than 1000 multipart files",
-    503: "overloaded or the model unavailable; retry after the Retry-After seconds",
+    503: "overloaded, the model unavailable or the server shutting down; retry after the "
+         "Retry-After seconds",
 }
 # BentoML's own error schemas, replaced by ours.
 BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError",
