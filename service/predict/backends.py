@@ -39,7 +39,7 @@ from service.client.results import (
     prediction_from_json,
 )
 from service.core.errors import CoreError
-from service.process.core_options import add_core_options, core_config_from_args
+from service.process.core_options import core_config_from_args, core_parser
 
 HTTP_CHUNK = 32  # images per POST /predict_batch
 
@@ -276,7 +276,5 @@ def open_backend(args: argparse.Namespace) -> Backend:
 def _local_core_config(args: argparse.Namespace) -> Any:
     """The core options as for a server; --model left unset means the core's own default."""
     if args.model is None:
-        defaults = argparse.ArgumentParser(add_help=False)
-        add_core_options(defaults)
-        args = argparse.Namespace(**{**vars(args), "model": defaults.get_default("model")})
+        args = argparse.Namespace(**{**vars(args), "model": core_parser().get_default("model")})
     return core_config_from_args(args)

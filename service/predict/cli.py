@@ -27,10 +27,14 @@ from service.client.files import image_files, labelled_files
 from service.client.results import ModelInfo
 from service.predict.backends import open_backend
 from service.predict.output import FORMATS, Progress, RowWriter
-from service.process.core_options import add_core_options
+from service.process.core_options import core_parser
 
 
-def _add_client_options(p: argparse.ArgumentParser) -> None:
+def client_parser() -> argparse.ArgumentParser:
+    """What predict and evaluate share: the core options (for local runs) with --model unset
+    unless given -- a remote server's own default model answers then, not the name this
+    machine would default to -- and where the model runs (--url), --tta, --window."""
+    p = core_parser(model=None, log_level="WARNING")
     p.add_argument("--url", default=None, metavar="grpc://HOST:PORT|http://HOST:PORT",
                    help="a running tta-serve server (host:port alone means gRPC); without it the "
                         "model runs in this process, from --models-dir")
@@ -38,27 +42,18 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: the model's recorded views, combined")
     p.add_argument("--window", type=int, default=64,
                    help="images in flight at once (default: %(default)s)")
+    return p
 
 
-def _common_without_model_default(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The server options (for local runs), with --model unset unless given: a remote server's
-    own default model answers then, not the name this machine would default to."""
-    parent = argparse.ArgumentParser(add_help=False)
-    add_core_options(parent)
-    parent.set_defaults(model=None, log_level="WARNING")
-    return parent
-
-
-def add_predict(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "predict", parents=[_common_without_model_default(common)],
+        "predict", parents=[client_parser()],
         help="classify images or folders (in this process, or on a server)",
         description="Classify images: each file, and every image under each folder "
                     "(recursively). One row per file; unreadable or undecodable files are rows "
                     "with an error, counted, and the run goes on. Exit code 0 = all predicted, "
                     "1 = some failed, 2 = could not run.")
     p.add_argument("paths", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
-    _add_client_options(p)
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default: %(default)s)")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: csv when --output ends in .csv, json for .json, "
@@ -70,15 +65,13 @@ def add_predict(subparsers: argparse._SubParsersAction, common: argparse.Argumen
     p.set_defaults(run=run_predict)
 
 
-def add_evaluate(subparsers: argparse._SubParsersAction,
-                 common: argparse.ArgumentParser) -> None:
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "evaluate", parents=[_common_without_model_default(common)],
+        "evaluate", parents=[client_parser()],
         help="evaluate a folder of class folders: accuracy, P/R/F1, confusion matrix",
         description="Evaluate a labelled set laid out as FOLDER/CLASS/image (class names must be "
                     "the model's). Prints the report, writes the confusion matrix PNG.")
     p.add_argument("folder", type=Path, metavar="FOLDER_OF_CLASS_FOLDERS")
-    _add_client_options(p)
     p.add_argument("--png", type=Path, default=Path("confusion_matrix.png"),
                    help="where the confusion matrix picture goes (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")

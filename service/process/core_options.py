@@ -67,6 +67,15 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def core_parser(**defaults: object) -> argparse.ArgumentParser:
+    """The core options as a parent parser (``parents=[core_parser()]``), with ``defaults``
+    replacing some of theirs (``tta-serve predict``: no --model unless given)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    add_core_options(parent)
+    parent.set_defaults(**defaults)
+    return parent
+
+
 def core_config_from_args(args: argparse.Namespace) -> CoreConfig:
     return CoreConfig(
         models_dir=args.models_dir or default_models_dir(),
