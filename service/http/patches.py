@@ -205,7 +205,10 @@ def problems() -> list[str]:
         except (ImportError, AttributeError) as e:
             found.append(f"{target.path} is missing in {target.package} {version} ({e})")
             continue
-        shape = target.shape(resolved)
+        try:
+            shape = target.shape(resolved)
+        except (TypeError, ValueError, OSError) as e:  # no signature, no source to read
+            shape = f"cannot be checked ({e})"
         if shape:
             found.append(f"{target.path} {shape} in {target.package} {version}")
     return found
