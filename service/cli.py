@@ -25,6 +25,7 @@ from collections.abc import Callable
 from service.core import CoreError
 from service.predict.cli import add_evaluate, add_predict
 from service.process.core_options import add_core_options, core_config_from_args
+from service.process.security_options import add_security_options, security_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _run_grpc(args: argparse.Namespace) -> int:
     grpc_config = GrpcConfig(host=args.host, port=args.port,
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
-    return serve(core_config_from_args(args), grpc_config, None)
+    return serve(core_config_from_args(args), grpc_config, None, security_config_from_args(args))
 
 
 def _add_http(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -81,7 +82,7 @@ def _run_http(args: argparse.Namespace) -> int:
 
     return serve(core_config_from_args(args), None,
                  HttpConfig(host=args.host, port=args.port, grace_s=args.grace_s,
-                            port_flag="--port"))
+                            port_flag="--port"), security_config_from_args(args))
 
 
 def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -109,7 +110,8 @@ def _run_all(args: argparse.Namespace) -> int:
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
     http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s)
-    return serve(core_config_from_args(args), grpc_config, http_config)
+    return serve(core_config_from_args(args), grpc_config, http_config,
+                 security_config_from_args(args))
 
 
 # What plain `tta-serve [options]` runs (scripts/serve.sh).
@@ -125,8 +127,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, argparse.ArgumentParser]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False)  # the serving commands' options
     add_core_options(common)
+    add_security_options(common)
     parser = argparse.ArgumentParser(
         prog="tta-serve", description="Serve image classifiers (ONNX, with test-time "
                                       "augmentation) from a model repository.")

@@ -16,7 +16,12 @@ ModelNotFound                 NOT_FOUND           404
 Overloaded                    UNAVAILABLE         503 (+ Retry-After)
 ModelUnavailable              UNAVAILABLE         503
 DeviceUnavailable             INTERNAL            500 (start-up only: refuse to start)
+Unauthenticated               UNAUTHENTICATED     401 (+ WWW-Authenticate: Bearer)
+PermissionDenied              PERMISSION_DENIED   403 (+ WWW-Authenticate: insufficient_scope)
 ============================  ==================  ====
+
+The last two are raised by the token check in front of the core (``service.security``), not by
+the core itself; they are here so that every wire spells them from this one table.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class Status(enum.Enum):
     HTTP status. Wire-free on purpose: the core names outcomes, each front end spells them."""
 
     INVALID_ARGUMENT = 400
+    UNAUTHENTICATED = 401
+    PERMISSION_DENIED = 403
     NOT_FOUND = 404
     RESOURCE_EXHAUSTED = 413
     INTERNAL = 500
@@ -98,3 +105,17 @@ class DeviceUnavailable(CoreError):
     """The requested execution device (``--device cuda``) cannot be used on this machine."""
 
     kind = "device_unavailable"
+
+
+class Unauthenticated(CoreError):
+    """No bearer token, another scheme, or a token the server does not know (never echoed)."""
+
+    kind = "unauthenticated"
+    status = Status.UNAUTHENTICATED
+
+
+class PermissionDenied(CoreError):
+    """A valid token without the scope the call needs (``infer`` or ``admin``)."""
+
+    kind = "permission_denied"
+    status = Status.PERMISSION_DENIED

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from service.core import InferenceCore
+from service.security.config import NO_SECURITY, Security
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,19 @@ def _single_process_metrics() -> None:
     BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
 
 
-def _app(core: InferenceCore) -> object:
-    """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``."""
+def _app(core: InferenceCore, security: Security = NO_SECURITY) -> object:
+    """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``, its
+    token check (``service.security.asgi``) with ``security``'s tokens."""
     from bentoml._internal.container import BentoMLContainer
     from bentoml._internal.context import server_context
     from bentoml._internal.utils.uri import join_paths
 
     from service.http.service import Classifier, provide_core
+    from service.security import asgi
 
     _single_process_metrics()
     provide_core(core)
+    asgi.provide(security)
     BentoMLContainer.development_mode.set(False)
     server_context.service_type = "entry_service"
     server_context.service_name = Classifier.name
@@ -110,9 +114,11 @@ def _app(core: InferenceCore) -> object:
 class HttpServer:
     """The HTTP service over a *started* core, on this event loop: ``start``, then ``stop``."""
 
-    def __init__(self, core: InferenceCore, config: HttpConfig) -> None:
+    def __init__(self, core: InferenceCore, config: HttpConfig,
+                 security: Security = NO_SECURITY) -> None:
         self.core = core
         self.config = config
+        self.security = security  # TLS (uvicorn's) and tokens: service.security
         self.port: int | None = None
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
@@ -124,11 +130,13 @@ class HttpServer:
         sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
         DRAIN.draining = False  # one drain per server (the state is the process's)
         self.port = sock.getsockname()[1]
+        tls = self.security.tls.uvicorn_options() if self.security.tls else {}
         config = uvicorn.Config(
-            app=_app(self.core), log_config=None, access_log=False,  # BentoML logs access
+            app=_app(self.core, self.security), log_config=None,
+            access_log=False,  # BentoML logs access
             backlog=BACKLOG, server_header=False,
             timeout_keep_alive=self.config.keep_alive_s,
-            timeout_graceful_shutdown=max(1, round(self.config.grace_s)))
+            timeout_graceful_shutdown=max(1, round(self.config.grace_s)), **tls)
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:

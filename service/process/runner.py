@@ -29,6 +29,7 @@ from typing import Protocol
 from service.core import CoreConfig, InferenceCore
 from service.grpc.server import GrpcConfig, GrpcServer
 from service.http.server import HttpConfig, HttpServer
+from service.security.config import NO_SECURITY, Security, SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +61,33 @@ def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     return restore
 
 
-def startup_message(core: InferenceCore, listening: dict[str, str]) -> str:
-    """``serving cifar10 v1 on CPUExecutionProvider (...); gRPC listening on HOST:PORT; ...``"""
+def startup_message(core: InferenceCore, listening: dict[str, str],
+                    security: Security = NO_SECURITY) -> str:
+    """``serving cifar10 v1 on CPUExecutionProvider (...); gRPC listening on HOST:PORT; ...;
+    TLS off (plaintext); token authorisation off (...)``: what is served, where, and to whom."""
     models = ", ".join(f"{m.name} v{m.version}" for m in core.list_models())
     c = core.config
     batching = (f"batches of up to {c.max_batch_size} images, {c.max_wait_ms:g} ms wait"
                 if c.batching else "batching off")
     wires = "; ".join(f"{wire} listening on {address}" for wire, address in listening.items())
     return (f"serving {models} on {core.provider} (version policy {c.version_policy}; "
-            f"{batching}); {wires}")
+            f"{batching}); {wires}; {security.describe()}")
 
 
 def serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
-          http_config: HttpConfig | None) -> int:
+          http_config: HttpConfig | None, security_config: SecurityConfig | None = None) -> int:
     """Serve the front ends given until SIGTERM/SIGINT; the exit code (0 = stopped by a signal).
 
-    Start-up errors (CoreError, OSError for a port in use) propagate: the CLI prints them."""
-    return 0 if asyncio.run(_serve(core_config, grpc_config, http_config)) else 1
+    Start-up errors (CoreError, OSError for a port in use, ValueError for a TLS or token
+    setting: checked before the models load) propagate: the CLI prints them."""
+    security = security_config.load() if security_config is not None else NO_SECURITY
+    if (warning := security.expiry_warning()) is not None:
+        log.warning(warning)
+    return 0 if asyncio.run(_serve(core_config, grpc_config, http_config, security)) else 1
 
 
 async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
-                 http_config: HttpConfig | None) -> bool:
+                 http_config: HttpConfig | None, security: Security = NO_SECURITY) -> bool:
     stop = asyncio.Event()
     restore_signals = stop_on_signals(stop)
     core = InferenceCore.create(core_config)
@@ -92,15 +99,15 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
         stopping = asyncio.ensure_future(stop.wait())
         watched: set[asyncio.Future] = {stopping}
         if grpc_config is not None:
-            grpc_server = GrpcServer(core, grpc_config)
+            grpc_server = GrpcServer(core, grpc_config, security)
             listening["gRPC"] = f"{grpc_config.host}:{await grpc_server.start()}"
             started.append(grpc_server)
         if http_config is not None:
-            http_server = HttpServer(core, http_config)
+            http_server = HttpServer(core, http_config, security)
             listening["HTTP"] = f"{http_config.host}:{await http_server.start()}"
             started.append(http_server)
             watched.add(http_server.finished)
-        log.info(startup_message(core, listening))
+        log.info(startup_message(core, listening, security))
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         clean = stop.is_set()

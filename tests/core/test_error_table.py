@@ -9,8 +9,10 @@ import pytest
 from service.client.errors import (
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ServiceError,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     error_for,
     error_for_http,
@@ -26,6 +28,8 @@ from service.core.errors import (
     Overloaded,
     Status,
 )
+from service.core.errors import PermissionDenied as Forbidden
+from service.core.errors import Unauthenticated as NoToken
 from service.grpc.messages import status_code as grpc_status
 from service.http.schema import status_code as http_status
 from service.oip.messages import from_core_error
@@ -39,6 +43,8 @@ TABLE = [  # docs/architecture.md and service/core/errors.py say the same
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE, 503, Unavailable),
     (DeviceUnavailable, grpc.StatusCode.INTERNAL, 500, ServiceError),
     (CoreError, grpc.StatusCode.INTERNAL, 500, ServiceError),
+    (NoToken, grpc.StatusCode.UNAUTHENTICATED, 401, Unauthenticated),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED, 403, PermissionDenied),
 ]
 
 
