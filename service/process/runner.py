@@ -24,12 +24,13 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.core import CoreConfig, InferenceCore
 from service.grpc.server import GrpcConfig, GrpcServer
 from service.http.server import HttpConfig, HttpServer
 from service.security.config import NO_SECURITY, Security, SecurityConfig
+from service.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -132,32 +133,48 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
 
 
 def healthcheck(grpc_address: str = HEALTH_GRPC_ADDRESS, http_url: str = HEALTH_HTTP_URL,
-                timeout_s: float = 2.0) -> int:
+                timeout_s: float = 2.0, tls: TlsFiles | None = None) -> int:
     """0 (healthy) when the gRPC health service says SERVING or HTTP /readyz answers 200, else 1.
 
     The Dockerfile's HEALTHCHECK runs ``sys.exit(healthcheck())``. gRPC is asked first (a closed
     port fails at once); each probe waits at most ``timeout_s``, inside the HEALTHCHECK's 10 s.
+    A server on TLS (``tls``, else the ``TTA_SERVE_TLS_*`` variables the container runs with)
+    is probed over TLS, as ``TlsFiles.probe_context`` / ``grpc_probe`` say.
     """
-    return 0 if _grpc_serving(grpc_address, timeout_s) or _http_ready(http_url, timeout_s) else 1
+    if tls is None:
+        tls = SecurityConfig.from_env().tls_files()
+    if tls is not None:
+        http_url = http_url.replace("http://", "https://", 1)
+    return 0 if _grpc_serving(grpc_address, timeout_s, tls) or \
+        _http_ready(http_url, timeout_s, tls) else 1
 
 
-def _grpc_serving(address: str, timeout_s: float) -> bool:
+def _grpc_serving(address: str, timeout_s: float, tls: TlsFiles | None = None) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    options: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
     try:
-        with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        if tls is None:
+            channel = grpc.insecure_channel(address, options=options)
+        else:
+            credentials, names = tls.grpc_probe()
+            channel = grpc.secure_channel(address, credentials, options=options + names)
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                               timeout=timeout_s)
-    except grpc.RpcError:
+    except (grpc.RpcError, ValueError):  # ValueError: TLS files that cannot be read
         return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _http_ready(url: str, timeout_s: float) -> bool:
+def _http_ready(url: str, timeout_s: float, tls: TlsFiles | None = None) -> bool:
     import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]  # never via a proxy
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=tls.probe_context()))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=timeout_s) as response:
             return response.status == 200

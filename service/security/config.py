@@ -81,17 +81,21 @@ class SecurityConfig:
         return Security(tls=tls, tls_expires=expires, authorizer=self._authorizer(environ),
                         metrics_open=self.metrics_auth == "open", auth_mode=self.auth)
 
-    def _tls(self) -> tuple[TlsFiles | None, dt.datetime | None]:
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files named (unchecked); None = plaintext. ValueError for half a setting."""
         if self.tls_cert is None and self.tls_key is None:
             if self.tls_client_ca is not None:
                 raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-            return None, None
+            return None
         if self.tls_cert is None or self.tls_key is None:
             raise ValueError("TLS needs both --tls-cert and --tls-key (or TTA_SERVE_TLS_CERT "
                              "and TTA_SERVE_TLS_KEY)")
-        files = TlsFiles(Path(self.tls_cert), Path(self.tls_key),
-                         Path(self.tls_client_ca) if self.tls_client_ca else None)
-        return files, files.check()
+        return TlsFiles(Path(self.tls_cert), Path(self.tls_key),
+                        Path(self.tls_client_ca) if self.tls_client_ca else None)
+
+    def _tls(self) -> tuple[TlsFiles | None, dt.datetime | None]:
+        files = self.tls_files()
+        return (files, files.check()) if files is not None else (None, None)
 
     def _authorizer(self, environ: Mapping[str, str]) -> Authorizer | None:
         if self.auth == "off":

@@ -62,7 +62,17 @@ class TlsFiles:
             except ssl.SSLError as e:
                 raise TlsError(f"the client CA bundle {self.client_ca} is not PEM certificates "
                                f"({e.reason or e})") from None
-        return _loopback_expiry(server, self.cert)
+        peer = _loopback_peer(server, self.cert)
+        return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(peer["notAfter"]), dt.UTC)
+
+    def server_name(self) -> str:
+        """A DNS name (else the common name) the certificate was issued for."""
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(self.cert, self.key)
+        peer = _loopback_peer(server, self.cert)
+        names = [v for k, v in peer.get("subjectAltName", ()) if k in ("DNS", "IP Address")]
+        common = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
+        return (names + common + ["localhost"])[0]
 
     def grpc_credentials(self) -> Any:
         """grpcio's SSL server credentials; mutual TLS requires and verifies client certs."""
@@ -73,6 +83,27 @@ class TlsFiles:
             root_certificates=self.read(self.client_ca) if self.client_ca else None,
             require_client_auth=self.mutual)
 
+    def probe_context(self) -> ssl.SSLContext:
+        """For this process's own health probe on loopback (the container's HEALTHCHECK): no
+        verification, the certificate was checked when the server started; under mutual TLS the
+        server's own certificate is presented (accepted when the client CA issued it too)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if self.mutual:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def grpc_probe(self) -> tuple[Any, list[tuple[str, Any]]]:
+        """Channel credentials and options for the same probe over gRPC: grpcio always verifies,
+        so the chain file (+ the client CAs) is trusted and the certificate's own name used."""
+        import grpc
+
+        roots = self.read(self.cert) + (self.read(self.client_ca) if self.client_ca else b"")
+        mutual = (self.read(self.key), self.read(self.cert)) if self.mutual else (None, None)
+        credentials = grpc.ssl_channel_credentials(roots, *mutual)
+        return credentials, [("grpc.ssl_target_name_override", self.server_name())]
+
     def uvicorn_options(self) -> dict[str, Any]:
         """``uvicorn.Config`` keyword arguments serving the same files."""
         return {"ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key),
@@ -80,8 +111,9 @@ class TlsFiles:
                 "ssl_cert_reqs": ssl.CERT_REQUIRED if self.mutual else ssl.CERT_NONE}
 
 
-def _loopback_expiry(server: ssl.SSLContext, chain: Path) -> dt.datetime:
-    """Handshake in memory with a client trusting ``chain``; TlsError with OpenSSL's reason."""
+def _loopback_peer(server: ssl.SSLContext, chain: Path) -> dict[str, Any]:
+    """Handshake in memory with a client trusting ``chain``: the certificate as the client saw
+    it (``getpeercert()``); TlsError with OpenSSL's reason when the client refuses it."""
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.load_verify_locations(cafile=chain)
@@ -108,8 +140,7 @@ def _loopback_expiry(server: ssl.SSLContext, chain: Path) -> dt.datetime:
             break
     else:
         raise TlsError(f"the TLS certificate {chain} and its key do not complete a handshake")
-    peer = ends[0].getpeercert()
-    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(peer["notAfter"]), dt.UTC)
+    return ends[0].getpeercert()
 
 
 def _dates(chain: Path) -> str:

@@ -138,6 +138,19 @@ def test_http_routes_and_their_scopes(served: Served, digits_model: FixtureModel
     assert "bogus-token" not in log and INFER_TOKEN not in log
 
 
+def test_the_container_healthcheck_probes_over_mutual_tls(served: Served, pki: Pki):
+    from service.process.runner import healthcheck
+    from service.security.tls import TlsFiles
+
+    tls = TlsFiles(pki.server.cert, pki.server.key, pki.ca)
+    closed = f"127.0.0.1:{free_port()}"
+    ready = served.http_url.replace("https:", "http:") + "/readyz"  # made https by the probe
+    assert healthcheck(served.grpc_target, f"http://{closed}/readyz", tls=tls) == 0
+    assert healthcheck(closed, ready, tls=tls) == 0
+    assert healthcheck(closed, f"http://{closed}/readyz", tls=tls) == 1
+    assert healthcheck(served.grpc_target, ready) == 1  # plaintext probes fail on TLS ports
+
+
 def _predict(served: Served, url: str, folder: Path, token_file: Path,
              capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     code = main(["predict", str(folder), "--url", url, "--format", "csv",

@@ -62,7 +62,10 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                # client auth too: the container's HEALTHCHECK presents the server's certificate
+                # under mutual TLS (service.security.tls.TlsFiles.probe_context)
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                       ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         else:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
