@@ -56,12 +56,17 @@ class SecurityConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
                  **given: object) -> SecurityConfig:
-        """Each field from ``given`` when not None, else its variable, else the default."""
+        """Each field from ``given`` when not None, else its variable, else the default.
+
+        Tokens: a ``--token-file`` given wins, then ``$TTA_SERVE_TOKENS``, then
+        ``$TTA_SERVE_TOKEN_FILE`` (so the container's default file path yields to the lines)."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             value = given.get(f.name)
-            if value is None and environ.get(env_name(f.name)):
+            if f.name == "token_file" and environ.get(TOKENS_ENV, "").strip():
+                pass  # the lines in $TTA_SERVE_TOKENS win over $TTA_SERVE_TOKEN_FILE
+            elif value is None and environ.get(env_name(f.name)):
                 value = environ[env_name(f.name)]
                 value = Path(value) if f.type == "Path | None" else value
             if value is not None:

@@ -154,6 +154,10 @@ def test_settings_from_variables_and_flags(tmp_path: Path):
     assert "/metrics needs admin" in security.describe()
     # a flag wins over its variable
     assert SecurityConfig.from_env(env, auth="off").load(env).authorizer is None
+    both = {**env, "TTA_SERVE_TOKENS": f"{ADMIN_TOKEN} admin"}  # the lines win over the file
+    assert "from $TTA_SERVE_TOKENS" in SecurityConfig.from_env(both).load(both).describe()
+    flag = SecurityConfig.from_env(both, token_file=path).load(both)  # a flag wins over both
+    assert f"from {path}" in flag.describe()
     off = SecurityConfig().load({})
     assert off.describe() == ("TLS off (plaintext); token authorisation off (no --token-file): "
                               "anyone who reaches the ports may call every API")
