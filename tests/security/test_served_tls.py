@@ -231,3 +231,37 @@ def test_rotating_the_token_file_takes_effect_without_a_restart(served: Served,
     assert served.process.process.pid == pid and served.process.process.poll() is None
     assert "reloaded: 1 token(s)" in served.process.log
     shutil.copy(served.pki.tokens, served.tokens)  # back, for any test after this one
+
+
+def test_perf_analyzer_over_https_with_a_client_certificate_and_the_token(
+        served: Served, digits_model: FixtureModel, tmp_path: Path):
+    """perf_analyzer's ``-H`` adds the token over HTTP (it reads statistics: an admin token).
+    Its gRPC client sends no headers (``-H`` is ignored for gRPC), so over gRPC it cannot pass
+    a token check: docs/oip.md says so."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_perf_analyzer", Path(__file__).parents[2] / "bench" / "perf_analyzer.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    done = subprocess.run(["bash", str(Path(__file__).parents[2] / "bench" / "perf_analyzer.sh"),
+                           "install"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    binary = done.stdout.strip().splitlines()[-1]
+    inputs = bench.write_inputs(tmp_path, digits_model.repo_root, "digits",
+                                {"bytes": [image for image, _ in digits_model.samples]})
+    pki = served.pki
+    tls = ["--ssl-https-ca-certificates-file", str(pki.ca),
+           "--ssl-https-client-certificate-file", str(pki.client.cert),
+           "--ssl-https-private-key-file", str(pki.client.key)]
+    url = served.http_url  # https://127.0.0.1:PORT
+    result = bench.run(binary, model="digits", protocol="http", url=url,
+                       input_file=inputs["bytes"], concurrency=1, request_count=50,
+                       timeout_s=120, extra=[*tls, "-H", f"authorization:Bearer {ADMIN_TOKEN}"])
+    assert result.returncode == 0 and result.errors == [], result.output[-3000:]
+    assert result.rows and result.rows[0]["throughput"] > 0
+    refused = bench.run(binary, model="digits", protocol="http", url=url,
+                        input_file=inputs["bytes"], concurrency=1, request_count=10,
+                        timeout_s=120, extra=tls)
+    assert refused.returncode != 0 and "bearer token" in refused.output, refused.output[-2000:]
