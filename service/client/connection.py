@@ -38,12 +38,14 @@ class Credentials:
 
     @staticmethod
     def token_from(path: Path | None = None) -> str | None:
-        """The token in ``path`` (its first line), else ``$TTA_SERVE_CLIENT_TOKEN``, else None."""
+        """The token in ``path`` (the first word of its first line that is not a ``#``
+        comment), else ``$TTA_SERVE_CLIENT_TOKEN``, else None."""
         if path is not None:
-            lines = Path(path).read_text(encoding="utf-8").split()
-            if not lines:
-                raise ValueError(f"the token file {path} is empty")
-            return lines[0]
+            words = [line.split()[0] for line in Path(path).read_text(encoding="utf-8")
+                     .splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            if not words:
+                raise ValueError(f"the token file {path} holds no token")
+            return words[0]
         return os.environ.get(TOKEN_ENV) or None
 
 

@@ -67,7 +67,8 @@ class Unavailable(ServiceError):
 
 
 class Unauthenticated(ServiceError):
-    """No token was sent, or the server does not know it (``--token`` / $TTA_SERVE_TOKEN)."""
+    """No token was sent, or the server does not know it (``Client(token=...)``;
+    ``tta-serve predict --token-file`` or $TTA_SERVE_CLIENT_TOKEN)."""
 
     code = "unauthenticated"
     status = Status.UNAUTHENTICATED

@@ -322,6 +322,11 @@ def openapi_document(spec: dict[str, Any], *, default_model: str,
                    "description": DESCRIPTION,
                    "license": {"name": "Apache-2.0"}}
     doc["tags"] = TAGS
+    # Bearer tokens when the server checks them (service.security): Swagger's Authorize button;
+    # "{}" keeps every call valid without one for a server that does not.
+    doc.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http",
+                                                                      "scheme": "bearer"}}
+    doc["security"] = [{"bearer": []}, {}]
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in BENTOML_ERROR_SCHEMAS:
         schemas.pop(name, None)

@@ -9,7 +9,8 @@ repository index). A call not listed needs ``admin``: a new route is closed unti
 Open: health for probes (``/livez``, ``/readyz``, ``grpc.health.v1``, and the Open Inference
 Protocol's ``ServerLive``/``ServerReady``/``ModelReady`` and ``/v2/health/*``, which KServe
 probes), and the browser page and API description (``/``, ``/docs.json``, ``/ui/``: static files,
-the page asks for the token itself). ``/metrics`` is open unless ``--metrics-auth admin``.
+the page asks for the token itself; ``/static_content/``: Swagger UI's files as BentoML ships
+them). ``/metrics`` is open unless ``--metrics-auth admin``.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ GRPC_INFER_PREFIXES = ("/grpc.reflection.",)
 
 _MODEL = r"/v2/models/(?!stats$)[^/]+(?:/versions/[^/]+)?"
 HTTP_ROUTES: list[tuple[re.Pattern[str], str | None]] = [(re.compile(p), need) for p, need in (
-    (r"/livez|/readyz|/v2/health/live|/v2/health/ready", OPEN),
+    (r"/livez|/readyz|/healthz|/v2/health/live|/v2/health/ready", OPEN),
     (_MODEL + r"/ready", OPEN),
-    (r"/|/docs\.json|/ui|/ui/.*", OPEN),
+    (r"/|/docs\.json|/ui|/ui/.*|/static_content/.*", OPEN),
     (r"/predict|/predict_batch|/models|/models/[^/]+", INFER),
     (r"/v2|" + _MODEL + r"(?:/infer|/config)?", INFER),
     (r"/evaluate|/evaluations/.*|/v2/models/stats|" + _MODEL + r"/stats", ADMIN),

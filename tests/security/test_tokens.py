@@ -124,7 +124,8 @@ def test_every_rpc_of_both_services_is_placed_and_health_is_open():
 @pytest.mark.parametrize("path, need", [
     ("/livez", None), ("/readyz", None), ("/v2/health/ready", None), ("/v2/health/live", None),
     ("/v2/models/digits/ready", None), ("/v2/models/digits/versions/2/ready", None),
-    ("/ui/", None), ("/ui/ui.js", None), ("/", None), ("/docs.json", None),
+    ("/ui/", None), ("/ui/ui.js", None), ("/", None), ("/docs.json", None), ("/healthz", None),
+    ("/static_content/swagger-ui-bundle.js", None),
     ("/predict", "infer"), ("/predict_batch", "infer"), ("/models", "infer"),
     ("/models/digits", "infer"), ("/v2", "infer"), ("/v2/models/digits", "infer"),
     ("/v2/models/digits/infer", "infer"), ("/v2/models/digits/versions/1/infer", "infer"),
