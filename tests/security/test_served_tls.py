@@ -206,33 +206,6 @@ def test_tritonclient_sends_the_token_in_its_headers(served: Served, protocol: s
     assert result["index_with_infer_token"]["status"] == denied, result
 
 
-def test_rotating_the_token_file_takes_effect_without_a_restart(served: Served,
-                                                               digits_model: FixtureModel):
-    from service.client import Client, Unauthenticated
-
-    new_token = "rotated-token-0123456789abcdefgh"
-    image, label = digits_model.samples[4]
-    pid = served.process.process.pid
-    replacement = served.tokens.with_suffix(".new")
-    replacement.write_text(f"{new_token} infer,admin\n")
-    os.replace(replacement, served.tokens)  # as a Secret update does: a new file
-    time.sleep(1.5)  # the file is looked at once a second at most
-    kwargs = dict(ca_cert=served.pki.ca, client_cert=served.pki.client.cert,
-                  client_key=served.pki.client.key, retries=0)
-    with Client(f"grpcs://{served.grpc_target}", token=new_token, **kwargs) as client:
-        assert client.predict(image).label == label
-    with Client(f"grpcs://{served.grpc_target}", token=INFER_TOKEN, **kwargs) as client, \
-            pytest.raises(Unauthenticated):
-        client.predict(image)
-    with served.http(new_token) as http:
-        assert http.get("/models").status_code == 200
-    with served.http(INFER_TOKEN) as http:
-        assert http.get("/models").status_code == 401
-    assert served.process.process.pid == pid and served.process.process.poll() is None
-    assert "reloaded: 1 token(s)" in served.process.log
-    shutil.copy(served.pki.tokens, served.tokens)  # back, for any test after this one
-
-
 def test_perf_analyzer_over_https_with_a_client_certificate_and_the_token(
         served: Served, digits_model: FixtureModel, tmp_path: Path):
     """perf_analyzer's ``-H`` adds the token over HTTP (it reads statistics: an admin token).
@@ -265,3 +238,33 @@ def test_perf_analyzer_over_https_with_a_client_certificate_and_the_token(
                         input_file=inputs["bytes"], concurrency=1, request_count=10,
                         timeout_s=120, extra=tls)
     assert refused.returncode != 0 and "bearer token" in refused.output, refused.output[-2000:]
+
+
+def test_rotating_the_token_file_takes_effect_without_a_restart(served: Served,
+                                                               digits_model: FixtureModel):
+    from service.client import Client, Unauthenticated
+
+    new_token = "rotated-token-0123456789abcdefgh"
+    image, label = digits_model.samples[4]
+    pid = served.process.process.pid
+    replacement = served.tokens.with_suffix(".new")
+    replacement.write_text(f"{new_token} infer,admin\n")
+    os.replace(replacement, served.tokens)  # as a Secret update does: a new file
+    time.sleep(1.5)  # the file is looked at once a second at most
+    kwargs = dict(ca_cert=served.pki.ca, client_cert=served.pki.client.cert,
+                  client_key=served.pki.client.key, retries=0)
+    with Client(f"grpcs://{served.grpc_target}", token=new_token, **kwargs) as client:
+        assert client.predict(image).label == label
+    with Client(f"grpcs://{served.grpc_target}", token=INFER_TOKEN, **kwargs) as client, \
+            pytest.raises(Unauthenticated):
+        client.predict(image)
+    with served.http(new_token) as http:
+        assert http.get("/models").status_code == 200
+    with served.http(INFER_TOKEN) as http:
+        assert http.get("/models").status_code == 401
+    assert served.process.process.pid == pid and served.process.process.poll() is None
+    assert "reloaded: 1 token(s)" in served.process.log
+    shutil.copy(served.pki.tokens, served.tokens)  # back, for any test after this one
+    time.sleep(1.5)
+    with served.http(INFER_TOKEN) as http:
+        assert http.get("/models").status_code == 200
