@@ -7,9 +7,11 @@ function over 60. Generated protobuf code (``service/_proto``) is not ours and i
 The folders of ``service/`` keep to their rules (issue 24): ``client/`` reaches only
 ``core.errors`` and the shared top-level modules (a client team installs no server), ``grpc/`` and
 ``http/`` never reach each other, ``oip/`` reaches no front end, ``core/`` and the shared modules
-reach no folder but the core. "Reach" follows imports transitively, and a string that names one of
-our modules (``importlib.import_module("service.x")``, ``"service.http.service:Classifier"``) is
-an import too: it loads the module just the same.
+reach no folder but the core, and ``security/`` (TLS, tokens: issue 27) reaches only
+``core.errors``, so every front end can use it and it can favour none. "Reach" follows imports
+transitively, and a string that names one of our modules
+(``importlib.import_module("service.x")``, ``"service.http.service:Classifier"``) is an import
+too: it loads the module just the same.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def test_module_and_function_sizes(name: str) -> None:
 
 # ---- rules between the folders of service/
 
-FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process")
+FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process", "security")
 # Shared by every folder (and by training): they import no folder but core.
 SHARED = frozenset({"service", "service.imaging", "service.model_repository",
                     "service.evaluation_report", "service.image_suffixes"})
@@ -210,6 +212,9 @@ def _folder_rule_breaks(graph: dict[str, set[str]]) -> list[str]:
                                f"{front}/ and {other}/ never import each other")
     breaks += _rule_breaks(graph, members("oip"), lambda m: _folder(m) not in ("grpc", "http"),
                            "oip/ is used by the front ends, it imports none")
+    breaks += _rule_breaks(graph, members("security"),
+                           lambda m: _folder(m) == "security" or m in client_may,
+                           "security/ may use only core.errors and the shared modules")
     breaks += _rule_breaks(graph, members("core") + sorted(SHARED & set(graph)),
                            lambda m: m in SHARED or _folder(m) == "core",
                            "core/ and the shared modules import no other folder")
@@ -237,7 +242,12 @@ def test_the_folder_rules_see_imports_and_strings() -> None:
         "service.core.errors imports service.grpc.server (service.core.errors -> "
         "service.grpc.server): core/ and the shared modules import no other folder",
     ]
-    assert {"grpc", "http", "oip", "client", "core"} <= {_folder(m) for m in MODULES}
+    assert {"grpc", "http", "oip", "client", "core", "security"} <= {_folder(m) for m in MODULES}
+    graph["service.security.tokens"] = {"service.core.inference"}
+    graph["service.core.inference"] = set()
+    assert [b for b in _folder_rule_breaks(graph) if b.startswith("service.security")] == [
+        "service.security.tokens imports service.core.inference (service.security.tokens -> "
+        "service.core.inference): security/ may use only core.errors and the shared modules"]
 
 
 def test_the_folders_keep_their_rules() -> None:
