@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
-from tls_testkit import CertificateAuthority, Pair
-
-INFER_TOKEN = "infer-token-0123456789abcdefghij"
-ADMIN_TOKEN = "admin-token-0123456789abcdefghij"
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path  # the CA that signed server and client
-    server: Pair
-    expired_server: Pair
-    client: Pair
-    stranger: Pair  # a client certificate from another CA
-    tokens: Path  # INFER_TOKEN infer, ADMIN_TOKEN infer,admin
+from tls_testkit import ADMIN_TOKEN, INFER_TOKEN, CertificateAuthority, Pki
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import ADMIN_TOKEN, INFER_TOKEN, Pki
 from service_testkit import FixtureModel, RunningServer, core_config
+from tls_testkit import ADMIN_TOKEN, INFER_TOKEN, Pki
 
 from service.client import Client, PermissionDenied, Unauthenticated, Unavailable
 from service.security.authorizer import Authorizer

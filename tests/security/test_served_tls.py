@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, INFER_TOKEN, Pki
 from http_testkit import START_TIMEOUT_S, ServerProcess, free_port
 from service_testkit import FixtureModel
+from tls_testkit import ADMIN_TOKEN, INFER_TOKEN, Pki
 
 from service.cli import main
 

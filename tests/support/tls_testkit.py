@@ -73,3 +73,20 @@ class CertificateAuthority:
         cert_path = self.folder / f"{name}.crt"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return Pair(cert_path, _write_key(key, self.folder / f"{name}.key"))
+
+
+# The security tests' tokens and certificates (tests/security/conftest.py makes them).
+INFER_TOKEN = "infer-token-0123456789abcdefghij"
+ADMIN_TOKEN = "admin-token-0123456789abcdefghij"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """What the ``pki`` fixture made: a CA, server and client pairs, a token file."""
+
+    ca: Path  # the CA that signed server and client
+    server: Pair
+    expired_server: Pair
+    client: Pair
+    stranger: Pair  # a client certificate from another CA
+    tokens: Path  # INFER_TOKEN infer, ADMIN_TOKEN infer,admin
