@@ -196,11 +196,11 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from training.checkpoint import load_model
     from training.config import recipe_from_dict
     from training.evaluate import predict
-    from training.fit import fit
     from training.learner import Callback
+    from training.phases import fit
 
     logging.basicConfig(level=logging.WARNING, format="    ours: %(message)s")
-    logging.getLogger("training.fit").setLevel(logging.INFO)
+    logging.getLogger("training.phases").setLevel(logging.INFO)
     work = Path(spec["workdir"])
     csv_path = work / "items.csv"
     with open(csv_path, "w", newline="") as f:

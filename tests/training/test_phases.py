@@ -22,10 +22,10 @@ from training.config import load_recipe
 from training.data import load_items
 from training.errors import ConfigError, DataError
 from training.evaluate import predict
-from training.fit import boundary_state, build_classifier, fit, plan_phases, start_phase
 from training.learner import Callback, Learner, Precision
 from training.lr_find import lr_find
 from training.models import build_model
+from training.phases import boundary_state, build_classifier, fit, plan_phases, start_phase
 from training.run import evaluate_checkpoint, fit_and_report, run_lr_find
 from training.schedule import build_optimizer, discriminative_lrs, one_cycle
 
