@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import ROOT, ensure_model, images_for, write_results
-from bench.serving import PY, Durations, RunningServer, ServerSpec, free_port, run_loadgen
+from bench.serve_process import free_port
+from bench.serving.servers import RunningServer, ServerSpec, run_loadgen
+from bench.serving.settings import PY, Durations
 
 
 def worktree(rev: str) -> Path:

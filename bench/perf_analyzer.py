@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         photo_jpegs,
         write_results,
     )
-    from bench.serving import RunningServer, ServerSpec, free_port
+    from bench.serve_process import free_port
+    from bench.serving.servers import RunningServer, ServerSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--perf-analyzer", required=True, help="the perf_analyzer command")
