@@ -27,7 +27,8 @@ from PyPI) and checks that ``from fastai.vision.all import *`` works.
     .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train   # both cases, ~8 min on 2 cores
     .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train --case cifar --threads 2
 
-Figures and an honest reading: docs/benchmarks.md, "Recipe vs fastai, side by side".
+Figures: docs/benchmarks.md; every run and an honest reading: docs/benchmarks-history.md,
+"Recipe vs fastai, side by side".
 
 Prints progress lines and markdown tables; writes bench/results/recipe_vs_fastai-latest.json and
 -latest.png (a bar chart), and timestamped copies in bench/results/history/.
