@@ -11,6 +11,7 @@ import pytest
 from bench import serve_process
 from bench.serve_process import free_port
 from service.core import CoreConfig
+from service.process.core_options import CORE_FLAGS
 
 __all__ = ["START_TIMEOUT_S", "HttpServer", "ServerProcess", "cli_flags", "free_port"]
 
@@ -18,15 +19,10 @@ START_TIMEOUT_S = 180  # BentoML start-up on two busy cores
 
 
 def cli_flags(config: CoreConfig, *, models_dir: bool = True) -> list[str]:
-    """The ``tta-serve`` options that reproduce ``config`` (the CLI maps flags onto fields)."""
-    flags = ["--device", config.device, "--intra-op-threads", str(config.intra_op_threads),
-             "--decode-threads", str(config.decode_threads),
-             "--max-batch-size", str(config.max_batch_size),
-             "--max-wait-ms", str(config.max_wait_ms), "--max-pending", str(config.max_pending),
-             "--max-image-bytes", str(config.max_image_bytes),
-             "--max-pixels", str(config.max_pixels),
-             "--poll-interval-s", str(config.poll_interval_s)]
-    return [*flags, "--models-dir", str(config.models_dir)] if models_dir else flags
+    """The ``tta-serve`` options that reproduce ``config``: every core option (CORE_FLAGS, the
+    list the CLI itself is made from) with the config's value."""
+    return [arg for option in CORE_FLAGS if models_dir or option.field != "models_dir"
+            for arg in (option.flag, str(getattr(config, option.field)))]
 
 
 class ServerProcess(serve_process.ServerProcess):
