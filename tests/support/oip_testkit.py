@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from http_testkit import ServerProcess, cli_flags, free_port
-from onnx import TensorProto, helper, numpy_helper
+from onnx_testkit import tiny_graph
 from PIL import Image
 from triton_worker import decode_array, encode_array
 
@@ -40,33 +39,12 @@ SERVED_VERSION = 2  # the newest of the published versions 1 and 2
 WORKER = Path(__file__).with_name("triton_worker.py")
 
 
-def tiny_graph(path: Path, *, seed: int) -> None:
-    """pixels (N,3,S,S) -> global average pool -> linear -> softmax (N,C): colour decides."""
-    w = np.random.default_rng(seed).normal(scale=8.0, size=(3, len(CLASSES))).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
-                                       ["batch", len(CLASSES)])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-
-
 def publish_versions(root: Path, versions: tuple[int, ...] = (1, SERVED_VERSION)) -> Path:
     """MODEL/VERSION folders with different weights each; returns the repository root."""
     for version in versions:
         folder = root / MODEL / str(version)
         folder.mkdir(parents=True)
-        tiny_graph(folder / MODEL_FILE, seed=version)
+        tiny_graph(folder / MODEL_FILE, len(CLASSES), size=SIZE, seed=version, scale=8.0)
         card = ModelCard(name=MODEL, version=version, classes=CLASSES,
                          eval_spec=EvalSpec(size=SIZE, resize_ratio=1.25), tta=TTASpec(),
                          sha256=sha256_file(folder / MODEL_FILE))
