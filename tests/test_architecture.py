@@ -3,6 +3,7 @@
 No import cycle inside ``service/`` or ``training/`` (imports under ``TYPE_CHECKING`` count too: a
 cycle hidden from the interpreter is still one for a reader), no module over 450 lines and no
 function over 60. Generated protobuf code (``service/_proto``) is not ours and is left out.
+``bench/`` is code people read too (issue 24): the same size limits and no cycles.
 
 The folders of ``service/`` keep to their rules (issue 24): ``client/`` reaches only
 ``core.errors`` and the shared top-level modules (a client team installs no server), ``grpc/`` and
@@ -25,9 +26,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("service", "training")
+PACKAGES = ("service", "training", "bench")
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
+# Functions over the limit, each with why, to be split and taken off this list. The two fastai
+# comparison workers moved out of bench/recipe_vs_fastai.py whole (issue 24) while another branch
+# edited bench/; splitting their bodies then would have made that merge a rewrite.
+LONG_FUNCTIONS_ALLOWED = {("bench.vs_fastai.workers", "worker_ours"),
+                          ("bench.vs_fastai.workers", "worker_fastai")}
 
 
 def _modules() -> dict[str, Path]:
@@ -129,7 +135,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_checker_sees_cycles_and_our_modules() -> None:
     """Guard against a checker that passes because it reads nothing."""
-    assert {"service.core.inference", "training.fit", "service.imaging"} <= set(MODULES)
+    assert {"service.core.inference", "training.phases", "service.imaging",
+            "bench.reliability.fuzz"} <= set(MODULES)
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = _import_graph()
     assert "service.imaging" in graph["service.core.inference"] or any(
@@ -150,8 +157,20 @@ def test_module_and_function_sizes(name: str) -> None:
         for node in ast.walk(ast.parse(source))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+        and (name, node.name) not in LONG_FUNCTIONS_ALLOWED
     ]
     assert long_functions == [], f"{path.relative_to(ROOT)}: {long_functions}"
+
+
+
+@pytest.mark.parametrize("module,function", sorted(LONG_FUNCTIONS_ALLOWED))
+def test_each_long_function_allowed_is_still_long(module: str, function: str) -> None:
+    """An entry whose function was split (or is gone) comes off the list, so it only shrinks."""
+    lengths = [node.end_lineno - node.lineno + 1
+               for node in ast.walk(ast.parse(MODULES[module].read_text()))
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and node.name == function]
+    assert lengths and max(lengths) > MAX_FUNCTION_LINES, f"take {module}.{function} off the list"
 
 
 # ---- rules between the folders of service/
