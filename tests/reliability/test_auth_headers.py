@@ -12,7 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from bench.reliability import ServeProcess, model_repository
+from bench.reliability.inputs import model_repository
+from bench.serve_process import ServeProcess
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 
