@@ -121,8 +121,8 @@ def build_data(recipe: Recipe) -> tuple[DataSplit, tuple[float, ...], tuple[floa
     published = weights_stats(recipe.model.arch, recipe.model.pretrained)
     if published is not None:  # published weights expect the statistics they were trained with
         mean, std = published
-        log.info("normalisation of %s's published weights: mean %s std %s (data.normalize=%r "
-                 "not used)", recipe.model.arch, list(mean), list(std), d.normalize)
+        log.info("normalising with the statistics %s's published weights were trained with: "
+                 "mean %s std %s", recipe.model.arch, list(mean), list(std))
     return split, tuple(mean), tuple(std)
 
 

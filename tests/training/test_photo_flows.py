@@ -156,7 +156,7 @@ def test_files_the_regex_does_not_match_are_listed_with_their_count(tmp_path: Pa
 def test_fit_with_labels_from_file_names(digits_dir: Path, tmp_path: Path):
     flat = tmp_path / "flat"
     flat.mkdir()
-    for png in sorted(digits_dir.glob("*/*.png")):  # 7/123.png -> seven_123.png
+    for png in sorted(digits_dir.glob("*/*.png"))[::3]:  # 7/123.png -> seven_123.png
         name = NUMBERS[int(png.parent.name)]
         (flat / f"{name}_{png.stem}.png").symlink_to(png)
     out = tmp_path / "run"
@@ -166,7 +166,7 @@ def test_fit_with_labels_from_file_names(digits_dir: Path, tmp_path: Path):
     ckpt = load_checkpoint(out / "best.pt")
     assert sorted(ckpt.classes) == sorted(NUMBERS)
     assert ckpt.recipe["data"]["label_regex"] == r"^([a-z]+)_\d+\.png$"
-    assert ckpt.metrics["n_valid"] == round(0.2 * 1797)
+    assert ckpt.metrics["n_valid"] == round(0.2 * len(list(flat.iterdir())))
 
 
 def cassava_like(root: Path, digits_dir: Path) -> tuple[Path, Path, int]:

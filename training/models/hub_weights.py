@@ -207,7 +207,11 @@ def timm_weights_file(weights: PublishedWeights) -> Path:
     honoured as it is set now.
     """
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+    )
 
     cache = hf_cache_dir()
     names = (weights.hf_filename,) if weights.hf_filename else _HF_FILES
@@ -230,4 +234,7 @@ def timm_weights_file(weights: PublishedWeights) -> Path:
                 "machine with a network), or give a local file with --pretrained PATH") from e
         except EntryNotFoundError:  # the repository lacks this file: try the next name
             continue
+        except (HfHubHTTPError, OSError) as e:  # gated, no such repository, a server error
+            raise WeightsUnavailable(f"cannot download {names[0]} of {weights.hf_repo} for "
+                                     f"{weights.arch}: {e}".replace("\n", " ")) from e
     raise ConfigError(f"https://huggingface.co/{weights.hf_repo} has none of {list(names)}")
