@@ -225,3 +225,11 @@ def test_data_summary_shows_counts_split_and_small_class_warnings_for_each_flow(
         assert [c for c in train_counts if f"class '{c}' has only" in out] == small
         assert (f"warnings ({len(small)}):" in out) == bool(small)
     assert [c for c, n in train_counts.items() if n < 10]  # the warning was shown at least once
+
+
+def test_show_batch_takes_labels_from_file_names(tmp_path: Path, capsys):
+    pets = pets_folder(tmp_path / "pets")
+    png = tmp_path / "batch.png"
+    assert main(["show-batch", "--data", str(pets), "--label-regex", PETS_REGEX, "--n", "4",
+                 "--output", str(png)]) == 0
+    assert Image.open(png).size[0] > 0 and "wrote 4 augmented" in capsys.readouterr().out
