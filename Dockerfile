@@ -52,28 +52,32 @@ RUN pip install --no-cache-dir --no-deps -c constraints.txt . \
 
 # ---------------------------------------------------------------------------- train target
 # torch/torchvision from PyPI are CUDA 13 builds that bring their own CUDA/cuDNN/NCCL wheels
-# (pinned in constraints.txt). Data, runs and the model repository are volumes:
+# (pinned in constraints.txt), with the extras the README's training section uses: track
+# (TensorBoard, MLflow) and timm. Data, runs, the model repository and the pretrained-weights
+# caches (torch.hub's TORCH_HOME, Hugging Face's HF_HOME: downloaded once) are volumes:
 #   docker run --gpus all --shm-size 2g -v "$PWD/data:/data" -v "$PWD/runs:/runs" \
-#     -v "$PWD/models:/models" tta-serve-train fit --config recipes/digits.toml \
-#     --data /data/digits --output /runs/digits
+#     -v "$PWD/models:/models" -v "$HOME/.cache/tta-serve-weights:/cache" tta-serve-train \
+#     fit --data /data/photos --output /runs/photos
 FROM python-cuda AS train
 WORKDIR /app
 RUN python3 -m venv /opt/venv \
     && useradd --create-home --uid 10001 --user-group tta \
-    && mkdir -p /data /runs /models \
-    && chown tta:tta /data /runs /models
+    && mkdir -p /data /runs /models /cache \
+    && chown tta:tta /data /runs /models /cache
 ENV PATH=/opt/venv/bin:$PATH \
-    TTA_SERVE_MODELS_DIR=/models
+    TTA_SERVE_MODELS_DIR=/models \
+    TORCH_HOME=/cache/torch \
+    HF_HOME=/cache/huggingface
 COPY pyproject.toml constraints.txt README.md ./
-RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['train']))" > requirements-train.txt \
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + x['train'] + x['track'] + x['timm']))" > requirements-train.txt \
     && pip install --no-cache-dir -c constraints.txt -r requirements-train.txt
 COPY service/ service/
 COPY training/ training/
 COPY recipes/ recipes/
-RUN pip install --no-cache-dir --no-deps -c constraints.txt ".[train]" \
+RUN pip install --no-cache-dir --no-deps -c constraints.txt ".[train,track,timm]" \
     && pip check
 USER 10001:10001
-VOLUME ["/data", "/runs", "/models"]
+VOLUME ["/data", "/runs", "/models", "/cache"]
 ENTRYPOINT ["training"]
 CMD ["--help"]
 

@@ -229,12 +229,17 @@ def test_train_target_has_the_training_cli_and_volumes(dockerfile) -> None:
     _, stages = dockerfile
     train = next((s for s in stages if s.name == "train"), None)
     assert train is not None, "no `train` target"
-    assert any("[train]" in c for c in pip_installs([train]))
+    # the extras the README's training section uses: trackers and timm archs
+    assert any("[train,track,timm]" in c for c in pip_installs([train]))
     assert any("training" in e for e in train.args("ENTRYPOINT"))
     volumes = " ".join(train.args("VOLUME"))
     assert "/data" in volumes and "/runs" in volumes
     # `training export` publishes into $TTA_SERVE_MODELS_DIR by default: the /models volume
     assert "TTA_SERVE_MODELS_DIR=/models" in " ".join(train.args("ENV")) and "/models" in volumes
+    # pretrained weights are downloaded once into caches that outlive the container
+    env = " ".join(train.args("ENV"))
+    assert "TORCH_HOME=/cache/torch" in env and "HF_HOME=/cache/huggingface" in env
+    assert "/cache" in volumes
 
 
 def test_every_pip_install_uses_the_constraints(dockerfile) -> None:

@@ -19,12 +19,11 @@ import torch
 
 from service.imaging import EvalSpec, TTASpec
 from training.errors import ConfigError, TrainingError
-from training.models import Classifier, build_model
+from training.models import Classifier, build_model, evaluated_state
 
 CHECKPOINT_FORMAT = "tta-serve-checkpoint/1"
 REQUIRED_KEYS = ("arch", "classes", "mean", "std", "eval_spec", "model")
 _HINT = "give a checkpoint that `training fit` wrote, e.g. runs/digits/best.pt"
-_EMA_PREFIX = "module."  # torch.optim.swa_utils.AveragedModel keeps the model as .module
 
 
 @dataclass
@@ -69,10 +68,7 @@ class Checkpoint:
     def evaluated_weights(self) -> dict[str, torch.Tensor]:
         """The weights training evaluated: the EMA copy when last.pt carries one (best.pt's
         ``model`` already is the evaluated model, and carries no ``ema``)."""
-        if isinstance(self.ema, dict) and any(k.startswith(_EMA_PREFIX) for k in self.ema):
-            return {k.removeprefix(_EMA_PREFIX): v for k, v in self.ema.items()
-                    if k.startswith(_EMA_PREFIX)}
-        return self.model
+        return dict(evaluated_state({"model": self.model, "ema": self.ema}))
 
     def build_model(self, error: type[TrainingError] = ConfigError) -> Classifier:
         """The Classifier with the evaluated weights, fp32, in eval mode, on the CPU."""

@@ -15,6 +15,7 @@ COMMANDS = {
     "make-digits": "make_digits",
     "data-summary": "data_summary",
     "show-batch": "show_batch",
+    "recipe": "recipe",
     "fit": "fit",
     "lr-find": "lr_find",
     "evaluate": "evaluate",

@@ -29,6 +29,9 @@ POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 class DataConfig:
     path: str = "data/digits"  # image folder (class sub-folders, optional train/ + valid/)
     csv: str = ""  # optional `path,label[,is_valid]` file; paths relative to it
+    # labels from file names: the first group of this regex (re.search on the name), e.g.
+    # '(.+)_\d+.jpg$' for pets; every image under path must match
+    label_regex: str = ""
     valid_pct: float = 0.2  # fraction held out when the folder has no valid/ split
     seed: int = 42  # seed of the random splitter
     presize: int = 0  # item-stage size in pixels (0: 1.25 x the largest stage size)
@@ -45,7 +48,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "xresnet_tiny"
-    pretrained: str = ""  # local weights file for the body; nothing is ever downloaded
+    # "imagenet": the arch's published weights (torch.hub / Hugging Face cache, downloaded once);
+    # "auto": those, else from scratch with a warning; or a local weights file; "": none
+    pretrained: str = ""
     init_from: str = ""  # an earlier run's checkpoint to start from (retraining)
 
 

@@ -45,6 +45,7 @@ from training.errors import ConfigError
 from training.learner import Callback, Learner
 from training.mixing import build_mixer
 from training.models import Classifier, build_model
+from training.models.hub_weights import weights_stats
 from training.schedule import (
     DIV,
     FINE_TUNE_DIV,
@@ -117,6 +118,11 @@ def build_data(recipe: Recipe) -> tuple[DataSplit, tuple[float, ...], tuple[floa
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    published = weights_stats(recipe.model.arch, recipe.model.pretrained)
+    if published is not None:  # published weights expect the statistics they were trained with
+        mean, std = published
+        log.info("normalising with the statistics %s's published weights were trained with: "
+                 "mean %s std %s", recipe.model.arch, list(mean), list(std))
     return split, tuple(mean), tuple(std)
 
 

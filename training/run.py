@@ -89,14 +89,17 @@ def record_final_metrics(result: FitResult, summary: dict[str, Any]) -> None:
 def run_lr_find(recipe: Recipe, *, num_it: int = 100, start_lr: float = 1e-7,
                 end_lr: float = 10.0, use: str = DEFAULT_SUGGESTION,
                 progress: bool = True) -> tuple[LRFindResult, Path]:
-    """The finder on the recipe's first stage; writes OUTPUT/lr_find.png naming the
-    suggestion ``use``. Seeded by train.seed: the same recipe gives the same suggestions."""
+    """The finder on the recipe's first stage (body frozen when the recipe fine-tunes: the LR of
+    its first phase); writes OUTPUT/lr_find.png naming the suggestion ``use``. Seeded by
+    train.seed: the same recipe gives the same suggestions."""
     require_single_process("lr-find", "the LR it suggests is per device batch, which is what "
                            "the recipe's lr means; train.scale_lr scales it under torchrun")
     torch.manual_seed(recipe.train.seed)  # the model's initialisation, as fit() seeds it
     device = select_device(recipe.train.device)
     split, mean, std = build_data(recipe)
     model = build_classifier(recipe, split.classes, mean, std).to(device)
+    if recipe.train.freeze_epochs > 0:  # the first phase trains the head alone: find its LR
+        model.freeze_body(train_bn=recipe.train.train_bn)  # (fastai's lr_find on vision_learner)
     stage = recipe.stages[0]
     dls = build_dataloaders(split, size=stage.size, batch_size=stage.batch_size,
                             presize=recipe.presize, eval_spec=eval_spec(recipe, stage.size),

@@ -55,6 +55,7 @@ class BatchView:
 
     data: Path
     csv: Path | None
+    label_regex: str | None
     valid_pct: float
     seed: int
     size: int
@@ -69,15 +70,17 @@ def resolve(args: argparse.Namespace) -> BatchView:
             raise ConfigError("--set overrides a recipe: give --config RECIPE too")
         if args.data is None:
             raise ConfigError("show-batch needs --data DIR or --config RECIPE")
-        view = BatchView(args.data, args.csv, DEFAULT_VALID_PCT, DEFAULT_SEED, DEFAULT_SIZE,
-                         DEFAULT_PRESIZE, AugmentConfig())
+        view = BatchView(args.data, args.csv, None, DEFAULT_VALID_PCT, DEFAULT_SEED,
+                         DEFAULT_SIZE, DEFAULT_PRESIZE, AugmentConfig())
     else:
         recipe = load_recipe(args.config, args.set)
         d = recipe.data
-        view = BatchView(Path(d.path), Path(d.csv) if d.csv else None, d.valid_pct, d.seed,
-                         recipe.stages[0].size, recipe.presize, recipe.augment)
+        view = BatchView(Path(d.path), Path(d.csv) if d.csv else None, d.label_regex,
+                         d.valid_pct, d.seed, recipe.stages[0].size, recipe.presize,
+                         recipe.augment)
     changes = {name: value for name, value in (
-        ("data", args.data), ("csv", args.csv), ("valid_pct", args.valid_pct),
+        ("data", args.data), ("csv", args.csv), ("label_regex", args.label_regex),
+        ("valid_pct", args.valid_pct),
         ("seed", args.seed), ("size", args.size), ("presize", args.presize))
         if value is not None}
     augment = view.augment
@@ -93,7 +96,8 @@ def resolve(args: argparse.Namespace) -> BatchView:
 
 def run(args: argparse.Namespace) -> int:
     view = resolve(args)
-    split = load_items(view.data, csv=view.csv, valid_pct=view.valid_pct, seed=view.seed)
+    split = load_items(view.data, csv=view.csv, valid_pct=view.valid_pct, seed=view.seed,
+                       label_regex=view.label_regex or "")
     dls = build_dataloaders(split, size=view.size, batch_size=args.n, presize=view.presize,
                             eval_spec=EvalSpec(view.size), seed=view.seed, drop_last=False)
     x, y = next(iter(dls.train))

@@ -25,6 +25,7 @@ class DataSection(Protocol):
 
     path: str
     csv: str
+    label_regex: str
     valid_pct: float
     seed: int
 
@@ -39,9 +40,9 @@ def split_from_recipe(data: DataSection | Mapping[str, Any], *,
                             "labelled folder instead (--data DIR)")
         return load_items(data["path"], csv=data.get("csv") or None,
                           valid_pct=data.get("valid_pct", 0.2), seed=data.get("seed", 42),
-                          check_images=check_images)
+                          check_images=check_images, label_regex=data.get("label_regex", ""))
     return load_items(data.path, csv=data.csv or None, valid_pct=data.valid_pct, seed=data.seed,
-                      check_images=check_images)
+                      check_images=check_images, label_regex=data.label_regex)
 
 
 def labelled_folder(folder: str | Path, classes: list[str], *, unknown: str = "error",

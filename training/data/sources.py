@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from service.imaging import DEFAULT_MAX_PIXELS
 from training.data.csv_source import Labelled, read_csv
 from training.data.files import IMAGE_EXTENSIONS, class_folders, image_files, is_image
+from training.data.regex_labels import label_by_regex
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def sort_classes(names: Iterable[str]) -> list[str]:
 
 def load_items(
     path: str | Path, *, csv: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
-    check_images: bool = True, min_classes: int = 2,
+    check_images: bool = True, min_classes: int = 2, label_regex: str = "",
 ) -> DataSplit:
     """Find the labelled images under ``path`` and split them into train and valid.
 
@@ -79,6 +80,8 @@ def load_items(
       relative to the CSV's folder or to ``path``); without an is_valid column the rows are split
       at random (``valid_pct``, ``seed``; 0 puts every image in train).
     - ``path/train`` and ``path/valid`` (or ``path/val``), one sub-folder per class (Imagenette).
+    - ``label_regex`` given: every image under ``path`` (recursively), labelled by the regex's
+      first group on its file name (fastai's ``RegexLabeller``), split at random.
     - ``path/<class>/...``: one tree, split at random (``valid_pct``, ``seed``), like fastai's
       ``RandomSplitter``. The split is decided on the sorted file list before images are checked,
       so a file's split does not depend on whether others are readable.
@@ -94,8 +97,14 @@ def load_items(
     if not 0.0 <= valid_pct < 1.0:
         raise DataError(f"valid_pct must be in [0, 1), got {valid_pct}")
     problems: list[str] = []
+    if csv is not None and label_regex:
+        raise DataError("give the labels one way: a CSV (data.csv) or file names "
+                        "(data.label_regex), not both")
     if csv is not None:
         train, valid, source = _from_csv(root, Path(csv), valid_pct, seed)
+    elif label_regex:
+        train, valid = random_split(label_by_regex(root, label_regex), valid_pct, seed)
+        source = f"file names by regex '{label_regex}', split {valid_pct:.0%} seed {seed}"
     else:
         train, valid, source = _from_folders(root, valid_pct, seed, problems)
     sizes: dict[Path, tuple[int, int]] = {}

@@ -11,6 +11,9 @@ import numpy as np
 from training.data.sources import DataSplit
 
 MAX_PROBLEMS_SHOWN = 20
+# Below this many training photos a class is learnt poorly even when fine-tuning a pretrained
+# network (fastai's pets have ~150 per class), and its validation accuracy is mostly noise.
+MIN_PER_CLASS = 10
 
 
 def size_stats(sizes: list[tuple[int, int]]) -> dict[str, tuple[int, int]] | None:
@@ -25,8 +28,23 @@ def size_stats(sizes: list[tuple[int, int]]) -> dict[str, tuple[int, int]] | Non
     }
 
 
-def format_summary(split: DataSplit) -> str:
-    """Source, per-class counts per split, image sizes and problems, as plain text."""
+def class_warnings(split: DataSplit, min_per_class: int = MIN_PER_CLASS) -> list[str]:
+    """One line per class with fewer than ``min_per_class`` training photos or no validation
+    photo (its accuracy cannot be measured)."""
+    n = len(split.classes)
+    out = []
+    for name, t, v in zip(split.classes, split.train.class_counts(n),
+                          split.valid.class_counts(n), strict=True):
+        if t < min_per_class:
+            out.append(f"class {name!r} has only {t} training photo(s) (fewer than "
+                       f"{min_per_class}): add photos, or expect it to be learnt poorly")
+        if v == 0 and len(split.valid):
+            out.append(f"class {name!r} has no validation photo: its accuracy is not measured")
+    return out
+
+
+def format_summary(split: DataSplit, min_per_class: int = MIN_PER_CLASS) -> str:
+    """Source, per-class counts per split, image sizes, warnings and problems, as plain text."""
     n = len(split.classes)
     train_counts = split.train.class_counts(n)
     valid_counts = split.valid.class_counts(n)
@@ -51,6 +69,11 @@ def format_summary(split: DataSplit) -> str:
             "image sizes (WxH, each side separately): "
             + ", ".join(f"{k} {w}x{h}" for k, (w, h) in stats.items())
         )
+    warnings = class_warnings(split, min_per_class)
+    if warnings:
+        lines.append("")
+        lines.append(f"warnings ({len(warnings)}):")
+        lines.extend(f"  {w}" for w in warnings)
     if split.problems:
         lines.append("")
         lines.append(f"problems ({len(split.problems)}):")

@@ -2,7 +2,9 @@
 
 Every model is ``Classifier(normalize -> body -> head)``. Normalisation (mean/std) is inside the
 module, hence inside the exported ONNX graph: its input is [0, 1] NCHW RGB, the contract in
-docs/architecture.md. Weights are never downloaded; ``pretrained=PATH`` reads a local file.
+docs/architecture.md. ``pretrained="imagenet"`` (or ``"auto"``) takes the arch's published
+weights through the ecosystem's caches (training.models.hub_weights); ``pretrained=PATH`` reads
+a local file.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from training.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from training.errors import ConfigError
+from training.models import hub_weights
 from training.models.classifier import Classifier, Normalize, init_linear, make_head
 from training.models.small_photo_nets import (
     SMALL_PHOTO_CONFIGS,
@@ -39,11 +43,13 @@ __all__ = [
     "Normalize",
     "available_archs",
     "build_model",
+    "evaluated_state",
     "init_linear",
     "load_pretrained",
 ]
 
 _MAX_KEYS_LISTED = 5
+_EMA_PREFIX = "module."  # torch.optim.swa_utils.AveragedModel keeps the model as .module
 _ARCH_HINT = ("use xresnet18/34/50, xresnet_tiny, airbench (small photos) or a torchvision "
               "classification model such as resnet50 (training.models.available_archs() lists "
               "them)")
@@ -65,39 +71,40 @@ def build_model(
 ) -> Classifier:
     """A Classifier for ``arch`` with an ``n_classes`` head.
 
-    pretrained: a local state dict -- torchvision's format for torchvision archs, or a
-        Classifier state / tta-serve checkpoint for any arch. A final layer with a different
-        class count is dropped (a new head is trained); any other mismatch is a ConfigError.
-        The given mean/std win over the file's (pass the ones the weights were trained with).
+    pretrained: "imagenet": the arch's published weights (torchvision's weights enum DEFAULT,
+        timm's default tag), from the torch.hub / Hugging Face cache or downloaded into it;
+        "auto": the same, or from scratch with a warning when they cannot be had; or a local
+        state dict -- torchvision's format for torchvision archs, or a Classifier state /
+        tta-serve checkpoint (its EMA weights when it has them) for any arch. A final layer with
+        a different class count is dropped (a new head is trained); any other mismatch is a
+        ConfigError. The given mean/std win over the weights' (pass the ones they were trained
+        with: hub_weights.weights_stats for the published ones).
     dropout: probability of a Dropout before the final Linear (0 = none, fastai's xresnet).
     """
     if n_classes < 1:
         raise ConfigError(f"n_classes must be >= 1, got {n_classes}")
     normalize = Normalize(mean, std)
-    state = _read_state(pretrained, arch) if pretrained is not None else None
+    named = hub_weights.is_weights_name(pretrained)
+    state = _read_state(pretrained, arch) if pretrained is not None and not named else None
 
     if arch in XRESNET_CONFIGS:
+        _published(arch, pretrained)  # none: an error for "imagenet", a warning for "auto"
         body, n_features = build_xresnet(arch)
         model = Classifier(normalize, body, make_head(n_features, n_classes, dropout=dropout),
                            arch=arch)
     elif arch in SMALL_PHOTO_CONFIGS:
+        _published(arch, pretrained)
         body, n_features = build_small_photo_net(arch)
         head = make_head(n_features, n_classes, dropout=dropout, pre=global_max_pool())
         model = Classifier(normalize, body, head, arch=arch)
     elif family_of(arch) is not None:
-        try:
-            tv = build_torchvision(arch, n_classes)
-        except ValueError as e:  # a family prefix but no such model ("resnet9000")
-            raise ConfigError(f"unknown arch {arch!r} ({e}); {_ARCH_HINT}") from e
-        groups, pre, final = split_torchvision(arch, tv)
-        if state is not None and not _is_classifier_state(state):
-            _load_matching(tv, state, final_layer_name(tv, final), pretrained, arch)
-            state = None
-        head = nn.Sequential(*pre, *([nn.Dropout(dropout)] if dropout > 0 else []), final)
-        model = Classifier(normalize, nn.Sequential(*groups), head, arch=arch)
-    elif is_timm_arch(arch):  # "timm/NAME": a timm backbone, created locally (no download)
+        tv_state = None if state is None or _is_classifier_state(state) else state
+        model = _torchvision_classifier(arch, n_classes, normalize, dropout, pretrained, tv_state)
+        state = None if tv_state is not None else state
+    elif is_timm_arch(arch):  # "timm/NAME": a timm backbone
         timm_state = None if state is None or _is_classifier_state(state) else state
-        body, n_features = build_timm_body(arch, state=timm_state, source=pretrained)
+        body, n_features = build_timm_body(arch, state=timm_state, source=pretrained,
+                                           weights_file=_published(arch, pretrained))
         state = None if timm_state is not None else state
         model = Classifier(normalize, body, make_head(n_features, n_classes, dropout=dropout,
                                                       pre=[nn.Flatten()]), arch=arch)
@@ -113,6 +120,26 @@ def build_model(
     return model
 
 
+def _torchvision_classifier(arch: str, n_classes: int, normalize: Normalize, dropout: float,
+                            pretrained: object, tv_state: Mapping[str, torch.Tensor] | None
+                            ) -> Classifier:
+    """The torchvision model with its published weights or a torchvision-format state dict
+    loaded (final layer dropped for another class count), then cut into body groups + head."""
+    try:
+        tv = build_torchvision(arch, n_classes)
+    except ValueError as e:  # a family prefix but no such model ("resnet9000")
+        raise ConfigError(f"unknown arch {arch!r} ({e}); {_ARCH_HINT}") from e
+    groups, pre, final = split_torchvision(arch, tv)
+    published = _published(arch, pretrained)
+    if published is not None:
+        _load_matching(tv, published, final_layer_name(tv, final),
+                       f"{arch}'s published weights", arch)
+    if tv_state is not None:
+        _load_matching(tv, tv_state, final_layer_name(tv, final), pretrained, arch)
+    head = nn.Sequential(*pre, *([nn.Dropout(dropout)] if dropout > 0 else []), final)
+    return Classifier(normalize, nn.Sequential(*groups), head, arch=arch)
+
+
 def load_pretrained(model: Classifier, path: str | Path) -> None:
     """Load a Classifier state / checkpoint from ``path`` into ``model`` (head dropped if the class
     count differs)."""
@@ -122,12 +149,31 @@ def load_pretrained(model: Classifier, path: str | Path) -> None:
     _load_matching(model, state, f"head.{len(model.head) - 1}", path, model.arch)
 
 
+def _published(arch: str, pretrained: object) -> Any:
+    """The published weights ``pretrained`` names (hub_weights.resolve), else None."""
+    if not hub_weights.is_weights_name(pretrained):
+        return None
+    return hub_weights.resolve(arch, str(pretrained))
+
+
+def evaluated_state(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The weights a tta-serve checkpoint's training evaluated: the EMA copy when it carries one
+    (last.pt with train.ema > 0; torch's AveragedModel keeps the model as ``module.``), else
+    ``model`` (best.pt's ``model`` already is the evaluated one)."""
+    ema = checkpoint.get("ema")
+    if isinstance(ema, Mapping) and any(k.startswith(_EMA_PREFIX) for k in ema):
+        return {k.removeprefix(_EMA_PREFIX): v for k, v in ema.items()
+                if k.startswith(_EMA_PREFIX)}
+    return checkpoint["model"]
+
+
 def _read_state(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
-            f"pretrained weights file {p} does not exist (weights are never downloaded: save "
-            "a torchvision state dict or a tta-serve checkpoint there first)"
+            f"pretrained weights file {p} does not exist (save a torchvision or timm state dict "
+            "or a tta-serve checkpoint there first, or use --pretrained without a path for the "
+            "arch's published ImageNet weights)"
         )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -136,7 +182,7 @@ def _read_state(path: str | Path, arch: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         if obj.get("arch") not in (None, arch):
             raise ConfigError(f"{p} holds a {obj['arch']!r} checkpoint, not {arch!r}")
-        obj = obj["model"]
+        obj = evaluated_state(obj)  # as evaluate and export read a checkpoint
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(

@@ -1,9 +1,11 @@
 """timm backbones by name (``model.arch = "timm/resnet50d"``, any ``timm.create_model`` name), cut
 into Classifier's body (feature extractor + timm's own pooling) and a new head.
 
-Nothing is downloaded: the model is always created with ``pretrained=False``; weights come from a
-local file (``--pretrained PATH``): a timm or torchvision state dict (its classifier is dropped,
-a new head is trained) or a tta-serve checkpoint of the same arch.
+Weights come from the model's published ones (``--pretrained``, ``model.pretrained = "imagenet"``:
+its Hugging Face repository through huggingface_hub's cache, training.models.hub_weights, then
+timm's own pretrained loading), or from a local file (``--pretrained PATH``): a timm or
+torchvision state dict (its classifier is dropped, a new head is trained) or a tta-serve
+checkpoint of the same arch.
 
 Layer groups for freezing and discriminative LRs come from timm's own ``group_matcher(coarse=
 True)`` (stem, then each stage), the split timm uses for layer-wise LR decay.
@@ -79,14 +81,20 @@ def _timm():
 
 
 def build_timm_body(arch: str, *, state: Mapping[str, torch.Tensor] | None = None,
-                    source: object = None) -> tuple[TimmBody, int]:
+                    source: object = None, weights_file: Path | None = None
+                    ) -> tuple[TimmBody, int]:
     """(body, number of features) for ``timm/NAME``; ``state``: a timm/torchvision state dict
-    to load (its classifier dropped)."""
+    to load (its classifier dropped); ``weights_file``: the model's published weights (from the
+    Hugging Face cache), loaded by timm's own pretrained loading (its filters, no classifier)."""
     timm = _timm()
     name = arch[len(TIMM_PREFIX):]
+    hub = {} if weights_file is None else {
+        "pretrained": True, "pretrained_cfg_overlay": {"file": str(weights_file)}}
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    except RuntimeError as e:  # timm: "Unknown model (...)"
+        model = timm.create_model(name, **{"pretrained": False, **hub}, num_classes=0)
+    except RuntimeError as e:  # timm: "Unknown model (...)", or load_state_dict's mismatch
+        if weights_file is not None and "Unknown model" not in str(e):
+            raise ConfigError(f"timm could not load {weights_file} into {arch}: {e}") from e
         raise ConfigError(f"unknown timm model {name!r} ({e}); timm.list_models('*resnet*') "
                           "lists the names") from e
     if state is not None:
