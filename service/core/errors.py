@@ -13,7 +13,8 @@ InvalidImage                  INVALID_ARGUMENT    400
 InvalidRequest                INVALID_ARGUMENT    400
 ImageTooLarge                 RESOURCE_EXHAUSTED  413
 ModelNotFound                 NOT_FOUND           404
-Overloaded                    UNAVAILABLE         503 (+ Retry-After)
+Overloaded                    UNAVAILABLE         503 (+ Retry-After; gRPC: ``retry-after``)
+DeadlineExceeded              DEADLINE_EXCEEDED   504
 ModelUnavailable              UNAVAILABLE         503
 DeviceUnavailable             INTERNAL            500 (start-up only: refuse to start)
 ============================  ==================  ====
@@ -35,6 +36,7 @@ class Status(enum.Enum):
     INTERNAL = 500
     UNIMPLEMENTED = 501
     UNAVAILABLE = 503
+    DEADLINE_EXCEEDED = 504
 
     @property
     def http_status(self) -> int:
@@ -80,11 +82,30 @@ class ModelNotFound(CoreError):
     status = Status.NOT_FOUND
 
 
+# Seconds a client should wait before retrying an UNAVAILABLE answer (HTTP ``Retry-After``,
+# gRPC trailing metadata ``retry-after``): a full queue drains in well under a second.
+RETRY_AFTER_S = 1
+
+
+def retry_after_s(status: Status) -> int | None:
+    """Seconds a client should wait before retrying an answer with ``status`` (None: retrying
+    the same request will not help)."""
+    return RETRY_AFTER_S if status is Status.UNAVAILABLE else None
+
+
 class Overloaded(CoreError):
-    """The bounded request queue is full; the client should retry later."""
+    """The model's queue (--max-queue) or the core (--max-pending) is full; retry later."""
 
     kind = "overloaded"
     status = Status.UNAVAILABLE
+
+
+class DeadlineExceeded(CoreError):
+    """The request's deadline (gRPC deadline, HTTP X-Request-Timeout) passed before its turn,
+    so it was dropped without being computed."""
+
+    kind = "deadline_exceeded"
+    status = Status.DEADLINE_EXCEEDED
 
 
 class ModelUnavailable(CoreError):

@@ -7,6 +7,11 @@ process that runs it, its signals and its core: ``service.process.runner``). Hea
 
     InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND
     ImageTooLarge -> RESOURCE_EXHAUSTED                 Overloaded, ModelUnavailable -> UNAVAILABLE
+    DeadlineExceeded -> DEADLINE_EXCEEDED               (UNAVAILABLE carries ``retry-after``)
+
+Every RPC runs within its gRPC deadline (``service.core.deadlines``): a call whose deadline
+passes before its turn is dropped from the model's queue uncomputed, and a call the client
+cancels (grpc cancels its handler's task) leaves no work behind.
 
 A failing request only ever ends its own RPC (or, in PredictStream, its own item).
 SIGTERM/SIGINT: a drain phase, then grpc's own shutdown (``GrpcServer.stop``). Health turns
@@ -36,10 +41,11 @@ from grpc_reflection.v1alpha import reflection
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.core import CoreError, InferenceCore, InvalidRequest
+from service.core import CoreError, InferenceCore, InvalidRequest, deadlines
 from service.core.config import default_max_message_bytes
 from service.grpc.messages import (
     error_to_proto,
+    error_trailers,
     evaluation_to_proto,
     model_info_to_proto,
     prediction_to_proto,
@@ -77,7 +83,7 @@ def _maps_core_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., A
         try:
             return await handler(self, request, context)
         except CoreError as e:
-            await context.abort(status_code(e), str(e))
+            await context.abort(status_code(e), str(e), error_trailers(e.status))
 
     return wrapper
 
@@ -220,14 +226,16 @@ class DrainGate(grpc.aio.ServerInterceptor):
 
 
 def _counted(handler: Any, gate: DrainGate) -> Any:
-    """``handler`` with its behaviour counted in ``gate.in_flight`` while it runs."""
+    """``handler`` with its behaviour counted in ``gate.in_flight`` while it runs, within the
+    call's gRPC deadline (``service.core.deadlines``: one wrapper for every service)."""
     if handler.unary_unary or handler.stream_unary:  # one response: a coroutine
         behaviour = handler.unary_unary or handler.stream_unary
 
         async def counted(request: Any, context: Any) -> Any:
             gate.in_flight += 1
             try:
-                return await behaviour(request, context)
+                with deadlines.within(context.time_remaining()):
+                    return await behaviour(request, context)
             finally:
                 gate.in_flight -= 1
     else:  # a response stream: an async generator
@@ -236,8 +244,9 @@ def _counted(handler: Any, gate: DrainGate) -> Any:
         async def counted(request: Any, context: Any) -> Any:  # type: ignore[misc]
             gate.in_flight += 1
             try:
-                async for response in behaviour(request, context):
-                    yield response
+                with deadlines.within(context.time_remaining()):
+                    async for response in behaviour(request, context):
+                        yield response
             finally:
                 gate.in_flight -= 1
 

@@ -60,6 +60,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
+from service.http.deadlines import RequestDeadline
 from service.http.form_limits import FormLimits
 from service.http.hardening import DRAIN, HttpDrain, install
 from service.http.schema import (
@@ -304,3 +305,4 @@ class Classifier:
 
 Classifier.add_asgi_middleware(FormLimits)
 Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.hardening)
+Classifier.add_asgi_middleware(RequestDeadline)  # deadlines, departed clients (http.deadlines)

@@ -57,6 +57,10 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--max-pending", type=int, default=d.max_pending,
                    help="requests in flight before new ones get 'overloaded' "
                         "(default: %(default)s)")
+    b.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="requests queued per model (decoding, waiting or running) before new "
+                        "ones for it get 'overloaded' at once; 0 = no per-model bound "
+                        "(default: %(default)s)")
     b.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    help="threads decoding images (default: %(default)s)")
     b.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes,
@@ -78,6 +82,7 @@ def core_config_from_args(args: argparse.Namespace) -> CoreConfig:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_pending=args.max_pending,
+        max_queue=args.max_queue,
         decode_threads=args.decode_threads,
         max_image_bytes=args.max_image_bytes,
         max_pixels=args.max_pixels,
