@@ -30,6 +30,7 @@ def cli_flags(config: CoreConfig, *, models_dir: bool = True) -> list[str]:
              "--decode-threads", str(config.decode_threads),
              "--max-batch-size", str(config.max_batch_size),
              "--max-wait-ms", str(config.max_wait_ms), "--max-pending", str(config.max_pending),
+             "--max-queue", str(config.max_queue),
              "--max-image-bytes", str(config.max_image_bytes),
              "--max-pixels", str(config.max_pixels),
              "--poll-interval-s", str(config.poll_interval_s)]
