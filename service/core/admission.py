@@ -13,6 +13,13 @@ Two bounds, both answered at once with ``Overloaded`` (503 / UNAVAILABLE + Retry
   refusing the rest before spending anything on them. A busy model fills its own queue, not
   the process's, so the other models keep being served.
 
+A request with a deadline (``service.core.deadlines``) is also refused at once, with
+DeadlineExceeded, when its model already has requests queued and recent answers of that model
+took longer than the time the request has left: it could only be answered late, and computing
+it would make the requests behind it late too. ``latency_s`` is that estimate, a moving average
+of the time admitted requests of the model took to be answered (updated by each answer, so it
+falls again as soon as the queue drains; with nothing queued a request is always admitted).
+
 ``images`` counts the images being decoded or batched: the batchers' "company is on its way"
 signal (``service.core.batcher``).
 """
@@ -21,10 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
-from service.core.errors import Overloaded
+from service.core.errors import DeadlineExceeded, Overloaded
+
+LATENCY_WEIGHT = 0.2  # of the newest answer in the moving average
 
 
 class Admission:
@@ -36,15 +46,22 @@ class Admission:
         self.pending = 0  # admitted requests, every model
         self.images = 0  # images being decoded or batched
         self._queued: Counter[str] = Counter()  # admitted requests per model
+        self._latency_s: dict[str, float] = {}  # moving average of answered requests' time
         self._lock = threading.Lock()
 
     def queued(self, model: str) -> int:
         """Requests admitted for ``model`` and not yet answered."""
         return self._queued[model]
 
+    def latency_s(self, model: str) -> float:
+        """Recent time from admission to answer of ``model``'s requests (0 before any)."""
+        return self._latency_s.get(model, 0.0)
+
     @contextlib.contextmanager
-    def admit(self, model: str) -> Iterator[None]:
-        """One request for ``model`` while the block runs; Overloaded when a bound is reached."""
+    def admit(self, model: str, deadline: float | None = None) -> Iterator[None]:
+        """One request for ``model`` while the block runs; Overloaded when a bound is reached,
+        DeadlineExceeded when it could only be answered after ``deadline``."""
+        now = time.monotonic()
         with self._lock:
             if self.pending >= self.max_pending:
                 raise Overloaded(
@@ -54,16 +71,28 @@ class Admission:
                 raise Overloaded(
                     f"model {model!r} is overloaded: {self._queued[model]} requests are queued "
                     f"for it (limit {self.max_queue}, --max-queue); retry with backoff")
+            expected = self._latency_s.get(model, 0.0)
+            if deadline is not None and self._queued[model] and now + expected > deadline:
+                raise DeadlineExceeded(
+                    f"the request has {max(0.0, deadline - now) * 1000:.0f} ms left and "
+                    f"{model!r}'s recent answers took {expected * 1000:.0f} ms; it was not "
+                    "computed (send a longer timeout, or retry when the server is less busy)")
             self.pending += 1
             self._queued[model] += 1
+        answered = False
         try:
             yield
+            answered = True
         finally:
             with self._lock:
                 self.pending -= 1
                 self._queued[model] -= 1
                 if not self._queued[model]:
                     del self._queued[model]
+                if answered:
+                    took = time.monotonic() - now
+                    self._latency_s[model] = took if model not in self._latency_s else (
+                        (1 - LATENCY_WEIGHT) * self._latency_s[model] + LATENCY_WEIGHT * took)
 
     @contextlib.contextmanager
     def on_the_way(self, images: int) -> Iterator[None]:

@@ -91,7 +91,7 @@ class CoreConfig:
     # running) before Overloaded, in the whole process (memory) and per model (waiting time; 0 =
     # no per-model bound).
     max_pending: int = 256
-    max_queue: int = 64
+    max_queue: int = 128
     decode_threads: int = field(default_factory=lambda: max(2, min(os.cpu_count() or 1, 8)))
     max_image_bytes: int = 16 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS

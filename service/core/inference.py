@@ -22,12 +22,9 @@ the rows -- one, or every TTA view -- go to that version's dynamic batcher as on
 views are combined by the recorded rule. Already-preprocessed pixels
 (``predict_pixels``, the Open Inference Protocol's FP32 input) skip decoding: their rows go to the
 batcher as one block (blocks of at most ``max_batch_size`` images when there are more). At most
-``max_pending`` requests are admitted at once, and ``max_queue`` per model (a pixel tensor is one
-request); beyond that, Overloaded (``service.core.admission``). A request's deadline
-(``service.core.deadlines.within``, set by the front ends) is checked on arrival, before its
-decoding starts and before it is queued, and the batcher drops it from its queue once past:
-work nobody waits for is never computed. A cancelled request (its task cancelled) is dropped
-wherever it waits.
+``max_pending`` requests are admitted at once, ``max_queue`` per model (a pixel tensor is one
+request); beyond that, Overloaded (``service.core.admission``). A request past its deadline
+(``service.core.deadlines``) or cancelled is dropped uncomputed wherever it waits.
 
 The async methods may be awaited from any event loop (no loop is captured); start/stop/reload
 block and should run before serving or via ``asyncio.to_thread``.
@@ -48,7 +45,13 @@ import numpy as np
 from service.core import deadlines
 from service.core.admission import Admission
 from service.core.config import CoreConfig, resolve_default_model
-from service.core.errors import CoreError, ImageTooLarge, InvalidRequest, ModelUnavailable
+from service.core.errors import (
+    CoreError,
+    DeadlineExceeded,
+    ImageTooLarge,
+    InvalidRequest,
+    ModelUnavailable,
+)
 from service.core.evaluation import EvaluationResult, LabelledItems, evaluate_pinned
 from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
 from service.core.prediction import Prediction, make_prediction
@@ -368,10 +371,16 @@ class InferenceCore:
 
     @contextlib.contextmanager
     def _admitted(self, model: LoadedModel) -> Iterator[None]:
-        """Admission (Overloaded), unless the deadline has already passed; a request cancelled
-        meanwhile (its caller went away) is counted in the stats."""
-        deadlines.check(deadlines.current(), "before the request was admitted")
-        with self._admission.admit(model.name):
+        """Admission (Overloaded), unless the deadline has passed or would pass first (counted as
+        dropped); a request cancelled meanwhile (its caller went away) is counted too."""
+        deadline = deadlines.current()
+        with contextlib.ExitStack() as admitted:
+            try:
+                deadlines.check(deadline, "before the request was admitted")
+                admitted.enter_context(self._admission.admit(model.name, deadline))
+            except DeadlineExceeded:
+                self.stats.record_dropped(model.name, "deadline")
+                raise
             try:
                 yield
             except asyncio.CancelledError:
