@@ -234,8 +234,12 @@ def server_counts(server: Server) -> Counter[str]:
     """The server's own count of requests by outcome and of dropped ones (/metrics)."""
     import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics", timeout=30).text
     counts: Counter[str] = Counter()
+    try:
+        text = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics", timeout=30).text
+    except httpx.HTTPError:  # a swamped server may not answer: a finding, not a crash
+        counts["/metrics unanswered in 30 s"] = 1
+        return counts
     for line in text.splitlines():
         for family, label in (("tta_serve_requests_total", "outcome"),
                               ("tta_serve_dropped_requests_total", "reason")):
@@ -333,19 +337,29 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_machine(info), flush=True)
     checkouts = [("after", args.checkout)] + ([("before", args.before)] if args.before else [])
     rows: list[dict] = []
+    path = None
     for round_ in range(1, args.rounds + 1):
         order = checkouts if round_ % 2 else checkouts[::-1]  # interleaved, alternating first
         for label, checkout in order:
             rows += measure(checkout, label, round_, args)
-    table = summary(rows)
-    for row in table:
+            path = save(info, args, rows, path)  # what is measured so far survives a crash
+    for row in summary(rows):
         print(json.dumps(row))
-    path = write_results("overload", {
-        "machine": info, "load_avg_at_end": load_average(), "args": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "summary": table, "runs": rows})
     print(f"wrote {path}")
     return 0
+
+
+def save(info: dict, args: argparse.Namespace, rows: list[dict], path: Path | None) -> Path:
+    """The results so far, to bench/results/overload-<time>.json (one file per run)."""
+    payload = {"machine": info, "load_avg_at_end": load_average(), "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "summary": summary(rows), "runs": rows}
+    if path is None:
+        return write_results("overload", payload)
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    path.write_text(text)
+    (path.parent / "overload-latest.json").write_text(text)
+    return path
 
 
 if __name__ == "__main__":
