@@ -213,6 +213,17 @@ async def open_loop(senders: list[Send], images: list[bytes], rate: float, secon
         if outcome == "ok" and time.monotonic() - t0 <= deadline_s:
             in_time += 1
 
+    lags: list[float] = []
+
+    async def heartbeat() -> None:
+        """The client's own event-loop lag: how late a 10 ms sleep wakes up. Past the deadline,
+        the client itself, not the server, makes the answers late."""
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - t0 - 0.01)
+
+    beat = asyncio.create_task(heartbeat())
     start = time.monotonic()
     sent = 0
     while (now := time.monotonic()) < start + seconds:
@@ -224,10 +235,14 @@ async def open_loop(senders: list[Send], images: list[bytes], rate: float, secon
             task.add_done_callback(tasks.discard)
             sent += 1
         await asyncio.sleep(max(0.0, start + due / rate - time.monotonic()))
+    beat.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=deadline_s + 10)
+    lag_ms = sorted(x * 1000 for x in lags) or [float("nan")]
     return {"sent": sent, "offered_per_s": sent / seconds, "goodput_per_s": in_time / seconds,
-            "outcomes": dict(outcomes.most_common())}
+            "outcomes": dict(outcomes.most_common()),
+            "client_loop_lag_ms_p50": lag_ms[len(lag_ms) // 2],
+            "client_loop_lag_ms_p95": lag_ms[int(len(lag_ms) * 0.95)]}
 
 
 def server_counts(server: Server) -> Counter[str]:
@@ -250,6 +265,45 @@ def server_counts(server: Server) -> Counter[str]:
     return counts
 
 
+def _storm_process(ports: tuple[int, int], load: str, rate: float, seconds: float,
+                   deadline_s: float, start_at: float) -> dict[str, Any]:
+    """One client process's share of the storm, from ``start_at`` (time.time())."""
+    server = argparse.Namespace(grpc_port=ports[0], http_port=ports[1])
+    images = digit_pngs(64)
+
+    async def run() -> dict[str, Any]:
+        async with Clients(server) as clients:  # type: ignore[arg-type]
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            return await open_loop(clients.senders(load), images, rate, seconds, deadline_s)
+
+    return asyncio.run(run())
+
+
+def run_storm(server: Server, load: str, rate: float,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """The open-loop storm from ``--client-processes`` processes, rate/N each, summed: one
+    Python client cannot send 1,000 calls/s on this box (its loop lags by seconds)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    n = args.client_processes
+    start_at = time.time() + 5.0  # every process started and connected
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_storm_process, (server.grpc_port, server.http_port), load,
+                               rate / n, args.storm_s, args.deadline_ms / 1000, start_at)
+                   for _ in range(n)]
+        parts = [future.result() for future in futures]
+    outcomes: Counter[str] = Counter()
+    for part in parts:
+        outcomes.update(part["outcomes"])
+    return {"sent": sum(p["sent"] for p in parts),
+            "offered_per_s": sum(p["offered_per_s"] for p in parts),
+            "goodput_per_s": sum(p["goodput_per_s"] for p in parts),
+            "outcomes": dict(outcomes.most_common()), "client_processes": n,
+            "client_loop_lag_ms_p50": max(p["client_loop_lag_ms_p50"] for p in parts),
+            "client_loop_lag_ms_p95": max(p["client_loop_lag_ms_p95"] for p in parts)}
+
+
 async def measure_load(server: Server, load: str, images: list[bytes],
                        args: argparse.Namespace) -> dict[str, Any]:
     async with Clients(server) as clients:
@@ -259,8 +313,7 @@ async def measure_load(server: Server, load: str, images: list[bytes],
         normal_ms = await lone_latency_ms(senders[0], images, args.probes)
         rss_before = server.rss_mb
         counts_before = server_counts(server)
-        storm = await open_loop(senders, images, args.factor * capacity, args.storm_s,
-                                args.deadline_ms / 1000)
+        storm = await asyncio.to_thread(run_storm, server, load, args.factor * capacity, args)
         load_after_storm = load_average()
         storm["server_counts"] = dict(server_counts(server) - counts_before)
         await asyncio.sleep(1.0)
@@ -330,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=2.0, help="offered load / capacity")
     parser.add_argument("--deadline-ms", type=float, default=250.0)
     parser.add_argument("--probes", type=int, default=20, help="lone requests before/after")
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="processes sending the storm (rate/N each)")
     parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[],
                         help="server flags (the rest of the line), for both checkouts")
     args = parser.parse_args(argv)
