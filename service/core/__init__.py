@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 # -- ``service.core.errors`` from the client, say -- does not load ONNX Runtime with the rest.
 _HOMES = {
     "CoreConfig": "config", "VersionPolicy": "config",
-    "CoreError": "errors", "DeviceUnavailable": "errors", "ImageTooLarge": "errors",
+    "CoreError": "errors", "DeadlineExceeded": "errors", "DeviceUnavailable": "errors",
+    "ImageTooLarge": "errors",
     "InvalidImage": "errors", "InvalidRequest": "errors", "ModelNotFound": "errors",
     "ModelUnavailable": "errors", "Overloaded": "errors",
     "EvaluationResult": "evaluation",
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from service.core.config import CoreConfig, VersionPolicy
     from service.core.errors import (
         CoreError,
+        DeadlineExceeded,
         DeviceUnavailable,
         ImageTooLarge,
         InvalidImage,
@@ -68,6 +70,7 @@ __all__ = [
     "CoreConfig",
     "CoreError",
     "CoreStats",
+    "DeadlineExceeded",
     "DeviceUnavailable",
     "EvaluationResult",
     "ImageTooLarge",

@@ -18,8 +18,16 @@ in a pass of its own (the core submits preprocessed images in blocks of at most
 ``max_batch_size``). ``max_batch_size=1`` turns batching off (one request per pass, no
 waiting), for benchmarks.
 
-The queue itself is unbounded: the core admits at most ``max_pending`` requests (its
-back-pressure), so at most that many requests' blocks can ever be queued here.
+Work nobody waits for is never computed: a block whose caller gave up (a cancelled task or
+future: a cancelled gRPC call, a closed HTTP connection) or whose deadline (``deadline``, a
+``time.monotonic()`` time; ``service.core.deadlines``) has passed is dropped when the worker
+takes it from the queue -- before it takes room in a pass -- and counted in the stats
+(``record_dropped``); an expired block's caller gets DeadlineExceeded. Without this, a server
+offered more than it can do computes answers its clients stopped waiting for (congestion
+collapse: goodput falls far below capacity).
+
+The queue itself is unbounded here: the core bounds it, per model (``max_queue``) and in all
+(``max_pending``), when it admits a request.
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import NamedTuple
 
 import numpy as np
 
-from service.core.errors import ModelUnavailable
+from service.core.deadlines import expired
+from service.core.errors import DeadlineExceeded, ModelUnavailable
 from service.core.stats import CoreStats, RequestTimes
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,17 @@ log = logging.getLogger(__name__)
 _STOP = object()
 # What a submitted block's answer goes to: a thread-safe future (submit) or an asyncio one (run).
 Waiter = Future | asyncio.Future
+
+
+class _Block(NamedTuple):
+    """One request's rows in the queue, and where their answer goes."""
+
+    rows: np.ndarray
+    waiter: Waiter
+    images: int
+    times: RequestTimes | None
+    submitted_ns: int
+    deadline: float | None  # time.monotonic(); None: none
 
 
 class DynamicBatcher:
@@ -77,30 +98,30 @@ class DynamicBatcher:
         self._thread.start()
         return self
 
-    def submit(self, rows: np.ndarray, images: int = 1,
-               times: RequestTimes | None = None) -> Future:
+    def submit(self, rows: np.ndarray, images: int = 1, times: RequestTimes | None = None,
+               deadline: float | None = None) -> Future:
         """Queue (R, ...) model-input rows standing for ``images`` images (1 for one image's TTA
         views, R for preprocessed images); the future resolves to their (R, C) outputs.
-        ``times`` gets the block's queue wait and forward-pass duration."""
+        ``times`` gets the block's queue wait and forward-pass duration; past ``deadline``
+        (``time.monotonic()``) the block is dropped instead of run (DeadlineExceeded)."""
         future: Future = Future()
-        self._enqueue(rows, future, images, times)
+        self._enqueue(_Block(rows, future, max(1, images), times, 0, deadline))
         return future
 
-    async def run(self, rows: np.ndarray, images: int = 1,
-                  times: RequestTimes | None = None) -> np.ndarray:
+    async def run(self, rows: np.ndarray, images: int = 1, times: RequestTimes | None = None,
+                  deadline: float | None = None) -> np.ndarray:
         """``submit`` for asyncio callers, without a thread-safe future per block: the answers
         of one pass reach each event loop in one ``call_soon_threadsafe`` (one wake-up of the
         loop for a pass of 32 requests, where ``wrap_future`` costs one per request)."""
         waiter: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._enqueue(rows, waiter, images, times)
-        return await waiter
+        self._enqueue(_Block(rows, waiter, max(1, images), times, 0, deadline))
+        return await waiter  # cancelled with its task: the worker then skips the block
 
-    def _enqueue(self, rows: np.ndarray, waiter: Waiter, images: int,
-                 times: RequestTimes | None) -> None:
+    def _enqueue(self, block: _Block) -> None:
         with self._close_lock:
             if self._closed:
                 raise ModelUnavailable(f"{self.name} is shutting down; retry the request")
-            self._queue.put((rows, waiter, max(1, images), times, time.perf_counter_ns()))
+            self._queue.put(block._replace(submitted_ns=time.perf_counter_ns()))
 
     def close(self, wait: bool = False, timeout: float | None = None) -> None:
         """Stop after the requests already queued have been answered."""
@@ -119,11 +140,15 @@ class DynamicBatcher:
         stopping = False
         carried = None  # a block taken from the queue that did not fit the last pass
         while not stopping:
-            item = carried if carried is not None else self._queue.get()
-            carried = None
-            if item is _STOP:
-                break
-            batch, rows = [item], len(item[0])
+            if carried is not None:  # claimed already
+                item, carried = carried, None
+            else:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                if not self._wanted(item):
+                    continue
+            batch, rows = [item], len(item.rows)
             deadline = time.monotonic() + self.max_wait_s
             while rows < self.max_batch_size:
                 try:
@@ -139,31 +164,51 @@ class DynamicBatcher:
                 if item is _STOP:
                     stopping = True
                     break
-                if rows + len(item[0]) > self.max_batch_size:
+                if not self._wanted(item):
+                    continue
+                if rows + len(item.rows) > self.max_batch_size:
                     carried = item  # first in the next pass
                     break
                 batch.append(item)
-                rows += len(item[0])
+                rows += len(item.rows)
             self._run_batch(batch)
         log.debug("batcher %s stopped", self.name)
+
+    def _wanted(self, block: _Block) -> bool:
+        """Claim the block for a pass, unless its caller gave up or its deadline passed: then
+        drop it uncomputed (the caller gets DeadlineExceeded) and count it."""
+        if not _claim(block.waiter):
+            self.count_dropped("cancelled")
+            return False
+        if expired(block.deadline):
+            self.count_dropped("deadline")
+            waited_ms = (time.perf_counter_ns() - block.submitted_ns) / 1e6
+            _deliver([(block.waiter, DeadlineExceeded(
+                f"the request's deadline passed after {waited_ms:.0f} ms in {self.name}'s "
+                "queue; it was not computed (send a longer timeout, or retry when the server "
+                "is less busy)"))])
+            return False
+        return True
+
+    def count_dropped(self, reason: str) -> None:
+        """Count one request dropped uncomputed (also for the core's drops before queueing)."""
+        if self._stats is not None:
+            self._stats.record_dropped(self._stats_key, reason)
 
     def _company_expected(self, gathered: int) -> bool:
         """More admitted requests than blocks in hand: someone is decoding and will submit."""
         return self._in_flight is None or self._in_flight() > gathered
 
-    def _run_batch(self, batch: list[tuple[np.ndarray, Waiter, int, RequestTimes | None, int]],
-                   ) -> None:
-        # Requests whose caller gave up (cancelled) are dropped before the pass.
-        live = [item for item in batch if _claim(item[1])]
-        if not live:
-            return
-        images = sum(item[2] for item in live)
-        rows = sum(len(item[0]) for item in live)
+    def _run_batch(self, batch: list[_Block]) -> None:
+        # Claimed in _wanted; an asyncio caller may still have given up since (_settle skips it).
+        live = batch
+        images = sum(item.images for item in live)
+        rows = sum(len(item.rows) for item in live)
         try:
             # All of the pass, joining the blocks and the stats included: whatever raises fails
             # these futures only, and the worker goes on to the next pass.
             joining = time.perf_counter_ns()
-            x = live[0][0] if len(live) == 1 else np.concatenate([item[0] for item in live])
+            x = live[0].rows if len(live) == 1 else np.concatenate([item.rows for item in live])
             start = time.perf_counter_ns()
             out = self._run(x)
             infer_ns = time.perf_counter_ns() - start
@@ -174,13 +219,13 @@ class DynamicBatcher:
             log.exception("forward pass of %s failed (%d images, %d rows)",
                           self.name, images, rows)
             error = ModelUnavailable(f"the forward pass of {self.name} failed: {e}")
-            _deliver([(item[1], error) for item in live])
+            _deliver([(item.waiter, error) for item in live])
             return
         log.debug("%s: batch of %d images in %d blocks (%d rows) in %.1f ms",
                   self.name, images, len(live), len(x), seconds * 1000)
         handing_out = time.perf_counter_ns()
         offset, answers = 0, []
-        for block, waiter, _, times, submitted in live:
+        for block, waiter, _, times, submitted, _ in live:
             if times is not None:
                 times.observe_pass(joining - submitted, infer_ns)
             answers.append((waiter, out[offset:offset + len(block)]))

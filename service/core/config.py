@@ -87,8 +87,11 @@ class CoreConfig:
     # for more to arrive, only while more requests are on their way. 1 turns batching off.
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
-    # Back-pressure: requests admitted at once (decoding, queued or running) before Overloaded.
+    # Back-pressure (service.core.admission): requests admitted at once (decoding, queued or
+    # running) before Overloaded, in the whole process (memory) and per model (waiting time; 0 =
+    # no per-model bound).
     max_pending: int = 256
+    max_queue: int = 128
     decode_threads: int = field(default_factory=lambda: max(2, min(os.cpu_count() or 1, 8)))
     max_image_bytes: int = 16 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -111,7 +114,7 @@ class CoreConfig:
                      "max_pixels", "intra_op_threads", "default_top_k"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "poll_interval_s"):
+        for name in ("max_wait_ms", "poll_interval_s", "max_queue"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         try:  # parsed once, here: variant_for runs on every model load

@@ -15,7 +15,8 @@ ImageTooLarge                 RESOURCE_EXHAUSTED  413
 TooManyParts                  RESOURCE_EXHAUSTED  413 (HTTP multipart only)
 ModelNotFound                 NOT_FOUND           404
 EvaluationNotFound            NOT_FOUND           404 (HTTP confusion PNG only)
-Overloaded                    UNAVAILABLE         503 (+ Retry-After)
+Overloaded                    UNAVAILABLE         503 (+ Retry-After; gRPC: ``retry-after``)
+DeadlineExceeded              DEADLINE_EXCEEDED   504
 ModelUnavailable              UNAVAILABLE         503
 ShuttingDown                  UNAVAILABLE         503 (+ Retry-After)
 DeviceUnavailable             INTERNAL            500 (start-up only: refuse to start)
@@ -48,6 +49,7 @@ class Status(enum.Enum):
     INTERNAL = 500
     UNIMPLEMENTED = 501
     UNAVAILABLE = 503
+    DEADLINE_EXCEEDED = 504
 
     @property
     def http_status(self) -> int:
@@ -93,11 +95,30 @@ class ModelNotFound(CoreError):
     status = Status.NOT_FOUND
 
 
+# Seconds a client should wait before retrying an UNAVAILABLE answer (HTTP ``Retry-After``,
+# gRPC trailing metadata ``retry-after``): a full queue drains in well under a second.
+RETRY_AFTER_S = 1
+
+
+def retry_after_s(status: Status) -> int | None:
+    """Seconds a client should wait before retrying an answer with ``status`` (None: retrying
+    the same request will not help)."""
+    return RETRY_AFTER_S if status is Status.UNAVAILABLE else None
+
+
 class Overloaded(CoreError):
-    """The bounded request queue is full; the client should retry later."""
+    """The model's queue (--max-queue) or the core (--max-pending) is full; retry later."""
 
     kind = "overloaded"
     status = Status.UNAVAILABLE
+
+
+class DeadlineExceeded(CoreError):
+    """The request's deadline (gRPC deadline, HTTP X-Request-Timeout) passed before its turn,
+    so it was dropped without being computed."""
+
+    kind = "deadline_exceeded"
+    status = Status.DEADLINE_EXCEEDED
 
 
 class ModelUnavailable(CoreError):

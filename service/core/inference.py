@@ -22,8 +22,9 @@ the rows -- one, or every TTA view -- go to that version's dynamic batcher as on
 views are combined by the recorded rule. Already-preprocessed pixels
 (``predict_pixels``, the Open Inference Protocol's FP32 input) skip decoding: their rows go to the
 batcher as one block (blocks of at most ``max_batch_size`` images when there are more). At most
-``max_pending`` requests are admitted at once (a pixel tensor is one request); beyond that,
-Overloaded.
+``max_pending`` requests are admitted at once, ``max_queue`` per model (a pixel tensor is one
+request); beyond that, Overloaded (``service.core.admission``). A request past its deadline
+(``service.core.deadlines``) or cancelled is dropped uncomputed wherever it waits.
 
 The async methods may be awaited from any event loop (no loop is captured); start/stop/reload
 block and should run before serving or via ``asyncio.to_thread``.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +42,15 @@ from typing import TypeVar
 
 import numpy as np
 
+from service.core import deadlines
+from service.core.admission import Admission
 from service.core.config import CoreConfig, resolve_default_model
 from service.core.errors import (
     CoreError,
+    DeadlineExceeded,
     ImageTooLarge,
     InvalidRequest,
     ModelUnavailable,
-    Overloaded,
 )
 from service.core.evaluation import EvaluationResult, LabelledItems, evaluate_pinned
 from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
@@ -125,10 +127,8 @@ class InferenceCore:
     def __init__(self, config: CoreConfig, repository: ModelRepository | None = None) -> None:
         self.config = config
         self.repository = repository or ModelRepository(config.models_dir)
-        self._pending = 0  # admitted requests: back-pressure
-        self._images = 0  # images being decoded or batched: the batchers' company signal
-        self._pending_lock = threading.Lock()
-        self.stats = CoreStats(pending=lambda: self._pending)
+        self._admission = Admission(config.max_pending, config.max_queue)
+        self.stats = CoreStats(pending=lambda: self._admission.pending)
         self._registry: ModelRegistry | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._provider: ProviderInfo | None = None
@@ -153,7 +153,7 @@ class InferenceCore:
         self._decode_pool = ThreadPoolExecutor(self.config.decode_threads,
                                                thread_name_prefix="tta-decode")
         registry = ModelRegistry(self.repository, self.config, plan, self.stats,
-                                 in_flight=lambda: self._images)
+                                 in_flight=lambda: self._admission.images)
         try:
             registry.start()
         except BaseException:
@@ -202,7 +202,7 @@ class InferenceCore:
     @property
     def pending(self) -> int:
         """Requests admitted and not yet answered."""
-        return self._pending
+        return self._admission.pending
 
     def list_models(self) -> list[ModelInfo]:
         """Every served model (its served version), default model first."""
@@ -277,7 +277,8 @@ class InferenceCore:
         min_confused: int = 1,
     ) -> EvaluationResult:
         """Evaluate (image bytes, label) pairs on one version -> report + confusion PNG."""
-        window = max(1, min(32, self.config.max_pending // 4))
+        window = max(1, min(32, self.config.max_pending // 4,
+                            self.config.max_queue // 2 or 32))
         with self.pin(model, version) as pinned:
             return await evaluate_pinned(pinned, items, tta=tta, min_confused=min_confused,
                                          window=window)
@@ -297,20 +298,6 @@ class InferenceCore:
             yield loaded
         finally:
             registry.release(loaded)
-
-    @contextlib.contextmanager
-    def _admit(self) -> Iterator[None]:
-        with self._pending_lock:
-            if self._pending >= self.config.max_pending:
-                raise Overloaded(
-                    f"the server is overloaded: {self._pending} requests are in flight (limit "
-                    f"{self.config.max_pending}, --max-pending); retry with backoff")
-            self._pending += 1
-        try:
-            yield
-        finally:
-            with self._pending_lock:
-                self._pending -= 1
 
     def _check_top_k(self, top_k: int | None) -> int:
         if top_k is None or top_k == 0:
@@ -332,7 +319,7 @@ class InferenceCore:
             mine = RequestTimes()
             async with limit:
                 try:
-                    with self._on_the_way(1):
+                    with self._admission.on_the_way(1):
                         result: Prediction | CoreError = await self._run(model, image, tta,
                                                                          top_k, mine)
                 except CoreError as e:
@@ -344,9 +331,9 @@ class InferenceCore:
 
         started = time.perf_counter_ns()
         try:
-            with self._admit():
+            with self._admitted(model):
                 results = list(await asyncio.gather(*(one(image) for image in images)))
-        except CoreError as e:  # refused as a whole (overloaded)
+        except CoreError as e:  # refused as a whole (overloaded, deadline passed)
             self.stats.record_request(model.name, e.kind)
             self.stats.record_inference(model.name, model.version, ok=False, images=len(images),
                                         duration_ns=time.perf_counter_ns() - started)
@@ -369,7 +356,7 @@ class InferenceCore:
         """One admitted request (back-pressure), its outcome counted in the stats."""
         times, started = RequestTimes(), time.perf_counter_ns()
         try:  # one arrival at the batcher (a pixel tensor's blocks are submitted together)
-            with self._admit(), self._on_the_way(1):
+            with self._admitted(model), self._admission.on_the_way(1):
                 result = await run(times)
         except CoreError as e:
             self.stats.record_request(model.name, e.kind)
@@ -383,14 +370,22 @@ class InferenceCore:
         return result
 
     @contextlib.contextmanager
-    def _on_the_way(self, images: int) -> Iterator[None]:
-        with self._pending_lock:
-            self._images += images
-        try:
-            yield
-        finally:
-            with self._pending_lock:
-                self._images -= images
+    def _admitted(self, model: LoadedModel) -> Iterator[None]:
+        """Admission (Overloaded), unless the deadline has passed or would pass first (counted as
+        dropped); a request cancelled meanwhile (its caller went away) is counted too."""
+        deadline = deadlines.current()
+        with contextlib.ExitStack() as admitted:
+            try:
+                deadlines.check(deadline, "before the request was admitted")
+                admitted.enter_context(self._admission.admit(model.name, deadline))
+            except DeadlineExceeded:
+                self.stats.record_dropped(model.name, "deadline")
+                raise
+            try:
+                yield
+            except asyncio.CancelledError:
+                self.stats.record_request(model.name, "cancelled")
+                raise
 
     async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int,
                    times: RequestTimes) -> Prediction:
@@ -402,11 +397,14 @@ class InferenceCore:
         card, max_pixels = model.card, self.config.max_pixels
         # Alone, a small image decodes here (no pool hop); among others, in the pool, so that
         # they are admitted meanwhile and the batcher sees them coming (one pass for all).
-        rows = decode_inline(image, card, tta, max_pixels) if self._images <= 1 else None
+        deadline = deadlines.current()
+        rows = (decode_inline(image, card, tta, max_pixels) if self._admission.images <= 1
+                else None)
         if rows is None:
-            rows = await self._in_pool(image_rows, image, card, tta, max_pixels)
+            work = deadlines.unless_expired(deadline, image_rows, model.batcher.count_dropped)
+            rows = await self._in_pool(work, image, card, tta, max_pixels)
         times.compute_input = time.perf_counter_ns() - started
-        out = await model.batcher.run(rows, times=times)
+        out = await model.batcher.run(rows, times=times, deadline=deadline)
         answered = time.perf_counter_ns()
         probs = combine_tta(out[None], card.tta)[0] if tta else out[0]
         prediction = _prediction(model, probs, tta, len(rows), top_k)
@@ -422,7 +420,9 @@ class InferenceCore:
         # One block, or blocks of max_batch_size images: a pass never exceeds that many.
         step = self.config.max_batch_size
         blocks = [pixels[i:i + step] for i in range(0, len(pixels), step)]
-        outs = await asyncio.gather(*(model.batcher.run(block, images=len(block), times=times)
+        deadline = deadlines.current()
+        outs = await asyncio.gather(*(model.batcher.run(block, images=len(block), times=times,
+                                                        deadline=deadline)
                                       for block in blocks))
         answered = time.perf_counter_ns()
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)

@@ -122,6 +122,7 @@ class CoreStats:
         self._forward_hist: dict[str, _Histogram] = {}
         self._rows: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
+        self._dropped: Counter[tuple[str, str]] = Counter()
         self._versions: dict[tuple[str, int], VersionStats] = {}
 
     def pending(self) -> int:
@@ -141,6 +142,23 @@ class CoreStats:
         """outcome: "ok" or a CoreError kind."""
         with self._lock:
             self._requests[(model, outcome)] += 1
+
+    def record_dropped(self, model: str, reason: str, requests: int = 1) -> None:
+        """Queued work given up before it was computed: reason "deadline" (its deadline passed
+        before its turn) or "cancelled" (its caller went away: a cancelled call, a closed
+        connection). Counted where the work was dropped (the batcher, or the core before
+        decoding), so a request is counted once."""
+        with self._lock:
+            self._dropped[(model, reason)] += requests
+
+    def dropped(self, model: str | None = None) -> Counter[str]:
+        """Requests dropped before computing, by reason, for one model or all."""
+        with self._lock:
+            out: Counter[str] = Counter()
+            for (name, reason), n in self._dropped.items():
+                if model is None or name == model:
+                    out[reason] += n
+            return out
 
     def record_execution(self, model: str, version: int, images: int, *, input_ns: int,
                          infer_ns: int, output_ns: int) -> None:
@@ -200,6 +218,7 @@ class CoreStats:
                     for name, sizes in self._batch_sizes.items()
                 },
                 "requests": {f"{m}/{o}": n for (m, o), n in sorted(self._requests.items())},
+                "dropped": {f"{m}/{r}": n for (m, r), n in sorted(self._dropped.items())},
             }
 
     def prometheus_collector(self) -> Any:
@@ -228,7 +247,13 @@ class _PrometheusCollector:
                                    "Model-input rows run (images x TTA views)", labels=["model"])
         requests = CounterMetricFamily("tta_serve_requests", "Requests by outcome",
                                        labels=["model", "outcome"])
+        dropped = CounterMetricFamily(
+            "tta_serve_dropped_requests",
+            "Queued requests dropped before they were computed (deadline passed, caller gone)",
+            labels=["model", "reason"])
         with s._lock:
+            for (name, reason), n in s._dropped.items():
+                dropped.add_metric([name, reason], n)
             for name, hist in s._batch_hist.items():
                 batch.add_metric([name], hist.cumulative(), sum_value=hist.total)
                 fwd = s._forward_hist[name]
@@ -240,5 +265,6 @@ class _PrometheusCollector:
         yield forward
         yield rows
         yield requests
+        yield dropped
         yield GaugeMetricFamily("tta_serve_pending_requests",
                                 "Requests admitted and not yet answered", value=s._pending())

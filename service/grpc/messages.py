@@ -13,12 +13,20 @@ from google.protobuf import json_format, struct_pb2
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service.core import CoreError, ModelInfo, Prediction, ProviderInfo
+from service.core.errors import Status, retry_after_s
 from service.core.evaluation import EvaluationResult
 
 
 def status_code(error: CoreError) -> grpc.StatusCode:
     """The gRPC status of a core error: its ``Status`` names the code (service.core.errors)."""
     return grpc.StatusCode[error.status.name]
+
+
+def error_trailers(status: Status) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata of a refusal: ``retry-after`` (seconds) on UNAVAILABLE, as HTTP's
+    Retry-After header."""
+    seconds = retry_after_s(status)
+    return (("retry-after", str(seconds)),) if seconds is not None else ()
 
 
 def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.PredictResponse:

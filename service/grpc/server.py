@@ -7,7 +7,12 @@ process that runs it, its signals and its core: ``service.process.runner``). Hea
 
     InvalidImage, InvalidRequest -> INVALID_ARGUMENT    ModelNotFound -> NOT_FOUND
     ImageTooLarge -> RESOURCE_EXHAUSTED                 Overloaded, ModelUnavailable -> UNAVAILABLE
-    ShuttingDown (the drain) -> UNAVAILABLE             (the table: ``service.core.errors``)
+    ShuttingDown (the drain) -> UNAVAILABLE             DeadlineExceeded -> DEADLINE_EXCEEDED
+    (the table: ``service.core.errors``; UNAVAILABLE carries ``retry-after``)
+
+Every RPC runs within its gRPC deadline (``service.core.deadlines``): a call whose deadline
+passes before its turn is dropped from the model's queue uncomputed, and a call the client
+cancels (grpc cancels its handler's task) leaves no work behind.
 
 A failing request only ever ends its own RPC (or, in PredictStream, its own item).
 SIGTERM/SIGINT: a drain phase, then grpc's own shutdown (``GrpcServer.stop``). Health turns
@@ -38,11 +43,12 @@ from grpc_reflection.v1alpha import reflection
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
-from service.core import CoreError, InferenceCore, InvalidRequest
+from service.core import CoreError, InferenceCore, InvalidRequest, deadlines
 from service.core.config import default_max_message_bytes
 from service.core.drain import Drain
 from service.grpc.messages import (
     error_to_proto,
+    error_trailers,
     evaluation_to_proto,
     model_info_to_proto,
     prediction_to_proto,
@@ -82,7 +88,7 @@ def _maps_core_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., A
         try:
             return await handler(self, request, context)
         except CoreError as e:
-            await context.abort(status_code(e), str(e))
+            await context.abort(status_code(e), str(e), error_trailers(e.status))
 
     return wrapper
 
@@ -213,18 +219,19 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _counted(handler: Any, drain: Drain) -> Any:
-    """``handler`` with its behaviour counted in ``drain.in_flight`` while it runs."""
+    """``handler`` with its behaviour counted in ``drain.in_flight`` while it runs, within the
+    call's gRPC deadline (``service.core.deadlines``: one wrapper for every service)."""
     if handler.unary_unary or handler.stream_unary:  # one response: a coroutine
         behaviour = handler.unary_unary or handler.stream_unary
 
         async def counted(request: Any, context: Any) -> Any:
-            with drain.serving():
+            with drain.serving(), deadlines.within(context.time_remaining()):
                 return await behaviour(request, context)
     else:  # a response stream: an async generator
         behaviour = handler.unary_stream or handler.stream_stream
 
         async def counted(request: Any, context: Any) -> Any:  # type: ignore[misc]
-            with drain.serving():
+            with drain.serving(), deadlines.within(context.time_remaining()):
                 async for response in behaviour(request, context):
                     yield response
 

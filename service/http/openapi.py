@@ -80,6 +80,7 @@ what to do.
 | 404 | `model_not_found`, `not_found` | no such model or version; evaluation no longer kept |
 | 413 | `image_too_large`, `too_many_parts` | image over a limit; over 1000 multipart files |
 | 503 | `overloaded`, `model_unavailable`, `shutting_down` | too busy; draining (`Retry-After`) |
+| 504 | `deadline_exceeded` | the request's `X-Request-Timeout` / `timeout` passed before its turn |
 
 The `/v2` routes answer errors as KServe does: `{"error": message}`.
 """
@@ -102,6 +103,8 @@ ERRORS = {
     413: "an image over the byte or pixel limit, or more than 1000 multipart files",
     503: "overloaded, the model unavailable or the server shutting down; retry after the "
          "Retry-After seconds",
+    504: "the request's deadline (X-Request-Timeout or timeout) passed before its turn: not "
+         "computed",
 }
 # BentoML's own error schemas, replaced by ours.
 BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError",

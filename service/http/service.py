@@ -61,6 +61,7 @@ from starlette.routing import Route
 
 from service.core import CoreError, InferenceCore, InvalidRequest, Prediction
 from service.core.errors import EvaluationNotFound
+from service.http.deadlines import RequestDeadline
 from service.http.drain import DRAIN, HttpDrain
 from service.http.form_limits import FormLimits
 from service.http.patches import install
@@ -308,3 +309,4 @@ class Classifier:
 Classifier.add_asgi_middleware(FormLimits)
 Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.drain)
 Classifier.add_asgi_middleware(BearerAuth)  # bearer tokens and scopes (service.security)
+Classifier.add_asgi_middleware(RequestDeadline)  # deadlines, departed clients (http.deadlines)

@@ -15,11 +15,14 @@ What a model accepts (``OipAdapter.model_metadata`` advertises both):
 The input's datatype picks the path. Request parameter ``tta`` (bool) turns test-time
 augmentation on (BYTES only: the views are cut from the image). A requested output with
 parameter ``classification: k`` returns k ``"score:index:label"`` strings per image, as Triton.
+Request parameter ``timeout`` (microseconds, as Triton's) is the request's deadline
+(``service.core.deadlines``): past it, the request is dropped uncomputed (DEADLINE_EXCEEDED/504).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from importlib import metadata
@@ -30,8 +33,10 @@ import numpy as np
 from service.core import (
     CoreError,
     InferenceCore,
+    InvalidRequest,
     PinnedModel,
     Prediction,
+    deadlines,
 )
 from service.core.errors import Status
 from service.core.stats import Duration, VersionStats
@@ -61,6 +66,7 @@ IMAGE_INPUT = "image"
 IMAGE_DATATYPE = "BYTES"
 PIXELS_DATATYPE = "FP32"
 TTA_PARAMETER = "tta"
+TIMEOUT_PARAMETER = "timeout"  # microseconds, as Triton's
 CLASSIFICATION_PARAMETER = "classification"
 
 def classification_strings(prediction: Prediction, k: int) -> list[bytes]:
@@ -213,7 +219,8 @@ class OipAdapter:
                           f"({PIXELS_DATATYPE}, preprocessed pixels)")
         (tensor,) = request.inputs
         try:
-            with self.core.pin(request.model or None, version) as pinned:
+            with _within_timeout(request.parameters.get(TIMEOUT_PARAMETER)), \
+                    self.core.pin(request.model or None, version) as pinned:
                 outputs = _check_outputs(pinned, request.outputs)
                 top_k = max([o.classification for o in outputs] + [1])
                 if tensor.datatype == IMAGE_DATATYPE:
@@ -231,6 +238,17 @@ class OipAdapter:
                 )
         except CoreError as e:
             raise from_core_error(e) from e
+
+
+def _within_timeout(value: Any) -> contextlib.AbstractContextManager[None]:
+    """The request's ``timeout`` parameter (microseconds, as Triton's) as its deadline."""
+    if value is None:
+        return deadlines.within(None)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequest(f"parameter {TIMEOUT_PARAMETER!r} must be a number of microseconds; "
+                             f"got {value!r:.40}")
+    return deadlines.within(deadlines.parse_timeout_s(
+        str(value), name=f"parameter {TIMEOUT_PARAMETER!r}", scale=1e-6))
 
 
 def _statistics(pb: Any, key: tuple[str, int], stats: VersionStats) -> Any:

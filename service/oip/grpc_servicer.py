@@ -22,6 +22,7 @@ import grpc
 from service._proto.inference import grpc_predict_v2_pb2 as pb
 from service._proto.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.core import InferenceCore
+from service.core.errors import retry_after_s
 from service.oip.core_adapter import CLASSIFICATION_PARAMETER, OipAdapter
 from service.oip.messages import (
     InferRequest,
@@ -134,7 +135,9 @@ def _maps_oip_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
         try:
             return await handler(self, request, context)
         except OipError as e:
-            await context.abort(grpc.StatusCode[e.status.name], e.message)
+            seconds = retry_after_s(e.status)  # UNAVAILABLE: when to retry, as HTTP's header
+            await context.abort(grpc.StatusCode[e.status.name], e.message,
+                                (("retry-after", str(seconds)),) if seconds is not None else ())
 
     return wrapper
 

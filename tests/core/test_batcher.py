@@ -1,5 +1,6 @@
 """The batcher waits for company only while company is on its way."""
 
+import asyncio
 import threading
 import time
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.core.batcher import DynamicBatcher
-from service.core.errors import ModelUnavailable
+from service.core.errors import DeadlineExceeded, ModelUnavailable
 from service.core.stats import CoreStats
 
 
@@ -120,3 +121,84 @@ def test_an_asyncio_caller_that_gave_up_is_skipped_and_a_failed_pass_raises_in_e
         batcher.close(wait=True)
     with pytest.raises(ModelUnavailable, match="shutting down"):
         asyncio.run(batcher.run(np.ones((1, 3), np.float32)))
+
+
+class _Gate:
+    """A forward pass that records the rows it was given and, while closed, blocks: the worker
+    is busy, so what is submitted meanwhile waits in the queue."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.started = threading.Event()
+        self.seen: list[float] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.started.set()
+        self.open.wait(10)
+        self.seen.extend(x[:, 0].tolist())
+        return x * 2
+
+
+def _gated(stats: CoreStats) -> tuple[DynamicBatcher, _Gate]:
+    gate = _Gate()
+    batcher = DynamicBatcher(gate, name="m", max_batch_size=8, max_wait_ms=0, stats=stats,
+                             in_flight=lambda: 0).start()
+    return batcher, gate
+
+
+def test_a_block_whose_deadline_passed_in_the_queue_is_dropped_uncomputed():
+    stats = CoreStats()
+    batcher, gate = _gated(stats)
+    try:
+        busy = batcher.submit(np.full((1, 3), 1.0, np.float32))
+        assert gate.started.wait(10)
+        late = batcher.submit(np.full((1, 3), 2.0, np.float32), deadline=time.monotonic() + 0.05)
+        timely = batcher.submit(np.full((1, 3), 3.0, np.float32), deadline=time.monotonic() + 60)
+        time.sleep(0.1)  # the first deadline passes while the worker is busy
+        gate.open.set()
+        with pytest.raises(DeadlineExceeded, match="not computed"):
+            late.result(timeout=10)
+        assert busy.result(timeout=10)[0, 0] == 2.0 and timely.result(timeout=10)[0, 0] == 6.0
+        assert gate.seen == [1.0, 3.0]  # the late block never reached the model
+        assert stats.dropped("m") == {"deadline": 1}
+    finally:
+        batcher.close(wait=True)
+
+
+def test_a_cancelled_block_is_dropped_uncomputed():
+    stats = CoreStats()
+    batcher, gate = _gated(stats)
+    try:
+        batcher.submit(np.full((1, 3), 1.0, np.float32))
+        assert gate.started.wait(10)
+        gone = batcher.submit(np.full((1, 3), 2.0, np.float32))
+        kept = batcher.submit(np.full((1, 3), 3.0, np.float32))
+        assert gone.cancel()
+        gate.open.set()
+        assert kept.result(timeout=10)[0, 0] == 6.0
+        assert gate.seen == [1.0, 3.0]
+        assert stats.dropped("m") == {"cancelled": 1}
+    finally:
+        batcher.close(wait=True)
+
+
+def test_a_cancelled_asyncio_caller_leaves_no_work():
+    stats = CoreStats()
+    batcher, gate = _gated(stats)
+
+    async def scenario() -> None:
+        batcher.submit(np.full((1, 3), 1.0, np.float32))
+        assert await asyncio.to_thread(gate.started.wait, 10)
+        task = asyncio.ensure_future(batcher.run(np.full((1, 3), 2.0, np.float32)))
+        await asyncio.sleep(0.05)  # queued
+        task.cancel()
+        kept = batcher.submit(np.full((1, 3), 3.0, np.float32))
+        gate.open.set()
+        assert (await asyncio.wrap_future(kept))[0, 0] == 6.0
+
+    try:
+        asyncio.run(scenario())
+        assert gate.seen == [1.0, 3.0]
+        assert stats.dropped("m") == {"cancelled": 1}
+    finally:
+        batcher.close(wait=True)

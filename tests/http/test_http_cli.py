@@ -133,6 +133,7 @@ def test_core_config_crosses_the_environment(tmp_path: Path):
     config = CoreConfig(models_dir=tmp_path, default_model="pets", models=("pets", "digits"),
                         version_policy=VersionPolicy(pinned=3), device="cpu",
                         intra_op_threads=3, max_batch_size=7, max_wait_ms=1.5, max_pending=9,
+                        max_queue=5,
                         decode_threads=2, max_image_bytes=1234, max_pixels=5678,
                         poll_interval_s=0.0, default_top_k=2)
     assert core_config_from_env(core_config_to_env(config)) == config
