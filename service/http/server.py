@@ -50,6 +50,7 @@ class HttpConfig:
     grace_s: float = 10.0  # on SIGTERM: time in-flight requests get to finish
     keep_alive_s: int = 5  # idle keep-alive connections close after this (BentoML's default)
     port_flag: str = "--http-port"  # the option a port-in-use error tells the user to change
+    reuse_port: bool = False  # share the port with sibling workers (service.workers)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -60,7 +61,8 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> socket.socket:
+def listening_socket(host: str, port: int, port_flag: str = "--http-port",
+                     reuse_port: bool = False) -> socket.socket:
     """A bound, listening TCP socket; OSError names the address and the option to change."""
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -70,6 +72,8 @@ def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> so
         raise OSError(f"cannot listen on {host}:{port} ({e})") from e
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the kernel spreads connections over the workers bound to it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(BACKLOG)
     except OSError as e:
@@ -90,11 +94,13 @@ def _single_process_metrics() -> None:
 
 def _app(core: InferenceCore) -> object:
     """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``."""
+    import bentoml
     from bentoml._internal.container import BentoMLContainer
     from bentoml._internal.context import server_context
     from bentoml._internal.utils.uri import join_paths
 
-    from service.http.service import Classifier, provide_core
+    from service.http import hot_routes
+    from service.http.service import Classifier, oip_routes, provide_core
 
     _single_process_metrics()
     provide_core(core)
@@ -104,7 +110,9 @@ def _app(core: InferenceCore) -> object:
     server_context.service_routes = [join_paths(Classifier.path_prefix, api.route)
                                      for api in Classifier.apis.values()]
     server_context.bento_name = Classifier.name
-    return Classifier.to_asgi(is_main=True)
+    app = Classifier.to_asgi(is_main=True)
+    hot_routes.install(app, bentoml.get_current_service, oip_routes, Classifier.name)
+    return app
 
 
 class HttpServer:
@@ -121,7 +129,8 @@ class HttpServer:
         """Bind, build the app, run its start-up (the Classifier instance); the bound port."""
         from service.http.hardening import DRAIN
 
-        sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
+        sock = listening_socket(self.config.host, self.config.port, self.config.port_flag,
+                                self.config.reuse_port)
         DRAIN.draining = False  # one drain per server (the state is the process's)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
