@@ -97,6 +97,10 @@ def _add_all(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--grace-s", type=float, default=10.0,
                    help="on SIGTERM, seconds in-flight requests get to finish "
                         "(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="front-end worker processes over one inference process (each model "
+                        "loaded once, one batcher across them): service.workers; 1 = one "
+                        "process (default: %(default)s; see docs/benchmarks.md for when more pay)")
     p.set_defaults(run=_run_all)
 
 
@@ -109,6 +113,10 @@ def _run_all(args: argparse.Namespace) -> int:
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
     http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s)
+    if args.workers > 1:
+        from service.workers.supervisor import serve_workers
+
+        return serve_workers(core_config_from_args(args), grpc_config, http_config, args.workers)
     return serve(core_config_from_args(args), grpc_config, http_config)
 
 

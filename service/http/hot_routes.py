@@ -34,6 +34,7 @@ builds its app itself and serves every route the generic way, with the same answ
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.http.hardening import DRAIN
 from service.http.hot_predict import (
     PARSED_SCOPE_KEY,
     body_bound,
@@ -74,7 +76,14 @@ class HotRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == "/predict" and scope["method"] == "POST":
-                body, complete = await read_body(scope, receive, self.body_bound())
+                # In flight for the drain from its first byte, as HttpDrain counts it later:
+                # a drain must not close the connection while the body is still on its way.
+                DRAIN.last_arrival = time.monotonic()
+                DRAIN.in_flight += 1
+                try:
+                    body, complete = await read_body(scope, receive, self.body_bound())
+                finally:
+                    DRAIN.in_flight -= 1
                 request = parse(scope, body) if complete else None
                 replay = replaying(body, complete, receive)
                 if request is None:
