@@ -120,7 +120,9 @@ class Supervisor:
             elif w.process.exitcode != 0:
                 clean = False
             w.link.conn.close()
+            log.info("worker %d exited with %s", w.index, w.process.exitcode)
         self.core.stop()
+        log.info("inference core stopped")
         for name, numbers in self.core.stats.snapshot()["models"].items():
             log.info("%s: forward passes by batch size (images), all workers: %s", name,
                      numbers["batch_sizes"])
