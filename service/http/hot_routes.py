@@ -59,7 +59,6 @@ SKIPPED = frozenset({"OpenTelemetryMiddleware", "ContextMiddleware", "TimeoutMid
 METRICS = "RunnerTrafficMetricsMiddleware"
 
 
-
 class HotRoutes:
     """ASGI middleware: hot requests to ``hot`` (their own middleware chain), the rest on.
 

@@ -68,6 +68,13 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
 
     def start(self) -> Supervisor:
+        """Ports checked free (a worker binding a taken one would die and be restarted in a
+        loop: here it is the CLI's one-line error), the core started, the workers spawned."""
+        from service.http.server import listening_socket
+
+        for config, flag in ((self.grpc_config, "--grpc-port"), (self.http_config, "--http-port")):
+            if config is not None:
+                listening_socket(config.host, config.port, flag).close()
         self.core.start()
         for index in range(self.count):
             self._spawn(index)
