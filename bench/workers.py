@@ -7,17 +7,17 @@ Each round starts, in turn: plain ``tta-serve`` (one process), ``tta-serve --wor
 front-end processes over one inference process) and N plain ``tta-serve`` copies (each with its
 own models; the clients split evenly over them, as a load balancer would), all on the bundled
 models with ``--model`` as the default. Each is loaded with ``--concurrency`` clients per wire:
-gRPC ``Predict`` alone, HTTP ``/predict`` alone, then both at once, with real CIFAR-10 JPEGs.
+gRPC ``Predict`` alone, HTTP ``/predict`` alone, then both at once (``--images``: the digits
+model's PNGs by default).
 Per phase: requests answered per second and the server CPU per answer (every process and thread
 of the server's tree: the steadier figure on a shared box). "both / sum" is the goal's ratio:
-both wires at once over the sum of each alone. Clients run in this process (bench.one_process's
-load loop), on the same cores as the servers.
+both wires at once over the sum of each alone. The clients are bench.loadgen (the load client
+of bench.serving), one process per wire and server, on the same cores as the servers.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import tree_cpu_seconds
-from bench.one_process import JPEGS, RESULTS, ROOT, Server, _free_port, _load
+from bench.one_process import RESULTS, ROOT, Server, _free_port
 
 PHASES = (("grpc", ("grpc",)), ("http", ("http",)), ("both", ("grpc", "http")))
 
@@ -71,24 +71,37 @@ class Served(Server):
         raise RuntimeError(f"{self.workers} workers not listening; see {self.log_path}")
 
 
-def _phase(servers: list[Served], wires: tuple[str, ...], concurrency: int,
-           seconds: float) -> tuple[float, float, int]:
-    """Answers per second, server CPU ms per answer, errors: clients split over ``servers``."""
-    images = [p.read_bytes() for p in JPEGS]
-    cpu0 = sum(tree_cpu_seconds(s.process.pid) for s in servers)
+def _loadgen(protocol: str, target: str, concurrency: int, seconds: float,
+             images: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen", protocol, target, "--images", images,
+         "--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _phase(servers: list[Served], wires: tuple[str, ...], concurrency: int, seconds: float,
+           images: str) -> tuple[float, float, int]:
+    """Answers per second, server CPU ms per answer, errors: ``concurrency`` clients per wire
+    (bench.loadgen, one process per wire and server), split evenly over ``servers``."""
     share = max(1, concurrency // len(servers))
-
-    async def all_servers() -> list[tuple[dict[str, int], int]]:
-        return await asyncio.gather(*(_load(wires, s, images, share, seconds) for s in servers))
-
-    results = asyncio.run(all_servers())
-    answered = sum(sum(a.values()) for a, _ in results)
+    cpu0 = sum(tree_cpu_seconds(s.process.pid) for s in servers)
+    clients = [_loadgen(w, f"127.0.0.1:{s.grpc_port}" if w == "grpc" else
+                        f"http://127.0.0.1:{s.http_port}/predict", share, seconds, images)
+               for s in servers for w in wires]
+    results = []
+    for c in clients:
+        out, err = c.communicate(timeout=seconds + 180)
+        if c.returncode != 0:
+            raise RuntimeError(f"load client failed: {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
     cpu = sum(tree_cpu_seconds(s.process.pid) for s in servers) - cpu0
-    return answered / seconds, 1000 * cpu / max(1, answered), sum(e for _, e in results)
+    rps = sum(r["throughput"] for r in results)
+    answered = max(1.0, rps * (seconds + 1))
+    return rps, 1000 * cpu / answered, int(sum(r.get("errors", 0) for r in results))
 
 
 def measure(label: str, options: list[list[str]], workers: int, models_dir: Path,
-            concurrency: int, seconds: float) -> dict[str, float]:
+            concurrency: int, seconds: float, images: str) -> dict[str, float]:
     row: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="workers-bench-") as workdir:
         servers: list[Served] = []
@@ -98,9 +111,9 @@ def measure(label: str, options: list[list[str]], workers: int, models_dir: Path
         try:
             for s in servers:
                 s.wait_ready()
-            _phase(servers, ("grpc", "http"), concurrency, 2)  # warm-up
+            _phase(servers, ("grpc", "http"), concurrency, 2, images)  # warm-up
             for name, wires in PHASES:
-                rps, cpu_ms, errors = _phase(servers, wires, concurrency, seconds)
+                rps, cpu_ms, errors = _phase(servers, wires, concurrency, seconds, images)
                 row[f"{name} rps"], row[f"{name} cpu ms"] = rps, cpu_ms
                 row["errors"] = row.get("errors", 0) + errors
         finally:
@@ -115,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="digits")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--images", default="digits",
+                        help="bench.loadgen's image set: digits (PNGs), cifar10 (JPEGs) ...")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         order = list(setups.items()) if r % 2 else list(setups.items())[::-1]
         rounds.append({"round": r, "load_avg_1": os.getloadavg()[0], **{
             label: measure(label, options, workers, args.models_dir.resolve(),
-                           args.concurrency, args.seconds)
+                           args.concurrency, args.seconds, args.images)
             for label, (options, workers) in order}})
     medians = {label: {k: statistics.median(rd[label][k] for rd in rounds)
                        for k in rounds[0][label]} for label in setups}
