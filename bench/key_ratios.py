@@ -2,6 +2,7 @@
 --key-comparison``): each ratio per round, so the spread shows, beside the median.
 
     .venv/bin/python -m bench.key_ratios bench/results/serving-key-latest.json [--model digits]
+    .venv/bin/python -m bench.key_ratios BEFORE.json AFTER.json   # side by side
 
 CPU figures are the server's CPU time per answered request (every process and thread of the
 server): the steadier measure on a shared box. A ratio is taken within a round (servers
@@ -61,27 +62,35 @@ def goal_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    n = max(len(r["rounds"]) for r in rows)
-    head = ["goal", "rule", *[f"round {i + 1}" for i in range(n)], "median"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def markdown(tables: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    """One table: for each goal, each run's rounds and median side by side."""
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    for r in rows:
-        lines.append("| " + " | ".join([r["goal"], r["rule"], *map(fmt, r["rounds"]),
-                                        fmt(r["median"])]) + " |")
+    head = ["goal", "rule"]
+    for name, rows in tables:
+        n = max(len(r["rounds"]) for r in rows)
+        head += [f"{name} r{i + 1}" for i in range(n)] + [f"{name} median"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, goal in enumerate(tables[0][1]):
+        cells = [goal["goal"], goal["rule"]]
+        for _, rows in tables:
+            cells += [*map(fmt, rows[i]["rounds"]), fmt(rows[i]["median"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("result", type=Path, help="a serving-key-*.json from bench.serving")
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="serving-key-*.json from bench.serving (two: before, after)")
     parser.add_argument("--model", default="digits")
     args = parser.parse_args(argv)
-    rounds = json.loads(args.result.read_text())["models"][args.model]["rounds"]
-    print(markdown(goal_rows(rounds)))
+    names = ["before", "after"] if len(args.results) == 2 else [p.stem for p in args.results]
+    tables = [(name, goal_rows(json.loads(path.read_text())["models"][args.model]["rounds"]))
+              for name, path in zip(names, args.results, strict=True)]
+    print(markdown(tables))
     return 0
 
 
