@@ -23,7 +23,6 @@ import logging
 import threading
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
-from typing import Any
 
 from service.core import CoreError, InferenceCore
 from service.workers.shared_rows import AttachedSegments
@@ -104,10 +103,3 @@ class EngineLink:
                 self._send(("error", request_id, type(error).__name__, str(error)))
 
         future.add_done_callback(answered)
-
-
-def serve_links(core: InferenceCore, links: dict[Any, EngineLink]) -> None:
-    """Start every link's thread (the supervisor keeps the dict: one link per live worker)."""
-    for link in links.values():
-        if not link.thread.is_alive():
-            link.start()
