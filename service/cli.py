@@ -101,6 +101,10 @@ def _add_all(subparsers: argparse._SubParsersAction, serving: argparse.ArgumentP
                         "(default: %(default)s)")
     p.add_argument("--http-port", type=int, default=3000, help="(default: %(default)s)")
     _add_grpc_limits(p)
+    p.add_argument("--workers", type=int, default=1,
+                   help="front-end worker processes over one inference process (each model "
+                        "loaded once, one batcher across them): service.workers; 1 = one "
+                        "process (default: %(default)s; see docs/benchmarks.md for when more pay)")
     p.set_defaults(run=_run_all)
 
 
@@ -113,8 +117,13 @@ def _run_all(args: argparse.Namespace) -> int:
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
     http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s)
-    return serve(core_config_from_args(args), grpc_config, http_config,
-                 security_config_from_args(args))
+    security_config = security_config_from_args(args)
+    if args.workers > 1:
+        from service.workers.supervisor import serve_workers
+
+        return serve_workers(core_config_from_args(args), grpc_config, http_config, args.workers,
+                             security_config)
+    return serve(core_config_from_args(args), grpc_config, http_config, security_config)
 
 
 # What plain `tta-serve [options]` runs (scripts/serve.sh).

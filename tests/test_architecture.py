@@ -175,7 +175,7 @@ def test_each_long_function_allowed_is_still_long(module: str, function: str) ->
 
 # ---- rules between the folders of service/
 
-FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process", "security")
+FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process", "security", "workers")
 # Shared by every folder (and by training): they import no folder but core.
 SHARED = frozenset({"service", "service.imaging", "service.model_repository",
                     "service.evaluation_report", "service.image_suffixes"})
@@ -237,6 +237,10 @@ def _folder_rule_breaks(graph: dict[str, set[str]]) -> list[str]:
     breaks += _rule_breaks(graph, members("core") + sorted(SHARED & set(graph)),
                            lambda m: m in SHARED or _folder(m) == "core",
                            "core/ and the shared modules import no other folder")
+    breaks += _rule_breaks(graph, [m for m in graph if m.startswith("service.")
+                                   and _folder(m) != "workers" and m != "service.cli"],
+                           lambda m: _folder(m) != "workers",
+                           "workers/ runs the front ends in processes: only the CLI starts it")
     return breaks
 
 

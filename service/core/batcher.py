@@ -17,6 +17,9 @@ together; a block is never held back either: one larger than ``max_batch_size`` 
 in a pass of its own (the core submits preprocessed images in blocks of at most
 ``max_batch_size``). ``max_batch_size=1`` turns batching off (one request per pass, no
 waiting), for benchmarks.
+A lone request (nothing queued, nothing else admitted) whose pass is cheap -- at most
+``INLINE_MAX_S`` by the latest measured pass -- runs inline on its event loop's thread
+(``run``): the thread hand-off there and back would cost more than the pass itself.
 
 Work nobody waits for is never computed: a block whose caller gave up (a cancelled task or
 future: a cancelled gRPC call, a closed HTTP connection) or whose deadline (``deadline``, a
@@ -50,6 +53,9 @@ from service.core.stats import CoreStats, RequestTimes
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# A lone request's pass runs on the caller's thread when it should take at most this long: the
+# hand-off to the worker thread and back costs ~0.1-0.3 ms, more than a cheap model's pass.
+INLINE_MAX_S = 0.002
 # What a submitted block's answer goes to: a thread-safe future (submit) or an asyncio one (run).
 Waiter = Future | asyncio.Future
 
@@ -90,6 +96,7 @@ class DynamicBatcher:
         self._stats = stats
         self._stats_key = stats_key or name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._row_s: float | None = None  # the latest pass's seconds per row (``_alone``)
         self._closed = False
         self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
@@ -114,8 +121,21 @@ class DynamicBatcher:
         of one pass reach each event loop in one ``call_soon_threadsafe`` (one wake-up of the
         loop for a pass of 32 requests, where ``wrap_future`` costs one per request)."""
         waiter: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._enqueue(_Block(rows, waiter, max(1, images), times, 0, deadline))
+        block = _Block(rows, waiter, max(1, images), times, 0, deadline)
+        if self._alone(len(rows), images):  # a lone cheap pass: here, no thread hand-off
+            self._run_batch([block._replace(submitted_ns=time.perf_counter_ns())])
+        else:
+            self._enqueue(block)
         return await waiter  # cancelled with its task: the worker then skips the block
+
+    def _alone(self, rows: int, images: int) -> bool:
+        """Whether this block may run inline on the caller's (event loop) thread: nothing is
+        queued or on its way besides it, and its pass is expected to take at most
+        ``INLINE_MAX_S`` (a pass already measured here; a slow model never blocks the loop)."""
+        cost = self._row_s
+        return (cost is not None and cost * rows <= INLINE_MAX_S and not self._closed
+                and self._in_flight is not None and self._in_flight() <= images
+                and self._queue.empty())
 
     def _enqueue(self, block: _Block) -> None:
         with self._close_lock:
@@ -213,6 +233,7 @@ class DynamicBatcher:
             out = self._run(x)
             infer_ns = time.perf_counter_ns() - start
             seconds = infer_ns / 1e9
+            self._row_s = seconds / len(x)
             if self._stats is not None:
                 self._stats.record_batch(self._stats_key, images, len(x), seconds)
         except Exception as e:

@@ -75,6 +75,7 @@ class GrpcConfig:
     max_concurrent_rpcs: int | None = None  # None = unlimited (the core's max_pending bounds work)
     stream_window: int = 64  # PredictStream items in flight per stream
     grace_s: float = 10.0  # on SIGTERM: time in-flight RPCs get to finish
+    reuse_port: bool = False  # share the port with sibling workers (service.workers)
 
 
 # ---- the servicer
@@ -272,7 +273,7 @@ class GrpcServer:
                      ("grpc.max_send_message_length", limit),
                      # Without this a second server on a taken port binds too (SO_REUSEPORT)
                      # and the two silently share its connections.
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", int(config.reuse_port))],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         pb_grpc.add_ClassifierServicer_to_server(

@@ -51,9 +51,11 @@ class HttpConfig:
     grace_s: float = 10.0  # on SIGTERM: time in-flight requests get to finish
     keep_alive_s: int = 5  # idle keep-alive connections close after this (BentoML's default)
     port_flag: str = "--http-port"  # the option a port-in-use error tells the user to change
+    reuse_port: bool = False  # share the port with sibling workers (service.workers)
 
 
-def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> socket.socket:
+def listening_socket(host: str, port: int, port_flag: str = "--http-port",
+                     reuse_port: bool = False) -> socket.socket:
     """A bound, listening TCP socket; OSError names the address and the option to change."""
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -63,6 +65,8 @@ def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> so
         raise OSError(f"cannot listen on {host}:{port} ({e})") from e
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # the kernel spreads connections over the workers bound to it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(BACKLOG)
     except OSError as e:
@@ -75,13 +79,19 @@ def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> so
 
 def _app(core: InferenceCore, security: Security = NO_SECURITY) -> object:
     """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``, its
-    token check (``service.security.asgi``) with ``security``'s tokens."""
-    from service.http.service import Classifier, provide_core
+    token check (``service.security.asgi``) with ``security``'s tokens, and the hot routes
+    (``service.http.hot_routes``) inside its middlewares."""
+    import bentoml
+
+    from service.http import hot_routes
+    from service.http.service import Classifier, oip_routes, provide_core
     from service.security import asgi
 
     provide_core(core)
     asgi.provide(security)
-    return patches.in_process_app(Classifier)
+    app = patches.in_process_app(Classifier)
+    hot_routes.install(app, bentoml.get_current_service, oip_routes, Classifier.name)
+    return app
 
 
 class HttpServer:
@@ -102,7 +112,8 @@ class HttpServer:
         ``UnsupportedDependency`` before binding when a BentoML/uvicorn target is not as the
         patches expect (``service.http.patches``)."""
         patches.require()
-        sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
+        sock = listening_socket(self.config.host, self.config.port, self.config.port_flag,
+                                self.config.reuse_port)
         DRAIN.reset()  # one drain per server (the state is the process's)
         self.port = sock.getsockname()[1]
         tls = self.security.tls.uvicorn_options() if self.security.tls else {}

@@ -202,3 +202,69 @@ def test_a_cancelled_asyncio_caller_leaves_no_work():
         assert stats.dropped("m") == {"cancelled": 1}
     finally:
         batcher.close(wait=True)
+
+
+def test_a_lone_cheap_request_runs_on_the_callers_thread_and_company_goes_to_the_worker():
+    """Concurrency 1: after one measured pass, a lone request's pass runs on the event loop's
+    thread (no hand-off); with another request on its way, or a pass too slow for the loop, it
+    goes to the batcher's thread as before. Stats count every pass either way."""
+    import asyncio
+
+    threads: list[str] = []
+    admitted = [1]
+
+    def run(x):
+        threads.append(threading.current_thread().name)
+        return x * 2
+
+    stats = CoreStats()
+    batcher = DynamicBatcher(run, name="m", max_batch_size=8, max_wait_ms=5, stats=stats,
+                             in_flight=lambda: admitted[0]).start()
+
+    async def scenario():
+        rows = np.ones((1, 3), np.float32)
+        first = await batcher.run(rows)  # no pass measured yet: the worker thread
+        second = await batcher.run(rows)  # alone and cheap: inline
+        admitted[0] = 2  # another request on its way: the worker, which may wait for it
+        third = await batcher.run(rows)
+        admitted[0] = 1
+        batcher._row_s = 1.0  # the latest pass took 1 s a row: never on the loop
+        fourth = await batcher.run(rows)
+        return first, second, third, fourth
+
+    try:
+        loop_thread = threading.current_thread().name
+        outs = asyncio.run(scenario())
+        for out in outs:
+            np.testing.assert_array_equal(out, np.full((1, 3), 2.0))
+        assert threads[0] != loop_thread
+        assert threads[1] == loop_thread
+        assert threads[2] != loop_thread and threads[3] != loop_thread
+        assert stats.batch_sizes("m") == {1: 4}
+    finally:
+        batcher.close(wait=True)
+
+
+def test_an_inline_pass_that_fails_raises_model_unavailable_in_its_caller():
+    import asyncio
+
+    calls = [0]
+
+    def run(x):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise RuntimeError("boom")
+        return x
+
+    batcher = DynamicBatcher(run, name="m", max_batch_size=8, max_wait_ms=5,
+                             in_flight=lambda: 1).start()
+
+    async def scenario():
+        await batcher.run(np.ones((1, 3), np.float32))
+        with pytest.raises(ModelUnavailable, match="boom"):
+            await batcher.run(np.ones((1, 3), np.float32))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close(wait=True)

@@ -1,0 +1,1 @@
+"""Front-end worker processes over one inference process (``tta-serve --workers N``)."""
