@@ -15,7 +15,7 @@ import copy
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +123,8 @@ class CoreStats:
         self._rows: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
         self._versions: dict[tuple[str, int], VersionStats] = {}
+        self._answers: Counter[tuple[str, str, str]] = Counter()  # (model, mode, path)
+        self._unsure: Counter[str] = Counter()
 
     def pending(self) -> int:
         """Requests admitted by the core and not yet answered."""
@@ -141,6 +143,23 @@ class CoreStats:
         """outcome: "ok" or a CoreError kind."""
         with self._lock:
             self._requests[(model, outcome)] += 1
+
+    def record_answers(self, model: str, answers: Sequence[Any]) -> None:
+        """Answers given (``service.core.prediction.Prediction``s): by the TTA mode asked, the
+        path taken ("plain" or "tta": with mode "auto", both happen) and whether unsure."""
+        with self._lock:
+            for answer in answers:
+                self._answers[(model, answer.tta_mode, answer.path)] += 1
+                self._unsure[model] += bool(answer.unsure)
+
+    def answers(self, model: str | None = None) -> Counter[tuple[str, str]]:
+        """How many answers took each (mode, path), for one model or all."""
+        with self._lock:
+            out: Counter[tuple[str, str]] = Counter()
+            for (name, mode, path), n in self._answers.items():
+                if model is None or name == model:
+                    out[(mode, path)] += n
+            return out
 
     def record_execution(self, model: str, version: int, images: int, *, input_ns: int,
                          infer_ns: int, output_ns: int) -> None:
@@ -200,6 +219,9 @@ class CoreStats:
                     for name, sizes in self._batch_sizes.items()
                 },
                 "requests": {f"{m}/{o}": n for (m, o), n in sorted(self._requests.items())},
+                "answers": {f"{m}/{mode}/{path}": n
+                            for (m, mode, path), n in sorted(self._answers.items())},
+                "unsure": dict(sorted(self._unsure.items())),
             }
 
     def prometheus_collector(self) -> Any:
@@ -228,6 +250,13 @@ class _PrometheusCollector:
                                    "Model-input rows run (images x TTA views)", labels=["model"])
         requests = CounterMetricFamily("tta_serve_requests", "Requests by outcome",
                                        labels=["model", "outcome"])
+        answers = CounterMetricFamily(
+            "tta_serve_answers", "Answers by TTA mode asked and path taken (tta=auto: plain when "
+            "the plain view was sure enough, tta when the other views ran)",
+            labels=["model", "mode", "path"])
+        unsure = CounterMetricFamily("tta_serve_unsure_answers",
+                                     "Answers below min_confidence (unsure: true)",
+                                     labels=["model"])
         with s._lock:
             for name, hist in s._batch_hist.items():
                 batch.add_metric([name], hist.cumulative(), sum_value=hist.total)
@@ -236,9 +265,15 @@ class _PrometheusCollector:
                 rows.add_metric([name], s._rows[name])
             for (name, outcome), n in s._requests.items():
                 requests.add_metric([name, outcome], n)
+            for (name, mode, path), n in s._answers.items():
+                answers.add_metric([name, mode, path], n)
+            for name, n in s._unsure.items():
+                unsure.add_metric([name], n)
         yield batch
         yield forward
         yield rows
         yield requests
+        yield answers
+        yield unsure
         yield GaugeMetricFamily("tta_serve_pending_requests",
                                 "Requests admitted and not yet answered", value=s._pending())
