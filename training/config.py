@@ -108,6 +108,18 @@ class TTAConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """What export fits on the held-out photos (``training calibrate``; docs/architecture.md)."""
+
+    # Answers below the confidence that reaches this accuracy on the held-out photos say
+    # "unsure" by default (model.json min_confidence); 0 = no default abstention.
+    abstain_target_accuracy: float = 0.0
+    # Views tried by greedy forward selection besides [tta] views; empty = the standard set
+    # (training.calibration.views.CANDIDATE_VIEWS).
+    candidate_views: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LogConfig:
     """Experiment trackers (training/trackers): callbacks, optional, off by default."""
 
@@ -126,6 +138,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -292,6 +305,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval.resize_ratio": (1, None, True, False),
     "tta.zoom_ratio": (1, None, True, False),
     "tta.beta": (None, 1, False, True),  # negative: every view weighs the same
+    "calibrate.abstain_target_accuracy": (0, 1, True, False),
     "augment.auto_augment_magnitude": (0, 30, True, True),
     "augment.random_erasing": (0, 1, True, True),
     "log.every_n_steps": (1, None, True, False),
