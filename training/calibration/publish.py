@@ -46,6 +46,21 @@ def recipe_abstain_target(card: ModelCard) -> float | None:
     return float(value) if value else None
 
 
+def calibrate_staged(card: ModelCard, staging: Path, *, data: Path | None = None,
+                     abstain_at: float | None = None) -> ModelCard:
+    """``training export``'s calibration of a freshly staged graph: on ``data`` (a labelled
+    folder) when given and not the recipe's own data folder, else on the run's validation
+    split."""
+    recipe_data = ((card.recipe or {}).get("data") or {}).get("path")
+    own = data is not None and recipe_data and Path(data).resolve() == Path(recipe_data).resolve()
+    items, where = heldout_items(card, labelled_folder=None if own else data)
+    if abstain_at is None:
+        abstain_at = recipe_abstain_target(card)
+    log.info("calibrating the export on %d held-out photos (%s)", len(items), where)
+    return calibrate_card(card, staging / "model.onnx", items, source=where,
+                          report_dir=staging / "report", abstain_at=abstain_at)
+
+
 def recalibrate(models_dir: Path, name: str, version: int | None = None, *,
                 to_version: int | None = None, in_place: bool = False, data: Path | None = None,
                 heldout: Path | None = None, abstain_at: float | None = None,

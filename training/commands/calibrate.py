@@ -58,14 +58,15 @@ def run(args: argparse.Namespace) -> int:
                      abstain_at=args.abstain_at,
                      candidates=[v.strip() for v in args.views.split(",") if v.strip()],
                      probs_cache=args.probs_cache)
-    print_summary(mv.card, mv.path)
+    print(f"published {mv.name} version {mv.version} at {mv.path}")
+    print_summary(mv.card)
     return 0
 
 
-def print_summary(card, path: Path) -> None:  # noqa: ANN001 - a ModelCard
+def print_summary(card) -> None:  # noqa: ANN001 - a ModelCard
+    """The calibration figures of a published card (also `training export`'s output)."""
     c = card.calibration
     e = c.evidence
-    print(f"published {card.name} version {card.version} at {path}")
     print(f"  held-out photos: {e['n_images']} ({e['fitted_on']})")
     weights = card.tta.weights or (1.0,) * len(card.tta.views)
     served = ", ".join(f"{v} ({w:.3f})" for v, w in zip(card.tta.views, weights, strict=True))
