@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.model_repository import CARD_FILE, ModelCard, ModelRepository, ModelVersion
+from service.oip.model_config import write_triton_files
 from training.calibration.pipeline import calibrate_card
 from training.errors import ExportError
 from training.export.check_images import folder_items, recipe_valid_items
@@ -57,8 +58,9 @@ def calibrate_staged(card: ModelCard, staging: Path, *, data: Path | None = None
     if abstain_at is None:
         abstain_at = recipe_abstain_target(card)
     log.info("calibrating the export on %d held-out photos (%s)", len(items), where)
-    return calibrate_card(card, staging / "model.onnx", items, source=where,
+    card = calibrate_card(card, staging / "model.onnx", items, source=where,
                           report_dir=staging / "report", abstain_at=abstain_at)
+    return card if data is not None and not own else with_served_tta_accuracy(card)
 
 
 def recalibrate(models_dir: Path, name: str, version: int | None = None, *,
@@ -87,8 +89,22 @@ def recalibrate(models_dir: Path, name: str, version: int | None = None, *,
                               report_dir=staging / "report", abstain_at=abstain_at,
                               candidates=candidates, probs_cache=probs_cache)
         card.calibration.evidence["calibrated_from"] = f"{name} v{source.version}"
-        return publish_staged(repo, staging, card, force=in_place,
-                              auto_version=to_version is None and not in_place)
+        if heldout is None:
+            card = with_served_tta_accuracy(card)
+        published = publish_staged(repo, staging, card, force=in_place,
+                                   auto_version=to_version is None and not in_place)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if published.version == repo.latest(name):  # Triton's copy of the newest version
+        write_triton_files(repo.root / name, published.card)
+    return published
+
+
+def with_served_tta_accuracy(card: ModelCard) -> ModelCard:
+    """metrics.tta_accuracy of the views now served, measured on the same validation split as
+    training's (the recipe's views' figure kept as tta_accuracy_recipe_views)."""
+    metrics = dict(card.metrics or {})
+    metrics["tta_accuracy_recipe_views"] = metrics.get("tta_accuracy")
+    metrics["tta_accuracy"] = card.calibration.evidence["accuracy"]["tta"]
+    return dataclasses.replace(card, metrics=metrics)
