@@ -88,8 +88,10 @@ def _figures(before: dict[str, np.ndarray], after: Paths, labels: np.ndarray) ->
 
     return {
         "ece": {"plain": both(expected_calibration_error, "plain", "plain"),
-                "tta": both(expected_calibration_error, "tta", "tta")},
-        "nll": {"plain": both(nll, "plain", "plain"), "tta": both(nll, "tta", "tta")},
+                "tta": both(expected_calibration_error, "tta", "tta"),
+                "auto": {"after": expected_calibration_error(after.auto, labels)}},
+        "nll": {"plain": both(nll, "plain", "plain"), "tta": both(nll, "tta", "tta"),
+                "auto": {"after": nll(after.auto, labels)}},
         "accuracy": {p: float((getattr(after, p).argmax(1) == labels).mean())
                      for p in ("plain", "tta", "auto")}
         | {"tta_before": float((before["tta"].argmax(1) == labels).mean())},

@@ -81,7 +81,8 @@ def print_summary(card) -> None:  # noqa: ANN001 - a ModelCard
         a = e["auto"]
         print(f"  tta=auto (default {c.default_tta}): threshold {a['threshold']}, extended "
               f"{100 * a['extended_share']:.1f}%, {a['images_per_request']:.2f} images/request, "
-              f"accuracy {100 * a['accuracy']:.2f}% (always-TTA {100 * a['tta_accuracy']:.2f}%)")
+              f"accuracy {100 * a['accuracy']:.2f}% (always-TTA {100 * a['tta_accuracy']:.2f}%), "
+              f"ECE {100 * e['ece']['auto']['after']:.2f}%")
     if e.get("abstain"):
         a = e["abstain"]
         if a.get("reached"):
