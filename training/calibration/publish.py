@@ -47,6 +47,11 @@ def recipe_abstain_target(card: ModelCard) -> float | None:
     return float(value) if value else None
 
 
+def recipe_candidates(card: ModelCard) -> list[str]:
+    """The recipe's ``[calibrate] candidate_views`` (empty or absent: the standard set)."""
+    return list(((card.recipe or {}).get("calibrate") or {}).get("candidate_views") or [])
+
+
 def calibrate_staged(card: ModelCard, staging: Path, *, data: Path | None = None,
                      abstain_at: float | None = None) -> ModelCard:
     """``training export``'s calibration of a freshly staged graph: on ``data`` (a labelled
@@ -59,21 +64,23 @@ def calibrate_staged(card: ModelCard, staging: Path, *, data: Path | None = None
         abstain_at = recipe_abstain_target(card)
     log.info("calibrating the export on %d held-out photos (%s)", len(items), where)
     card = calibrate_card(card, staging / "model.onnx", items, source=where,
-                          report_dir=staging / "report", abstain_at=abstain_at)
+                          report_dir=staging / "report", abstain_at=abstain_at,
+                          candidates=recipe_candidates(card))
     return card if data is not None and not own else with_served_tta_accuracy(card)
 
 
 def recalibrate(models_dir: Path, name: str, version: int | None = None, *,
                 to_version: int | None = None, in_place: bool = False, data: Path | None = None,
                 heldout: Path | None = None, abstain_at: float | None = None,
-                candidates: Sequence[str] = (), probs_cache: Path | None = None) -> ModelVersion:
+                candidates: Sequence[str] = (), probs_cache: Path | None = None,
+                force: bool = False) -> ModelVersion:
     """Publish ``name`` ``version`` (default: the latest) calibrated, as ``to_version`` (default:
-    the next free one) or, with ``in_place``, as itself."""
+    the next free one; ``force`` replaces it when it exists) or, with ``in_place``, as itself."""
     repo = ModelRepository(models_dir)
     source = repo.resolve(name, version)
     if in_place and to_version not in (None, source.version):
         raise ExportError("--in-place replaces the version itself; leave out --to-version")
-    target = source.version if in_place else check_target(repo, name, to_version, False)
+    target = source.version if in_place else check_target(repo, name, to_version, force)
     items, where = heldout_items(source.card, data, heldout)
     log.info("calibrating %s v%d on %d held-out photos (%s)", name, source.version, len(items),
              where)
@@ -87,11 +94,12 @@ def recalibrate(models_dir: Path, name: str, version: int | None = None, *,
                                    created_at=datetime.now(UTC).isoformat(timespec="seconds"))
         card = calibrate_card(card, staging / "model.onnx", items, source=where,
                               report_dir=staging / "report", abstain_at=abstain_at,
-                              candidates=candidates, probs_cache=probs_cache)
+                              candidates=candidates or recipe_candidates(card),
+                              probs_cache=probs_cache)
         card.calibration.evidence["calibrated_from"] = f"{name} v{source.version}"
         if heldout is None:
             card = with_served_tta_accuracy(card)
-        published = publish_staged(repo, staging, card, force=in_place,
+        published = publish_staged(repo, staging, card, force=in_place or force,
                                    auto_version=to_version is None and not in_place)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Calibrate a published model on its held-out photos and publish the result as a new version.
 
-  training calibrate NAME [--version N] [--to-version M | --in-place] [--models-dir DIR]
+  training calibrate NAME [--version N] [--to-version M [--force] | --in-place] [--models-dir DIR]
                      [--data DIR | --heldout DIR] [--abstain-at 0.99] [--views V1,V2,...]
 
 Fits, on the run's validation split (rebuilt from the recipe recorded in model.json): the TTA
@@ -30,6 +30,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="publish as this version (default: the next free one)")
     parser.add_argument("--in-place", action="store_true",
                         help="replace the calibrated version itself (atomically)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --to-version when it exists")
     parser.add_argument("--models-dir", type=Path, default=default_models_dir(),
                         help="model repository root (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=None,
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                      in_place=args.in_place, data=args.data, heldout=args.heldout,
                      abstain_at=args.abstain_at,
                      candidates=[v.strip() for v in args.views.split(",") if v.strip()],
-                     probs_cache=args.probs_cache)
+                     probs_cache=args.probs_cache, force=args.force)
     print(f"published {mv.name} version {mv.version} at {mv.path}")
     print_summary(mv.card)
     return 0
