@@ -93,7 +93,7 @@ WORKDIR /home/tta
 EXPOSE 50051 3000
 # Healthy = the gRPC health service on :50051 says SERVING (NOT_SERVING on shutdown) or the HTTP
 # service's /readyz on :3000 answers 200, so `tta-serve`, `tta-serve grpc` and `tta-serve http`
-# all report correctly (service/runner.py: healthcheck; 2 s per probe).
+# all report correctly (service/process/runner.py: healthcheck; 2 s per probe).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import sys; from service.runner import healthcheck; sys.exit(healthcheck())"]
+    CMD ["python3", "-c", "import sys; from service.process.runner import healthcheck; sys.exit(healthcheck())"]
 ENTRYPOINT ["tta-serve"]

@@ -144,7 +144,7 @@ class ServeProcess:
 
     def http_worker(self) -> psutil.Process:
         """The process that serves the HTTP routes: ``tta-serve`` itself (one process serves
-        every front end over one core, ``service.runner``)."""
+        every front end over one core, ``service.process.runner``)."""
         return psutil.Process(self.process.pid)
 
     def serving_rss_mb(self, protocol: str) -> float:

@@ -8,7 +8,7 @@ so ``protos/tta_serve/v1/classifier.proto`` becomes
 ``service/_proto/tta_serve/v1/classifier_pb2.py`` and the generated imports are
 package-absolute (``from service._proto.tta_serve.v1 import ...``). Empty ``__init__.py``
 files make every generated folder a package. The generated code is never edited by hand;
-tests/service/test_protos.py regenerates into a temp dir and fails when the committed copy
+tests/grpc/test_protos.py regenerates into a temp dir and fails when the committed copy
 differs.
 """
 

@@ -3,12 +3,21 @@
 No import cycle inside ``service/`` or ``training/`` (imports under ``TYPE_CHECKING`` count too: a
 cycle hidden from the interpreter is still one for a reader), no module over 450 lines and no
 function over 60. Generated protobuf code (``service/_proto``) is not ours and is left out.
+
+The folders of ``service/`` keep to their rules (issue 24): ``client/`` reaches only
+``core.errors`` and the shared top-level modules (a client team installs no server), ``grpc/`` and
+``http/`` never reach each other, ``oip/`` reaches no front end, ``core/`` and the shared modules
+reach no folder but the core. "Reach" follows imports transitively, and a string that names one of
+our modules (``importlib.import_module("service.x")``, ``"service.http.service:Classifier"``) is
+an import too: it loads the module just the same.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,12 +60,33 @@ def _imported(name: str, path: Path, node: ast.Import | ast.ImportFrom) -> Itera
             yield target
 
 
+# A whole string literal that names a module of ours, optionally with ":attribute" (BentoML's and
+# uvicorn's "module:attr" service paths) or ".attribute" after it.
+MODULE_STRING = re.compile(r"(?:service|training)(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_][\w.]*)?")
+
+
+def _string_imports(name: str, tree: ast.AST) -> Iterator[str]:
+    """Our modules that string literals name: the longest prefix of the dotted path that is one."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if not MODULE_STRING.fullmatch(node.value):
+                continue
+            parts = node.value.split(":")[0].split(".")
+            while parts and ".".join(parts) not in MODULES:
+                parts.pop()
+            target = ".".join(parts)
+            if parts and target != name and not name.startswith(target + "."):
+                yield target
+
+
 def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for name, path in MODULES.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 graph[name].update(_imported(name, path, node))
+        graph[name].update(_string_imports(name, tree))
     return graph
 
 
@@ -120,3 +150,96 @@ def test_module_and_function_sizes(name: str) -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long_functions == [], f"{path.relative_to(ROOT)}: {long_functions}"
+
+
+# ---- rules between the folders of service/
+
+FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process")
+# Shared by every folder (and by training): they import no folder but core.
+SHARED = frozenset({"service", "service.imaging", "service.model_repository",
+                    "service.evaluation_report", "service.image_suffixes"})
+
+
+def _folder(module: str) -> str | None:
+    """``service.http.server`` -> "http"; top-level modules (cli, shims, shared) -> None."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "service" and len(parts) > 1 and parts[1] in FOLDERS else None
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> dict[str, list[str]]:
+    """Every module that ``start`` loads, directly or not, with its shortest import chain."""
+    chains = {start: [start]}
+    todo = deque([start])
+    while todo:
+        current = todo.popleft()
+        for nxt in sorted(graph.get(current, ())):
+            if nxt not in chains:
+                chains[nxt] = chains[current] + [nxt]
+                todo.append(nxt)
+    return chains
+
+
+def _rule_breaks(graph: dict[str, set[str]], sources: Iterable[str],
+                 allowed: Callable[[str], bool], why: str) -> list[str]:
+    """Each import, by a module the sources may load, of one they may not: once, with a chain."""
+    breaks: dict[tuple[str, str], str] = {}
+    for source in sorted(sources):
+        for importer, chain in _reach(graph, source).items():
+            if not allowed(importer):
+                continue
+            for target in sorted(graph.get(importer, ())):
+                if target.startswith("service") and not allowed(target):
+                    breaks.setdefault((importer, target), (
+                        f"{importer} imports {target} ({' -> '.join(chain + [target])}): {why}"))
+    return [breaks[key] for key in sorted(breaks)]
+
+
+def _folder_rule_breaks(graph: dict[str, set[str]]) -> list[str]:
+    def members(folder: str) -> list[str]:
+        return [name for name in graph if _folder(name) == folder]
+
+    # core.errors and the core modules it needs (none today); what it reaches beyond core is
+    # core's own rule break, reported below.
+    client_may = SHARED | {m for m in _reach(graph, "service.core.errors") if _folder(m) == "core"}
+    breaks = _rule_breaks(
+        graph, members("client"),
+        lambda m: _folder(m) == "client" or m in client_may,
+        "client/ may use only core.errors and the shared modules")
+    for front, other in (("grpc", "http"), ("http", "grpc")):
+        breaks += _rule_breaks(graph, members(front), lambda m, other=other: _folder(m) != other,
+                               f"{front}/ and {other}/ never import each other")
+    breaks += _rule_breaks(graph, members("oip"), lambda m: _folder(m) not in ("grpc", "http"),
+                           "oip/ is used by the front ends, it imports none")
+    breaks += _rule_breaks(graph, members("core") + sorted(SHARED & set(graph)),
+                           lambda m: m in SHARED or _folder(m) == "core",
+                           "core/ and the shared modules import no other folder")
+    return breaks
+
+
+def test_the_folder_rules_see_imports_and_strings() -> None:
+    """Guard against rules that pass because they read nothing."""
+    tree = ast.parse('import importlib\nimportlib.import_module("service.grpc.server")\n'
+                     'app = "service.http.service:Classifier"\nnote = "see service.cli please"\n')
+    assert sorted(_string_imports("service.oip.messages", tree)) == [
+        "service.grpc.server", "service.http.service"]
+    graph = {"service.oip.messages": {"service.core.errors"}, "service.core.errors": set(),
+             "service.client.client": {"service.core.errors", "service.imaging"},
+             "service.imaging": set(), "service.http.service": set(), "service.grpc.server": set()}
+    assert _folder_rule_breaks(graph) == []
+    graph["service.core.errors"] = {"service.grpc.server"}
+    assert _folder_rule_breaks(graph) == [
+        "service.core.errors imports service.grpc.server (service.client.client -> "
+        "service.core.errors -> service.grpc.server): client/ may use only core.errors and the "
+        "shared modules",
+        "service.core.errors imports service.grpc.server (service.oip.messages -> "
+        "service.core.errors -> service.grpc.server): oip/ is used by the front ends, it imports "
+        "none",
+        "service.core.errors imports service.grpc.server (service.core.errors -> "
+        "service.grpc.server): core/ and the shared modules import no other folder",
+    ]
+    assert {"grpc", "http", "oip", "client", "core"} <= {_folder(m) for m in MODULES}
+
+
+def test_the_folders_keep_their_rules() -> None:
+    breaks = _folder_rule_breaks(_import_graph())
+    assert breaks == [], "\n".join(breaks)

@@ -136,7 +136,7 @@ def test_serving_image_is_the_default_target_and_runs_tta_serve(dockerfile) -> N
     assert set(" ".join(serve.args("EXPOSE")).split()) >= SERVING_PORTS
     assert any("tta-serve" in e for e in serve.args("ENTRYPOINT"))
     healthchecks = serve.args("HEALTHCHECK")
-    assert healthchecks and "service.runner import healthcheck" in healthchecks[0]
+    assert healthchecks and "service.process.runner import healthcheck" in healthchecks[0]
     users = serve.args("USER")
     assert users, "the serving image must not run as root"
     uid = users[-1].split(":")[0]
@@ -148,10 +148,10 @@ def test_serving_image_is_the_default_target_and_runs_tta_serve(dockerfile) -> N
 
 
 def test_healthcheck_covers_grpc_and_http(dockerfile) -> None:
-    """The HEALTHCHECK runs ``service.runner.healthcheck()`` (its behaviour is tested against real
-    servers in tests/http/test_http_ops.py): gRPC health on the exposed gRPC port or HTTP /readyz
-    on the exposed HTTP port, so an image run as `tta-serve http` is healthy too."""
-    from service.runner import HEALTH_GRPC_ADDRESS, HEALTH_HTTP_URL, healthcheck
+    """The HEALTHCHECK runs ``service.process.runner.healthcheck()`` (its behaviour is tested
+    against real servers in tests/http/test_http_ops.py): gRPC health on the exposed gRPC port or
+    HTTP /readyz on the exposed HTTP port, so an image run as `tta-serve http` is healthy too."""
+    from service.process.runner import HEALTH_GRPC_ADDRESS, HEALTH_HTTP_URL, healthcheck
 
     _, stages = dockerfile
     (healthcheck_args,) = stages[-1].args("HEALTHCHECK")

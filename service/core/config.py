@@ -52,6 +52,17 @@ def default_threads() -> int:
 
 
 # what models/ ships as the default (scripts/make_default_model.sh)
+# Default largest message a front end takes (gRPC's message limit, OIP HTTP's body limit): room
+# for a KServe v2 FP32 batch (32 images of 3x224x224 float32 are 19 MB) and for the core's own
+# image-size check (whose message names --max-image-bytes).
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+def default_max_message_bytes(max_image_bytes: int) -> int:
+    """max(64 MiB, max_image_bytes + 1 MiB): one image up to the core's limit always fits."""
+    return max(DEFAULT_MAX_MESSAGE_BYTES, max_image_bytes + (1 << 20))
+
+
 BUNDLED_DEFAULT_MODEL = "cifar10"
 
 

@@ -12,11 +12,19 @@ error                         gRPC                HTTP
 InvalidImage                  INVALID_ARGUMENT    400
 InvalidRequest                INVALID_ARGUMENT    400
 ImageTooLarge                 RESOURCE_EXHAUSTED  413
+TooManyParts                  RESOURCE_EXHAUSTED  413 (HTTP multipart only)
 ModelNotFound                 NOT_FOUND           404
+EvaluationNotFound            NOT_FOUND           404 (HTTP confusion PNG only)
 Overloaded                    UNAVAILABLE         503 (+ Retry-After)
 ModelUnavailable              UNAVAILABLE         503
+ShuttingDown                  UNAVAILABLE         503 (+ Retry-After)
 DeviceUnavailable             INTERNAL            500 (start-up only: refuse to start)
+UnsupportedDependency         INTERNAL            500 (start-up only: refuse to start)
 ============================  ==================  ====
+
+Some are raised by a front end, not the core (``ShuttingDown`` by either drain, the two marked
+HTTP by the HTTP front end): they are here so that every refusal a client can get has its
+status and kind in this one table.
 """
 
 from __future__ import annotations
@@ -94,7 +102,43 @@ class ModelUnavailable(CoreError):
     status = Status.UNAVAILABLE
 
 
+class ShuttingDown(CoreError):
+    """The server is draining (SIGTERM): new requests are refused; retrying elsewhere is safe."""
+
+    kind = "shutting_down"
+    status = Status.UNAVAILABLE
+    MESSAGE = "the server is shutting down; retry on another replica"
+
+    def __init__(self, message: str = MESSAGE) -> None:
+        super().__init__(message)
+
+
+class TooManyParts(CoreError):
+    """A multipart body with more files or fields than the form parser takes."""
+
+    kind = "too_many_parts"
+    status = Status.RESOURCE_EXHAUSTED
+
+
+class EvaluationNotFound(CoreError):
+    """The confusion PNG of an evaluation the server no longer keeps (or never made)."""
+
+    kind = "not_found"
+    status = Status.NOT_FOUND
+
+
 class DeviceUnavailable(CoreError):
     """The requested execution device (``--device cuda``) cannot be used on this machine."""
 
     kind = "device_unavailable"
+
+
+class UnsupportedDependency(CoreError):
+    """An installed package is not what a front end was checked against (a patched target
+    renamed, a version out of range: ``service.http.patches``); the server refuses to start."""
+
+    kind = "unsupported_dependency"
+
+
+# Raised before anything listens, never answered to a request: not in the API's error lists.
+STARTUP_ONLY = (DeviceUnavailable, UnsupportedDependency)

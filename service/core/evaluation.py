@@ -28,9 +28,6 @@ from service.evaluation_report import EvaluationReport, build_report, confusion_
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-"""File suffixes read as images when a labelled set comes as files (a zip, a folder)."""
-
 LabelledItems = Iterable[tuple[bytes, str]] | AsyncIterable[tuple[bytes, str]]
 
 

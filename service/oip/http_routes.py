@@ -27,10 +27,11 @@ the response then carries the same header. Request bodies may be gzip/deflate en
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -39,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core import InferenceCore
+from service.core.config import default_max_message_bytes
 from service.core.errors import Status
 from service.oip.core_adapter import CLASSIFICATION_PARAMETER, OipAdapter
 from service.oip.messages import (
@@ -51,6 +53,7 @@ from service.oip.messages import (
     TensorSpec,
     bool_parameter,
     invalid,
+    not_ready,
     raw_contents,
     tensor_from_raw,
     tensor_from_values,
@@ -73,8 +76,6 @@ CoreSource = InferenceCore | Callable[[], InferenceCore]
 def max_body_bytes(core: InferenceCore) -> int:
     """An infer body's byte limit, compressed or not and once decompressed: the gRPC front
     end's default message limit for the same core, max(64 MiB, --max-image-bytes + 1 MiB)."""
-    from service.grpc_server import default_max_message_bytes
-
     return default_max_message_bytes(core.config.max_image_bytes)
 
 
@@ -261,6 +262,22 @@ def error_response(error: OipError) -> JSONResponse:
 # ---- the app
 
 
+def _maps_oip_errors(handler: Callable[..., Awaitable[Response]]
+                     ) -> Callable[..., Awaitable[Response]]:
+    """Answer an OipError raised by a route with its status (the core's one table) and
+    ``{"error": message}``: what the gRPC servicer's decorator of the same name does."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: OipRoutes, request: Request) -> Response:
+        try:
+            return await handler(self, request)
+        except OipError as e:
+            log.debug("%s %s refused: %s", request.method, request.url.path, e)
+            return error_response(e)
+
+    return wrapper
+
+
 class OipRoutes:
     """Route handlers: parse, call the adapter, map errors; no behaviour of their own."""
 
@@ -290,36 +307,31 @@ class OipRoutes:
             ready = False
         return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
 
+    @_maps_oip_errors
     async def model_metadata(self, request: Request) -> Response:
         model, version = _model_and_version(request)
-        try:
-            return JSONResponse(metadata_json(self.adapter.model_metadata(model, version)))
-        except OipError as e:
-            return error_response(e)
+        return JSONResponse(metadata_json(self.adapter.model_metadata(model, version)))
 
+    @_maps_oip_errors
     async def model_ready(self, request: Request) -> Response:
         model, version = _model_and_version(request)
         try:
             self.adapter.model_metadata(model, version)
         except OipError as e:
-            status = 404 if e.status is Status.NOT_FOUND else 400
-            return JSONResponse({"error": e.message}, status_code=status)
+            raise not_ready(e) from e
         return JSONResponse({"name": model, "ready": True})
 
+    @_maps_oip_errors
     async def infer(self, request: Request) -> Response:
         model, version = _model_and_version(request)
-        try:
-            limit = max_body_bytes(self.adapter.core)
-            body: bytes | bytearray = await read_body(request, limit)
-            encoding = request.headers.get("content-encoding")
-            if encoding and encoding.strip().lower() != "identity":  # inflate off the loop
-                body = await asyncio.to_thread(decode_body, body, encoding, limit)
-            parsed, binary_outputs = parse_infer_request(model, version, body,
-                                                         request.headers.get(HEADER_LENGTH))
-            response = await self.adapter.infer(parsed)
-        except OipError as e:
-            log.debug("infer %s v%s refused: %s", model, version or "-", e)
-            return error_response(e)
+        limit = max_body_bytes(self.adapter.core)
+        body: bytes | bytearray = await read_body(request, limit)
+        encoding = request.headers.get("content-encoding")
+        if encoding and encoding.strip().lower() != "identity":  # inflate off the loop
+            body = await asyncio.to_thread(decode_body, body, encoding, limit)
+        parsed, binary_outputs = parse_infer_request(model, version, body,
+                                                     request.headers.get(HEADER_LENGTH))
+        response = await self.adapter.infer(parsed)
         content, json_length = encode_infer_response(response, binary_outputs)
         if json_length is None:
             return Response(content, media_type="application/json")
@@ -328,48 +340,38 @@ class OipRoutes:
 
     # ---- Triton's extensions: the adapter builds the messages, written as Triton writes them
 
+    @_maps_oip_errors
     async def model_config(self, request: Request) -> Response:
         model, version = _model_and_version(request)
-        try:
-            return JSONResponse(message_json(self.adapter.model_config(model, version)))
-        except OipError as e:
-            return error_response(e)
+        return JSONResponse(message_json(self.adapter.model_config(model, version)))
 
+    @_maps_oip_errors
     async def model_statistics(self, request: Request) -> Response:
         model = request.path_params.get("model", "")
-        try:
-            return JSONResponse(message_json(self.adapter.model_statistics(
-                model, request.path_params.get("version", ""))))
-        except OipError as e:
-            return error_response(e)
+        return JSONResponse(message_json(self.adapter.model_statistics(
+            model, request.path_params.get("version", ""))))
 
+    @_maps_oip_errors
     async def repository_index(self, request: Request) -> Response:
+        body = await request.body()
         try:
-            body = await request.body()
-            try:
-                document = json.loads(body) if body.strip() else {}
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise invalid(f"the request is not valid JSON: {e}") from e
-            if not isinstance(document, dict):
-                raise invalid('the request must be a JSON object, e.g. {"ready": true}')
-            ready = bool_parameter("ready", document.get("ready", False))
-            index = message_json(self.adapter.repository_index(ready_only=ready))
-        except OipError as e:
-            return error_response(e)
+            document = json.loads(body) if body.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise invalid(f"the request is not valid JSON: {e}") from e
+        if not isinstance(document, dict):
+            raise invalid('the request must be a JSON object, e.g. {"ready": true}')
+        ready = bool_parameter("ready", document.get("ready", False))
+        index = message_json(self.adapter.repository_index(ready_only=ready))
         return JSONResponse(index.get("models", []))
 
+    @_maps_oip_errors
     async def model_load(self, request: Request) -> Response:
-        try:
-            await self.adapter.load_model(request.path_params["model"])
-        except OipError as e:
-            return error_response(e)
+        await self.adapter.load_model(request.path_params["model"])
         return Response(status_code=200)
 
+    @_maps_oip_errors
     async def model_unload(self, request: Request) -> Response:
-        try:
-            self.adapter.unload_model(request.path_params["model"])
-        except OipError as e:
-            return error_response(e)
+        self.adapter.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
 

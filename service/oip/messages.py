@@ -49,6 +49,12 @@ def invalid(message: str) -> OipError:
     return OipError(Status.INVALID_ARGUMENT, message)
 
 
+def not_ready(error: OipError) -> OipError:
+    """KServe's HTTP model-ready answer for a model that cannot answer: NOT_FOUND stays (no
+    such model or version), anything else is "not ready", INVALID_ARGUMENT (400)."""
+    return error if error.status is Status.NOT_FOUND else invalid(error.message)
+
+
 # ---- tensors
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from service_testkit import FixtureModel, RunningServer, offline_probs, png_bytes
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
-from service.http_form_limits import MAX_FORM_FILES
+from service.http.form_limits import MAX_FORM_FILES
 
 
 def predict(client: httpx.Client, image: bytes, **options: object) -> httpx.Response:

@@ -26,7 +26,7 @@ from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 from service.cli import main
 from service.core import CoreConfig, VersionPolicy
-from service.serve_env import core_config_from_env, core_config_to_env, default_models_dir
+from service.process.serve_env import core_config_from_env, core_config_to_env, default_models_dir
 
 
 def test_plain_tta_serve_runs_grpc_and_http_and_stops_both_on_sigterm(
@@ -146,11 +146,20 @@ def test_core_config_crosses_the_environment(tmp_path: Path):
         core_config_from_env({"TTA_SERVE_MAX_BATCH_SIZE": "many"})
 
 
+def test_the_old_bentoml_service_path_names_the_same_service() -> None:
+    """``service.http_service`` is a shim for ``service.http.service`` (issue 24's regroup)."""
+    import service.http.service
+    import service.http_service
+
+    assert service.http_service.Classifier is service.http.service.Classifier
+
+
 def test_bentoml_serve_by_hand_starts_and_stops_its_own_core(digits_model: FixtureModel,
                                                             tmp_path: Path):
     """``bentoml serve service.http_service:Classifier`` (the service run by hand, configured by
-    ``TTA_SERVE_*``): no core is provided, so its worker starts one and stops it at shutdown; its
-    /metrics come from BentoML's multiprocess files; SIGTERM drains and exits 0."""
+    ``TTA_SERVE_*``; the path from before the service moved to ``service.http.service``, kept by a
+    shim, so this runs both): no core is provided, so its worker starts one and stops it at
+    shutdown; its /metrics come from BentoML's multiprocess files; SIGTERM drains and exits 0."""
     port = free_port()
     env = {**os.environ, **core_config_to_env(core_config(digits_model.repo_root)),
            "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True",

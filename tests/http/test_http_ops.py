@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_testkit import FixtureModel, RunningServer
 
 from service.imaging import decode_image, stack_views
-from service.runner import healthcheck
+from service.process.runner import healthcheck
 
 
 def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
@@ -37,8 +37,9 @@ def test_health_routes(client: httpx.Client):
 
 def test_image_healthcheck_passes_with_either_front_end(http_server: HttpServer,
                                                         grpc_server: RunningServer):
-    """The Dockerfile's HEALTHCHECK (``service.runner.healthcheck``): healthy for an HTTP-only
-    container (``tta-serve http``), a gRPC-only one, and unhealthy with neither listening."""
+    """The Dockerfile's HEALTHCHECK (``service.process.runner.healthcheck``): healthy for an
+    HTTP-only container (``tta-serve http``), a gRPC-only one, and unhealthy with neither
+    listening."""
     closed_grpc, closed_http = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}/readyz"
     grpc_address = f"127.0.0.1:{grpc_server.port}"
     assert healthcheck(closed_grpc, f"{http_server.base_url}/readyz") == 0

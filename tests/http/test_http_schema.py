@@ -19,8 +19,8 @@ from service.core import (
     ModelUnavailable,
     Overloaded,
 )
-from service.http_form_limits import MAX_FORM_FIELDS, MAX_FORM_FILES, FormPartCounter
-from service.http_schema import error_response
+from service.http.form_limits import MAX_FORM_FIELDS, MAX_FORM_FILES, FormPartCounter
+from service.http.schema import error_response
 
 
 @pytest.mark.parametrize("error, status", [

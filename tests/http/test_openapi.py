@@ -14,7 +14,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from service.http_service import oip_routes
+from service.http.service import oip_routes
 
 
 @pytest.fixture(scope="module")

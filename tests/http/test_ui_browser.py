@@ -227,7 +227,7 @@ def test_models_tab_shows_the_served_variant(browser: webdriver.Chrome, http_ser
     from service_testkit import REPO_ROOT, core_config
 
     from service.core import InferenceCore
-    from service.http_schema import model_info_body
+    from service.http.schema import model_info_body
 
     config = core_config(REPO_ROOT / "models", variant="int8", default_model="digits")
     with InferenceCore.create(config).start() as core:

@@ -29,7 +29,7 @@ from triton_worker import decode_array, encode_array
 
 from service.core import CoreConfig, InferenceCore
 from service.core.errors import Status
-from service.grpc_server import GrpcConfig, GrpcServer
+from service.grpc.server import GrpcConfig, GrpcServer
 from service.imaging import EvalSpec, TTASpec
 from service.model_repository import CARD_FILE, MODEL_FILE, ModelCard, sha256_file
 

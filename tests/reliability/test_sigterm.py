@@ -2,9 +2,9 @@
 connection refused: safe to retry), none lost (CANCELLED, a reset connection, a 5xx).
 
 16 clients send Predict after Predict; each stops at its first refusal. Before the drains
-(``GrpcServer.stop``, ``service.http_hardening``) gRPC cancelled 10-16 accepted calls per
-SIGTERM and the HTTP worker reset ~30 connections. ``tta-serve all`` is covered by
-test_served.py's last test.
+(``GrpcServer.stop``, ``service.http.drain``: one ``service.core.drain.Drain`` each) gRPC
+cancelled 10-16 accepted calls per SIGTERM and the HTTP worker reset ~30 connections.
+``tta-serve all`` is covered by test_served.py's last test.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """`training export --models-dir` defaults to the repository tta-serve serves: $TTA_SERVE_MODELS_DIR
 (the Dockerfile's train target sets it to /models), else the models/ beside the package, else
-./models (service.serve_env.default_models_dir, one function for both); --models-dir wins."""
+./models (service.process.serve_env.default_models_dir, one function for both); --models-dir
+wins."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import service.serve_env
+import service.process.serve_env
 import training.export
 from training.cli import build_parser, main
 
@@ -18,10 +19,10 @@ def parse(argv: list[str]) -> Path:
 
 
 def test_models_dir_default_follows_the_environment(monkeypatch, tmp_path: Path):
-    beside_package = Path(service.serve_env.__file__).resolve().parents[1] / "models"
+    beside_package = Path(service.process.serve_env.__file__).resolve().parents[1] / "models"
     served_by_default = beside_package if beside_package.is_dir() else Path("models")
     monkeypatch.delenv("TTA_SERVE_MODELS_DIR", raising=False)
-    assert parse([]) == served_by_default == service.serve_env.default_models_dir()
+    assert parse([]) == served_by_default == service.process.serve_env.default_models_dir()
     monkeypatch.setenv("TTA_SERVE_MODELS_DIR", "")
     assert parse([]) == served_by_default
     monkeypatch.setenv("TTA_SERVE_MODELS_DIR", str(tmp_path / "served"))

@@ -3,9 +3,10 @@
   training export runs/digits/best.pt --name digits [--version N] [--models-dir DIR] [--force]
                   [--data DIR | --random-inputs-only] [--fp16] [--int8]
 
---models-dir defaults to the repository tta-serve serves (``service.serve_env.default_models_dir``):
-$TTA_SERVE_MODELS_DIR when it is set (the Dockerfile's train target sets it to /models), else the
-models/ folder beside the package when there is one, else models/ in the current directory.
+--models-dir defaults to the repository tta-serve serves
+(``service.process.serve_env.default_models_dir``): $TTA_SERVE_MODELS_DIR when it is set (the
+Dockerfile's train target sets it to /models), else the models/ folder beside the package when there
+is one, else models/ in the current directory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.serve_env import MODELS_DIR_ENV, default_models_dir
+from service.process.serve_env import MODELS_DIR_ENV, default_models_dir
 
 
 def register(parser: argparse.ArgumentParser) -> None:

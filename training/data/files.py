@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# What service.imaging.decode_image reads; other files in class folders (README, .DS_Store) are
-# ignored, as fastai's get_image_files does.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+from service.image_suffixes import IMAGE_SUFFIXES
+
+# What service.imaging.decode_image reads (the one list the service's readers use too); other
+# files in class folders (README, .DS_Store) are ignored, as fastai's get_image_files does.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 
 def is_image(p: Path) -> bool:

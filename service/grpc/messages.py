@@ -1,0 +1,99 @@
+"""Core objects -> ``tta_serve.v1`` protobuf messages, and a core error's gRPC status.
+
+Pure functions, apart from the server so that ``tta-serve predict`` (which describes an
+in-process model in the client's types by way of the same message) need not load the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from service._proto.tta_serve.v1 import classifier_pb2 as pb
+from service.core import CoreError, ModelInfo, Prediction, ProviderInfo
+from service.core.evaluation import EvaluationResult
+
+
+def status_code(error: CoreError) -> grpc.StatusCode:
+    """The gRPC status of a core error: its ``Status`` names the code (service.core.errors)."""
+    return grpc.StatusCode[error.status.name]
+
+
+def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.PredictResponse:
+    return pb.PredictResponse(
+        request_id=request_id,
+        classes=[pb.ClassScore(label=s.label, index=s.index, probability=s.probability)
+                 for s in prediction.top],
+        model=prediction.model,
+        model_version=prediction.version,
+        tta=prediction.tta,
+        tta_views=prediction.tta_views,
+    )
+
+
+def error_to_proto(error: CoreError, request_id: str = "") -> pb.PredictResponse:
+    return pb.PredictResponse(request_id=request_id, status=pb.Status(
+        code=status_code(error).value[0], message=str(error)))
+
+
+def provider_to_proto(provider: ProviderInfo) -> pb.ExecutionProvider:
+    return pb.ExecutionProvider(name=provider.name, device=provider.device,
+                                requested=provider.requested)
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    json_format.ParseDict(json_format_safe(values), out)
+    return out
+
+
+def json_format_safe(value: Any) -> Any:
+    """model.json metrics as Struct-compatible values (tuples to lists, NaN/None kept)."""
+    if isinstance(value, dict):
+        return {str(k): json_format_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_format_safe(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
+
+
+def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
+    message = pb.ModelInfo(
+        name=info.name,
+        version=info.version,
+        repository_versions=list(info.repository_versions),
+        classes=list(info.classes),
+        input_size=info.input_size,
+        tta_views=list(info.tta.views),
+        tta_combine=info.tta.combine,
+        metrics=_struct(info.metrics),
+        is_default=info.is_default,
+        created_at=info.created_at,
+        provider=provider_to_proto(info.provider),
+        variant=info.variant or "",
+        variants=_struct(info.variants),
+    )
+    if info.tta.beta is not None and info.tta.combine == "mean":
+        message.tta_beta = info.tta.beta
+    return message
+
+
+def evaluation_to_proto(result: EvaluationResult) -> pb.EvaluateResponse:
+    report = result.report
+    return pb.EvaluateResponse(
+        model=result.model,
+        model_version=result.version,
+        tta=result.tta,
+        n=report.n,
+        accuracy=report.accuracy,
+        per_class=[pb.ClassMetrics(name=m.name, precision=m.precision, recall=m.recall,
+                                   f1=m.f1, support=m.support) for m in report.per_class],
+        confusion=pb.ConfusionMatrix(classes=list(report.classes),
+                                     counts=report.confusion.astype(int).ravel().tolist()),
+        most_confused=[pb.ConfusedPair(actual=a, predicted=p, count=c)
+                       for a, p, c in report.most_confused],
+        confusion_png=result.png,
+    )
