@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.serve_env import default_models_dir
+from service.process.serve_env import default_models_dir
 
 
 def register(parser: argparse.ArgumentParser) -> None:
