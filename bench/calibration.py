@@ -9,7 +9,9 @@ serving core in this process (the served probabilities, not a re-computation):
   photo. The calibration was fitted on these same photos, so its ECE is in-sample;
 - **2-fold cross-fit** (out-of-sample): the held-out photos split in two seeded halves; views,
   temperatures and the auto threshold fitted on one half are measured on the other, both ways --
-  an honest stand-in for photos the calibration never saw.
+  an honest stand-in for photos the calibration never saw;
+- **throughput** over gRPC at concurrency 32, tta=auto against always-TTA, interleaved rounds
+  (bench.calibration_throughput).
 
     .venv/bin/python -m bench.calibration                      # cifar10, all 5,000 photos
     .venv/bin/python -m bench.calibration --limit 1000 --probs-cache /tmp/cifar10_views.npz
@@ -159,6 +161,13 @@ def report(result: dict[str, Any]) -> str:
              f"{100 * m['accuracy_auto']:.2f}% vs always-TTA {100 * m['accuracy_tta']:.2f}%, "
              f"auto share {100 * m['auto_share']:.1f}%, {m['images_per_request']:.2f} "
              f"images/request"]
+    if "throughput" in result:
+        t = result["throughput"]
+        rps = ", ".join(f"{k} {v:.1f}" for k, v in t["median_rps"].items())
+        lines += ["", f"gRPC throughput at concurrency {t['concurrency']} (requests/s, median of "
+                      f"{len(t['rounds'])} interleaved rounds): {rps}; auto / always-TTA = "
+                      f"{t['auto_vs_always_tta']:.2f}x, auto / always-TTA before calibration = "
+                      f"{t['auto_vs_always_tta_before']:.2f}x"]
     return "\n".join(lines)
 
 
@@ -175,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve only the first N held-out photos (the fit uses all)")
     parser.add_argument("--probs-cache", type=Path, default=None,
                         help="per-view probabilities .npz (read if present, else written)")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--measure-s", type=float, default=15.0)
     args = parser.parse_args(argv)
     from training.calibration.publish import heldout_items
 
@@ -189,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
                   "calibration": card.calibration.to_dict(), "tta": card.tta.to_dict(),
                   "served": served(before, after, args.model, items),
                   "cross_fit": cross_fit(args.probs_cache)}
+        if args.rounds:
+            from bench.calibration_throughput import throughput
+
+            result["throughput"] = throughput(before, after, args.model, rounds=args.rounds,
+                                              concurrency=args.concurrency,
+                                              measure_s=args.measure_s)
         result["load_after"] = os.getloadavg()
     path = write_results("calibration", json.loads(json.dumps(result, default=_plain)))
     print(report(result))
