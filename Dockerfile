@@ -3,7 +3,8 @@
 # tta-serve images (docs/deploy.md says how to build, run and check them on a GPU host).
 #
 #   docker build -t tta-serve .                              # serving image (the default target)
-#   docker run --gpus all -p 50051:50051 -p 3000:3000 tta-serve
+#   docker run --gpus all -p 50051:50051 -p 3000:3000 \
+#     -v "$PWD/tokens:/run/secrets/tta-serve-tokens:ro" tta-serve     # tokens: see the serve stage
 #   docker build --target train -t tta-serve-train .         # training image (torch, CUDA)
 #
 # Why this base: the default onnxruntime-gpu wheel on PyPI (1.31, pinned in constraints.txt) is
@@ -85,8 +86,20 @@ FROM python-cuda AS serve
 RUN useradd --create-home --uid 10001 --user-group tta
 COPY --from=serve-build /opt/venv /opt/venv
 COPY models/ /models/
+# Token authorisation is on: without tokens the server refuses to start (docs/deploy.md, "TLS and
+# tokens"). Mount a token file, one `TOKEN SCOPE[,SCOPE]` a line (scopes: infer, admin), where
+# Docker and Compose put secrets:
+#   docker run -v "$PWD/tokens:/run/secrets/tta-serve-tokens:ro" ... tta-serve
+# or pass the lines in TTA_SERVE_TOKENS (`;`-separated), or serve a trusted network without
+# tokens with -e TTA_SERVE_AUTH=off. The file is re-read when it changes (rotation, no restart).
+# TLS: mount a certificate and key and set TTA_SERVE_TLS_CERT and TTA_SERVE_TLS_KEY
+# (+ TTA_SERVE_TLS_CLIENT_CA: mutual TLS); the HEALTHCHECK probes over TLS then.
+# DL3064 reads "TOKEN" in a name as a secret; TTA_SERVE_TOKEN_FILE is the path a secret is mounted at.
+# hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
     TTA_SERVE_MODELS_DIR=/models \
+    TTA_SERVE_AUTH=required \
+    TTA_SERVE_TOKEN_FILE=/run/secrets/tta-serve-tokens \
     BENTOML_HOME=/home/tta/bentoml
 USER 10001:10001
 WORKDIR /home/tta

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import ROOT, ensure_model, images_for, write_results
-from bench.serving import PY, Durations, RunningServer, ServerSpec, free_port, run_loadgen
+from bench.serve_process import free_port
+from bench.serving.servers import RunningServer, ServerSpec, run_loadgen
+from bench.serving.settings import PY, Durations
 
 
 def worktree(rev: str) -> Path:
@@ -52,7 +54,7 @@ def spec(name: str, tree: Path, protocol: str, flags: list[str]) -> ServerSpec:
                       log=ROOT / "bench" / "results" / "logs" / f"ab-{name}.log", cwd=tree)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.ab_serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rev", nargs="?", default=None,
@@ -67,7 +69,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default="cifar10", choices=["cifar10", "phone"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--measure-s", type=float, default=5.0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _summary(args: argparse.Namespace, rounds: list[dict[str, Any]]) -> dict[int, Any]:
+    """Medians over the rounds per concurrency, printed as a markdown table."""
+    print(f"{args.protocol}, {args.images} images, {args.rounds} interleaved rounds, "
+          f"before = {args.rev or 'the working tree'} {args.before_flags}, "
+          f"after = {args.after or 'the working tree'} {args.after_flags}\n")
+    print("| concurrency | before req/s | after req/s | after/before | before p50 ms | "
+          "after p50 ms | p50 change ms | server CPU ms/request before | after |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    summary = {}
+    for c in args.concurrency:
+        med = {k: float(np.median([r[k] for r in rounds])) for k in
+               (f"before c={c}", f"after c={c}", f"before c={c} p50", f"after c={c} p50",
+                f"before c={c} cpu", f"after c={c} cpu")}
+        ratio = float(np.median([r[f"after c={c}"] / r[f"before c={c}"] for r in rounds]))
+        delta = float(np.median([r[f"after c={c} p50"] - r[f"before c={c} p50"]
+                                 for r in rounds]))
+        summary[c] = {**med, "ratio": ratio, "p50_change_ms": delta}
+        print(f"| {c} | {med[f'before c={c}']:.0f} | {med[f'after c={c}']:.0f} | {ratio:.2f} | "
+              f"{med[f'before c={c} p50']:.2f} | {med[f'after c={c} p50']:.2f} | "
+              f"{delta:+.2f} | {med[f'before c={c} cpu']:.3f} | {med[f'after c={c} cpu']:.3f} |")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     model = ensure_model("cifar10")
     d = Durations(1.0, args.measure_s)
     image = images_for("cifar10", 1)[0]
@@ -101,24 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
-    print(f"{args.protocol}, {args.images} images, {args.rounds} interleaved rounds, "
-          f"before = {args.rev or 'the working tree'} {args.before_flags}, "
-          f"after = {args.after or 'the working tree'} {args.after_flags}\n")
-    print("| concurrency | before req/s | after req/s | after/before | before p50 ms | "
-          "after p50 ms | p50 change ms | server CPU ms/request before | after |\n"
-          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    summary = {}
-    for c in args.concurrency:
-        med = {k: float(np.median([r[k] for r in rounds])) for k in
-               (f"before c={c}", f"after c={c}", f"before c={c} p50", f"after c={c} p50",
-                f"before c={c} cpu", f"after c={c} cpu")}
-        ratio = float(np.median([r[f"after c={c}"] / r[f"before c={c}"] for r in rounds]))
-        delta = float(np.median([r[f"after c={c} p50"] - r[f"before c={c} p50"]
-                                 for r in rounds]))
-        summary[c] = {**med, "ratio": ratio, "p50_change_ms": delta}
-        print(f"| {c} | {med[f'before c={c}']:.0f} | {med[f'after c={c}']:.0f} | {ratio:.2f} | "
-              f"{med[f'before c={c} p50']:.2f} | {med[f'after c={c} p50']:.2f} | "
-              f"{delta:+.2f} | {med[f'before c={c} cpu']:.3f} | {med[f'after c={c} cpu']:.3f} |")
+    summary = _summary(args, rounds)
     write_results(f"ab-{args.protocol}-{args.images}", {"rev": args.rev, "rounds": rounds,
                                                          "summary": summary})
     return 0

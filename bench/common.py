@@ -30,6 +30,7 @@ from service.model_repository import ModelRepository, ModelRepositoryError
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / "models"
+HISTORY = RESULTS / "history"  # timestamped runs, git-ignored (write_results)
 DIGITS_RECIPE = ROOT / "recipes" / "digits.toml"
 
 
@@ -154,10 +155,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) ->
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """bench/results/NAME-<timestamp>.json, and NAME-latest.json beside it."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """bench/results/NAME-latest.json (kept in git: the figures docs/benchmarks.md quotes), and a
+    timestamped copy in bench/results/history/ (git-ignored: every run on this machine, for
+    comparing runs without committing each one). Returns the timestamped copy's path."""
+    HISTORY.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"{name}-{stamp}.json"
+    path = HISTORY / f"{name}-{stamp}.json"
     text = json.dumps(payload, indent=2, default=str) + "\n"
     path.write_text(text)
     (RESULTS / f"{name}-latest.json").write_text(text)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,11 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.common import process_tree, tree_cpu_seconds
+from bench.serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEGS = sorted((ROOT / "tests/data/cifar10_heldout").glob("*/*.jpg"))
 RESULTS = ROOT / "bench/results"
-START_TIMEOUT_S = 240
 
 
 @dataclass
@@ -75,63 +73,22 @@ def tree_memory(pid: int) -> Memory:
     return Memory(len(tree), rss / 2**20, pss / 2**20)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """Plain ``tta-serve`` started from ``checkout`` (its ``service`` package, this interpreter)."""
-
-    def __init__(self, checkout: Path, models_dir: Path, workdir: Path) -> None:
-        self.grpc_port, self.http_port = _free_port(), _free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True",
-               "BENTOML_HOME": str(workdir / "bentoml"), "PYTHONPATH": str(checkout)}
-        self.log_path = workdir / "server.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--host", "127.0.0.1",
-                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-                 "--models-dir", str(models_dir), "--device", "cpu"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=checkout,
-                start_new_session=True)
-
-    def wait_ready(self) -> None:
-        import grpc
-        import httpx
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log_path.read_text()[-3000:])
-            try:
-                with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
-                    health = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=2)
-                ready = httpx.get(f"http://127.0.0.1:{self.http_port}/readyz", timeout=2)
-                if health.status == health_pb2.HealthCheckResponse.SERVING and \
-                        ready.status_code == 200:
-                    return
-            except (grpc.RpcError, httpx.HTTPError):
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"not ready after {START_TIMEOUT_S} s")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)  # our own session only
-            self.process.wait()
-            return -9
+def _server(checkout: Path, models_dir: Path, workdir: Path) -> ServeProcess:
+    """Plain ``tta-serve`` started from ``checkout`` (its ``service`` package, this interpreter):
+    no tuning flags, the default command, so any revision understands it."""
+    return ServeProcess("all", models_dir, workdir, grace_s=None, tuning=(), cwd=checkout,
+                        env={"PYTHONPATH": str(checkout)}, name_kind=False)
 
 
-async def _load(wires: tuple[str, ...], server: Server, images: list[bytes], concurrency: int,
+def _stop(server: ServeProcess) -> int:
+    """SIGTERM, and its exit code (-9: it did not stop within 60 s and was killed)."""
+    try:
+        return server.terminate(60)
+    except subprocess.TimeoutExpired:
+        return -9
+
+
+async def _load(wires: tuple[str, ...], server: ServeProcess, images: list[bytes], concurrency: int,
                 seconds: float) -> tuple[dict[str, int], int]:
     """Requests answered per wire, and errors, in ``seconds`` of ``concurrency`` clients per wire,
     each sending one request after another (every wire in ``wires`` at the same time)."""
@@ -177,7 +134,7 @@ def measure(checkout: Path, models_dir: Path, round_: int, concurrency: int,
     cpu_ms: dict[str, float] = {}
     errors = 0
     with tempfile.TemporaryDirectory(prefix="one-process-") as workdir:
-        server = Server(checkout, models_dir, Path(workdir))
+        server = _server(checkout, models_dir, Path(workdir))
         try:
             server.wait_ready()
             time.sleep(3)  # let start-up settle
@@ -194,7 +151,7 @@ def measure(checkout: Path, models_dir: Path, round_: int, concurrency: int,
                 errors += failed
             loaded = tree_memory(server.process.pid)
         finally:
-            code = server.stop()
+            code = _stop(server)
     return Run(str(checkout), round_, idle, loaded, rps["grpc"], rps["http"], rps["both"],
                cpu_ms, errors, code)
 

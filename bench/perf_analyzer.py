@@ -24,12 +24,16 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.imaging import decode_image, stack_views
 from service.model_repository import ModelRepository
+
+if TYPE_CHECKING:
+    from bench.serving.servers import ServerSpec
 
 # perf_analyzer's CSV (-f) column -> our key; latencies and stages are microseconds.
 CSV_COLUMNS = {
@@ -130,6 +134,36 @@ def _table(rows: list[dict[str, Any]]) -> str:
     ])
 
 
+def _sweep(args: argparse.Namespace, spec: ServerSpec, files: dict[str, Path],
+           concurrency: Sequence[int], rows: list[dict], failures: list[str]) -> None:
+    """perf_analyzer on one server: every input kind at every concurrency; a row, or a
+    failure, each."""
+    url = spec.target.removeprefix("http://").removesuffix("/predict")
+    for kind in ("png", "jpeg", "fp32"):
+        for c in concurrency:
+            result = run(args.perf_analyzer, model=args.model, protocol=spec.protocol,
+                         url=url, input_file=files[kind], concurrency=c,
+                         measurement_ms=args.measurement_ms,
+                         stability_pct=args.stability_pct)
+            mode = "windows"
+            if "Failed to obtain stable measurement" in result.output:
+                # A busy machine: one fixed-size measurement instead of the search.
+                result = run(args.perf_analyzer, model=args.model,
+                             protocol=spec.protocol, url=url, input_file=files[kind],
+                             concurrency=c, request_count=max(1000, 100 * c))
+                mode = "count"
+            label = f"{spec.protocol} {kind} c={c}"
+            if result.returncode != 0 or not result.rows:
+                failures.append(f"{label}: {result.errors or result.output[-500:]}")
+                print(f"{label}: FAILED", file=sys.stderr)
+                continue
+            row = {"wire": spec.protocol, "input": kind, "mode": mode,
+                   **result.rows[-1]}
+            rows.append(row)
+            print(f"{label}: {row['throughput']:.0f} infer/s, p99 "
+                  f"{row['p99_us'] / 1000:.2f} ms", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.common import (
         RESULTS,
@@ -140,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         photo_jpegs,
         write_results,
     )
-    from bench.serving import RunningServer, ServerSpec, free_port
+    from bench.serve_process import free_port
+    from bench.serving.servers import RunningServer, ServerSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--perf-analyzer", required=True, help="the perf_analyzer command")
@@ -171,31 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, failures = [], []
     for spec in specs:
         server = RunningServer(spec, probe)
-        url = spec.target.removeprefix("http://").removesuffix("/predict")
         try:
-            for kind in ("png", "jpeg", "fp32"):
-                for c in concurrency:
-                    result = run(args.perf_analyzer, model=args.model, protocol=spec.protocol,
-                                 url=url, input_file=files[kind], concurrency=c,
-                                 measurement_ms=args.measurement_ms,
-                                 stability_pct=args.stability_pct)
-                    mode = "windows"
-                    if "Failed to obtain stable measurement" in result.output:
-                        # A busy machine: one fixed-size measurement instead of the search.
-                        result = run(args.perf_analyzer, model=args.model,
-                                     protocol=spec.protocol, url=url, input_file=files[kind],
-                                     concurrency=c, request_count=max(1000, 100 * c))
-                        mode = "count"
-                    label = f"{spec.protocol} {kind} c={c}"
-                    if result.returncode != 0 or not result.rows:
-                        failures.append(f"{label}: {result.errors or result.output[-500:]}")
-                        print(f"{label}: FAILED", file=sys.stderr)
-                        continue
-                    row = {"wire": spec.protocol, "input": kind, "mode": mode,
-                           **result.rows[-1]}
-                    rows.append(row)
-                    print(f"{label}: {row['throughput']:.0f} infer/s, p99 "
-                          f"{row['p99_us'] / 1000:.2f} ms", file=sys.stderr)
+            _sweep(args, spec, files, concurrency, rows, failures)
         finally:
             server.stop()
     table = _table(rows)

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, ensure_model, images_for, write_results
-from bench.serving import PY, RunningServer, ServerSpec, free_port
+from bench.serve_process import free_port
+from bench.serving.servers import RunningServer, ServerSpec
+from bench.serving.settings import PY
 
 TOOLS = ROOT / ".cache" / "tools-venv"
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")

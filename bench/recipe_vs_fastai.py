@@ -27,21 +27,20 @@ from PyPI) and checks that ``from fastai.vision.all import *`` works.
     .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train   # both cases, ~8 min on 2 cores
     .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train --case cifar --threads 2
 
-Figures and an honest reading: docs/benchmarks.md, "Recipe vs fastai, side by side".
+Figures: docs/benchmarks.md; every run and an honest reading: docs/benchmarks-history.md,
+"Recipe vs fastai, side by side".
 
-Prints progress lines and markdown tables; writes bench/results/recipe_vs_fastai-*.json and a
-PNG bar chart beside it.
+Prints progress lines and markdown tables; writes bench/results/recipe_vs_fastai-latest.json and
+-latest.png (a bar chart), and timestamped copies in bench/results/history/.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
-import random
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,325 +49,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "recipe_vs_fastai"
-VENV = ROOT / ".cache" / "fastai-venv"
-FASTAI_VERSION = "2.8.12"
-# fastai's light dependencies (its heavy ones -- torch, torchvision, matplotlib, pandas' peers,
-# scikit-learn, scipy -- come from the project's environment; spacy is only for fastai.text).
-FASTAI_DEPS = ["fastcore>=2.2.22", "fastdownload>=0.0.8,<2", "fasttransform>=0.0.3",
-               "fastprogress>=0.2.4", "plum-dispatch<2.10", "pandas", "cloudpickle"]
-LIBRARIES = ("ours", "fastai")
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ============================================================================ the fastai venv
-
-
-def venv_python() -> Path:
-    return VENV / "bin" / "python"
-
-
-def ensure_fastai_venv() -> Path:
-    """.cache/fastai-venv with fastai FASTAI_VERSION on the project's torch; its python."""
-    import sysconfig
-
-    marker = VENV / f".ready-fastai-{FASTAI_VERSION}"
-    py = venv_python()
-    if marker.is_file() and py.is_file():
-        return py
-    say(f"making {VENV.relative_to(ROOT)} (fastai {FASTAI_VERSION} on the project's torch; "
-        "first run only, ~2-3 minutes)")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    purelib = VENV / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
-        "site-packages"
-    # after the venv's own packages: the project's (torch, torchvision, numpy, PIL, ...)
-    (purelib / "_tta_serve_project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    pip = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "--no-deps", f"fastai=={FASTAI_VERSION}"], check=True)
-    subprocess.run([*pip, *FASTAI_DEPS], check=True)
-    check = subprocess.run(
-        [str(py), "-c", "from fastai.vision.all import *; import fastai, torch; "
-         "print(fastai.__version__, torch.__version__, torch.__file__)"],
-        capture_output=True, text=True)
-    if check.returncode != 0:
-        raise SystemExit(f"fastai does not import in {VENV}:\n{check.stderr[-3000:]}")
-    say(f"fastai venv ready: {check.stdout.strip()}")
-    marker.write_text(check.stdout)
-    return py
-
-
-# ============================================================================ data
-
-
-def list_class_files(root: Path) -> dict[str, list[Path]]:
-    exts = {".jpg", ".jpeg", ".png"}
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in exts)
-        if files:
-            out[d.name] = files
-    if len(out) < 2:
-        raise SystemExit(f"{root}: expected class sub-folders of images")
-    return out
-
-
-def pick(files: dict[str, list[Path]], per_class: int, seed: int) -> list[tuple[Path, str]]:
-    rng = random.Random(seed)
-    items = []
-    for label, fs in files.items():
-        if len(fs) < per_class:
-            raise SystemExit(f"class {label} has {len(fs)} images, fewer than {per_class}")
-        items += [(f, label) for f in sorted(rng.sample(fs, per_class))]
-    return items
-
-
-def make_photos(root: Path, per_class: int, size: tuple[int, int], seed: int) -> Path:
-    """Phone-sized JPEGs: CIFAR photos upscaled to ``size`` (w, h) with sensor noise, q90."""
-    import numpy as np
-    from PIL import Image
-
-    w, h = size
-    folder = CACHE / f"photos-{per_class}pc-{w}x{h}-q90-seed{seed}"
-    done = folder / ".complete"
-    if done.is_file():
-        return folder
-    say(f"making {per_class * 10} phone-sized photos ({w}x{h}, q90) under "
-        f"{folder.relative_to(ROOT)} (once)")
-    items = pick(list_class_files(root), per_class, seed + 1000)
-    rng = np.random.default_rng(seed)
-    for i, (src, label) in enumerate(items):
-        with Image.open(src) as im:
-            big = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BICUBIC),
-                             dtype=np.float32)
-        noise = rng.standard_normal(big.shape, dtype=np.float32) * 6.0  # sensor noise, sigma 6
-        out = Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8))
-        (folder / label).mkdir(parents=True, exist_ok=True)
-        out.save(folder / label / f"{src.stem}.jpg", quality=90)
-        if (i + 1) % 50 == 0:
-            say(f"  {i + 1}/{len(items)} photos")
-    done.write_text("ok\n")
-    return folder
-
-
-def split_items(items: list[tuple[Path, str]], holdout: int, seed: int) -> dict[str, Any]:
-    """Our seeded splitter (training.data.sources.random_split), as both libraries get it."""
-    from training.data.sources import random_split
-
-    train, valid = random_split(items, holdout / len(items), seed)
-    rows = [{"path": str(p.resolve()), "label": label, "is_valid": False} for p, label in train]
-    rows += [{"path": str(p.resolve()), "label": label, "is_valid": True} for p, label in valid]
-    return {"classes": sorted({label for _, label in items}), "rows": rows,
-            "n_train": len(train), "n_valid": len(valid)}
-
-
-def dataset_stats(split: dict[str, Any], presize: int) -> tuple[list[float], list[float]]:
-    """The same numbers ours computes with data.normalize = "dataset" (fastai gets them)."""
-    from training.data import DataSplit, Items, compute_stats
-
-    classes = split["classes"]
-    train = [r for r in split["rows"] if not r["is_valid"]]
-    items = Items([Path(r["path"]) for r in train], [classes.index(r["label"]) for r in train])
-    mean, std = compute_stats(DataSplit(classes, items, Items([], []), [], "bench"),
-                              presize=presize)
-    return list(mean), list(std)
-
-
-# ============================================================================ workers
-
-
-def _rss_mb() -> dict[str, float]:
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mb": me, "peak_rss_children_mb": kids}
-
-
-def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    from service.imaging import decode_side
-    from training.checkpoint import load_model
-    from training.config import recipe_from_dict
-    from training.evaluate import predict
-    from training.fit import fit
-    from training.learner import Callback
-
-    logging.basicConfig(level=logging.WARNING, format="    ours: %(message)s")
-    logging.getLogger("training.fit").setLevel(logging.INFO)
-    work = Path(spec["workdir"])
-    csv_path = work / "items.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "is_valid"])
-        for r in spec["rows"]:
-            w.writerow([r["path"], r["label"], "1" if r["is_valid"] else "0"])
-    aug = spec["augment"]
-    recipe = recipe_from_dict({
-        "data": {"path": str(work), "csv": str(csv_path), "seed": spec["split_seed"],
-                 "presize": spec["presize"], "normalize": "dataset", "cache": "auto"},
-        "model": {"arch": spec["arch"]},
-        "augment": {"min_scale": aug["min_scale"], "max_aspect": 1.0,  # fastai: ratio=(1, 1)
-                    "flip": True, "max_rotate": aug["max_rotate"], "max_zoom": aug["max_zoom"],
-                    "max_warp": aug["max_warp"], "max_lighting": aug["max_lighting"],
-                    "p_affine": aug["p_affine"], "p_lighting": aug["p_lighting"],
-                    "max_translate": 0.0},
-        "train": {"seed": spec["seed"], "output": str(work / "run"), "device": "cpu",
-                  "threads": spec["threads"], "weight_decay": spec["weight_decay"],
-                  "label_smoothing": spec["label_smoothing"], "mixup": spec["mixup"],
-                  "channels_last": spec["channels_last"], "pct_start": spec["pct_start"],
-                  "select": "last"},
-        "stages": [dict(s) for s in spec["stages"]],
-        "tta": {"views": spec["tta_views"], "combine": "mean", "beta": spec["tta_beta"]},
-    })
-    epochs: list[dict[str, Any]] = []
-
-    class Log(Callback):
-        order = 50
-
-        def before_epoch(self, learn) -> None:
-            self.t0 = time.perf_counter()
-
-        def after_epoch(self, learn) -> None:
-            s = learn.state
-            seconds = time.perf_counter() - self.t0
-            n = spec["n_train"]
-            train_s = n / s.images_per_s if s.images_per_s == s.images_per_s else seconds
-            epochs.append({"phase": s.phase, "seconds": seconds, "train_seconds": train_s,
-                           "accuracy": s.metrics.get("accuracy")})
-            print(f"    ours   seed {spec['seed']} {s.phase} epoch {s.epoch + 1}/{s.n_epochs}: "
-                  f"loss {s.train_loss:.3f} acc {s.metrics.get('accuracy', 0):.4f} "
-                  f"{seconds:.1f} s ({s.images_per_s:.0f} train images/s)", flush=True)
-
-    t0 = time.perf_counter()
-    result = fit(recipe, progress=False, callbacks=[Log()])
-    fit_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    device = torch.device("cpu")
-    model, ckpt = load_model(result.best_checkpoint, device)
-    espec, tspec = ckpt.eval_transform, ckpt.tta_spec
-    preds = predict(model, result.split.valid, eval_spec=espec, tta=tspec, device=device,
-                    progress=False, min_side=decode_side(espec, tspec))
-    eval_s = time.perf_counter() - t1
-    return {"accuracy": preds.accuracy, "tta_accuracy": preds.tta_accuracy,
-            "last_epoch_accuracy": epochs[-1]["accuracy"] if epochs else None,
-            "fit_seconds": fit_s, "eval_tta_seconds": eval_s, "epochs": epochs}
-
-
-def worker_fastai(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    import pandas as pd
-    from fastai.callback.mixup import MixUp
-    from fastai.callback.progress import ProgressCallback
-    from fastai.vision.all import Callback as FastaiCallback
-    from fastai.vision.all import (
-        CategoryBlock,
-        ColReader,
-        ColSplitter,
-        CrossEntropyLossFlat,
-        DataBlock,
-        ImageBlock,
-        LabelSmoothingCrossEntropy,
-        Learner,
-        Normalize,
-        Resize,
-        accuracy,
-        aug_transforms,
-        set_seed,
-        xresnet18,
-        xresnet34,
-        xresnet50,
-    )
-
-    set_seed(spec["seed"])
-    df = pd.DataFrame(spec["rows"])
-    aug = spec["augment"]
-    cpu = torch.device("cpu")
-
-    def dls_for(stage: dict[str, Any]):
-        block = DataBlock(
-            blocks=(ImageBlock, CategoryBlock(vocab=spec["classes"])),
-            get_x=ColReader("path"), get_y=ColReader("label"),
-            splitter=ColSplitter("is_valid"),
-            item_tfms=Resize(spec["presize"]),
-            batch_tfms=[*aug_transforms(size=stage["size"], min_scale=aug["min_scale"],
-                                        max_rotate=aug["max_rotate"],
-                                        max_zoom=aug["max_zoom"], max_warp=aug["max_warp"],
-                                        max_lighting=aug["max_lighting"],
-                                        p_affine=aug["p_affine"],
-                                        p_lighting=aug["p_lighting"]),
-                        Normalize.from_stats(spec["mean"], spec["std"])])
-        kw = {} if spec["fastai_workers"] < 0 else {"num_workers": spec["fastai_workers"]}
-        return block.dataloaders(df, bs=stage["batch_size"], device=cpu, **kw)
-
-    epochs: list[dict[str, Any]] = []
-
-    class EpochLog(FastaiCallback):
-        order = 90  # after the Recorder (50)
-
-        def before_epoch(self) -> None:
-            self.t0 = time.perf_counter()
-
-        def before_train(self) -> None:
-            self.tt = time.perf_counter()
-
-        def after_train(self) -> None:
-            self.train_s = time.perf_counter() - self.tt
-
-        def after_epoch(self) -> None:
-            seconds = time.perf_counter() - self.t0
-            train_loss, _, acc = (float(v) for v in self.learn.recorder.values[-1][:3])
-            n = spec["n_train"]
-            epochs.append({"phase": f"stage{stage_i + 1}", "seconds": seconds,
-                           "train_seconds": self.train_s, "accuracy": acc})
-            print(f"    fastai seed {spec['seed']} stage{stage_i + 1} epoch "
-                  f"{self.epoch + 1}/{self.n_epoch}: loss {train_loss:.3f} acc {acc:.4f} "
-                  f"{seconds:.1f} s ({n / self.train_s:.0f} train images/s)", flush=True)
-
-    t0 = time.perf_counter()
-    stage_i = 0
-    dls = dls_for(spec["stages"][0])
-    arch = {"xresnet18": xresnet18, "xresnet34": xresnet34, "xresnet50": xresnet50}[spec["arch"]]
-    model = arch(n_out=len(spec["classes"]))
-    eps = spec["label_smoothing"]
-    loss = LabelSmoothingCrossEntropy(eps=eps) if eps > 0 else CrossEntropyLossFlat()
-    cbs = [EpochLog()] + ([MixUp(spec["mixup"])] if spec["mixup"] > 0 else [])
-    learn = Learner(dls, model, loss_func=loss, metrics=accuracy, cbs=cbs,
-                    wd=spec["weight_decay"])
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *a, **k: None
-    for stage_i, stage in enumerate(spec["stages"]):
-        if stage_i > 0:
-            learn.dls = dls_for(stage)
-        if stage["epochs"] > 0:
-            learn.fit_one_cycle(stage["epochs"], stage["lr"], pct_start=spec["pct_start"])
-    fit_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    preds, targs = learn.tta(n=spec["tta_n"], beta=spec["tta_beta"])
-    tta_acc = float((preds.argmax(1) == targs).float().mean())
-    eval_s = time.perf_counter() - t1
-    last = epochs[-1]["accuracy"] if epochs else None
-    return {"accuracy": last, "tta_accuracy": tta_acc, "last_epoch_accuracy": last,
-            "fit_seconds": fit_s, "eval_tta_seconds": eval_s, "epochs": epochs}
-
-
-def worker_main(library: str, spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    t0 = time.perf_counter()
-    out = (worker_ours if library == "ours" else worker_fastai)(spec)
-    out.update(_rss_mb(), library=library, seed=spec["seed"],
-               worker_seconds=time.perf_counter() - t0)
-    Path(spec["result"]).write_text(json.dumps(out, indent=2))
-
-
-# ============================================================================ the parent
+from bench.vs_fastai import CACHE, FASTAI_VERSION, LIBRARIES, ROOT, VENV, say
+from bench.vs_fastai.data import dataset_stats, list_class_files, make_photos, pick, split_items
+from bench.vs_fastai.report import plot, summarise, table
+from bench.vs_fastai.venv import ensure_fastai_venv
+from bench.vs_fastai.workers import worker_main
 
 
 class TreeRSS:
@@ -440,58 +125,6 @@ def run_one(library: str, spec: dict[str, Any], fastai_python: Path) -> dict[str
     return out
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import statistics
-
-    rows = []
-    for lib in LIBRARIES:
-        rs = [r for r in runs if r["library"] == lib]
-        if not rs:
-            continue
-
-        def mean(key: str, rs=rs) -> float:
-            return statistics.fmean(r[key] for r in rs)
-
-        def spread(key: str, rs=rs) -> str:
-            vals = [r[key] for r in rs]
-            return f"{100 * min(vals):.1f}-{100 * max(vals):.1f}" if len(vals) > 1 else ""
-
-        rows.append({
-            "library": lib, "seeds": len(rs),
-            "accuracy": 100 * mean("accuracy"), "accuracy_range": spread("accuracy"),
-            "tta_accuracy": 100 * mean("tta_accuracy"),
-            "tta_accuracy_range": spread("tta_accuracy"),
-            "wall_seconds": mean("wall_seconds"), "s_per_epoch": mean("s_per_epoch"),
-            "train_images_per_s": mean("train_images_per_s"),
-            "peak_rss_mb": mean("peak_rss_mb"), "peak_tree_rss_mb": mean("peak_tree_rss_mb"),
-        })
-    return rows
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| library | seeds | accuracy % (range) | TTA accuracy % (range) | wall s | s/epoch "
-            "| train images/s | peak RSS MB (tree) |\n|---|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [head]
-    for r in rows:
-        acc = f"{r['accuracy']:.2f}" + (f" ({r['accuracy_range']})" if r["accuracy_range"] else "")
-        tta = f"{r['tta_accuracy']:.2f}" + (
-            f" ({r['tta_accuracy_range']})" if r["tta_accuracy_range"] else "")
-        lines.append(f"| {r['library']} | {r['seeds']} | {acc} | {tta} | {r['wall_seconds']:.0f} "
-                     f"| {r['s_per_epoch']:.1f} | {r['train_images_per_s']:.0f} "
-                     f"| {r['peak_rss_mb']:.0f} ({r['peak_tree_rss_mb']:.0f}) |")
-    by = {r["library"]: r for r in rows}
-    if len(by) == 2:
-        o, f = by["ours"], by["fastai"]
-        lines.append(
-            f"| **ours vs fastai** | | {o['accuracy'] - f['accuracy']:+.2f} points "
-            f"| {o['tta_accuracy'] - f['tta_accuracy']:+.2f} points "
-            f"| {o['wall_seconds'] / f['wall_seconds']:.2f}x "
-            f"| {o['s_per_epoch'] / f['s_per_epoch']:.2f}x "
-            f"| {o['train_images_per_s'] / f['train_images_per_s']:.2f}x "
-            f"| {o['peak_rss_mb'] / f['peak_rss_mb']:.2f}x |")
-    return "\n".join(lines)
-
-
 def run_case(name: str, items: list[tuple[Path, str]], stage_sizes: list[int],
              stage_epochs: list[int], presize: int, args: argparse.Namespace,
              fastai_python: Path, holdout: int) -> dict[str, Any]:
@@ -527,33 +160,6 @@ def run_case(name: str, items: list[tuple[Path, str]], stage_sizes: list[int],
     print(f"\n### {name}\n\n{md}\n", flush=True)
     public_spec = {k: v for k, v in spec.items() if k != "rows"}
     return {"spec": public_spec, "runs": runs, "summary": rows, "markdown": md}
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cases = list(results)
-    metrics = [("accuracy", "accuracy %"), ("tta_accuracy", "TTA accuracy %"),
-               ("wall_seconds", "wall s"), ("train_images_per_s", "train images/s"),
-               ("peak_rss_mb", "peak RSS MB")]
-    fig, axes = plt.subplots(len(cases), len(metrics), figsize=(3.2 * len(metrics),
-                                                                 2.8 * len(cases)),
-                             squeeze=False)
-    for ci, case in enumerate(cases):
-        rows = {r["library"]: r for r in results[case]["summary"]}
-        for mi, (key, label) in enumerate(metrics):
-            ax = axes[ci][mi]
-            libs = [lib for lib in LIBRARIES if lib in rows]
-            vals = [rows[lib][key] for lib in libs]
-            bars = ax.bar(libs, vals, color=["tab:blue", "tab:orange"][: len(libs)])
-            ax.bar_label(bars, fmt="%.1f" if "acc" in key else "%.0f", fontsize=8)
-            ax.set_title(f"{case}\n{label}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -647,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     png = path.with_suffix(".png")
     try:
         plot(results, png)
-        say(f"wrote {path.relative_to(ROOT)} and {png.relative_to(ROOT)}")
+        shutil.copyfile(png, ROOT / "bench" / "results" / "recipe_vs_fastai-latest.png")
+        say(f"wrote {path.relative_to(ROOT)} and {png.relative_to(ROOT)} (and -latest copies)")
     except Exception as e:  # noqa: BLE001 -- the chart is optional
         say(f"wrote {path.relative_to(ROOT)} (no chart: {e})")
 

@@ -7,7 +7,7 @@
    - conventional: torchvision transforms v2 per image in DataLoader workers
      (RandomResizedCrop, flip when the recipe flips, RandomRotation, ColorJitter) -> float tensors.
    The data side alone (loader + augmentation, no model) is measured too.
-2. Time to accuracy on digits (recipes/digits.toml with training.fit.fit): progressive resizing
+2. Time to accuracy on digits (recipes/digits.toml with training.phases.fit): progressive resizing
    (the recipe: 16 px then 32 px) against no progressive resizing (32 px throughout, same epochs).
 
     .venv/bin/python -m bench.training                 # both (~6 minutes on 2 CPU cores)
@@ -160,7 +160,7 @@ def bench_throughput(digits_dir: Path, device: torch.device, epochs: int,
 def bench_time_to_accuracy(digits_dir: Path, out: Path,
                            thresholds: tuple[float, ...]) -> list[dict[str, Any]]:
     from training.config import load_recipe
-    from training.fit import fit
+    from training.phases import fit
 
     variants = {
         "progressive resizing (16 px -> 32 px, the recipe)": [],
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             columns = [("variant", "variant", ""), ("epochs", "epochs", "d"),
                        *[(f"seconds_to_{t:g}", f"s to {t:.0%}", ".1f") for t in thresholds],
                        ("best_accuracy", "best acc", ".4f"), ("train_seconds", "train s", ".1f")]
-            lines += ["Time to accuracy (digits recipe, training.fit.fit):", "",
+            lines += ["Time to accuracy (digits recipe, training.phases.fit):", "",
                       markdown_table(rows, columns), ""]
     results["machine_after"] = {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
     path = write_results("training", results)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from service.core import CoreError
 from service.predict.cli import add_evaluate, add_predict
 from service.process.core_options import core_config_from_args, core_parser
+from service.process.security_options import add_security_options, security_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def serving_parser() -> argparse.ArgumentParser:
-    """The parent parser of every serving sub-command: the core options, --host, --grace-s."""
+    """The parent parser of every serving sub-command: the core options, --host, --grace-s, TLS
+    and tokens (``service.process.security_options``)."""
     p = argparse.ArgumentParser(add_help=False, parents=[core_parser()])
+    add_security_options(p)
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     p.add_argument("--grace-s", type=float, default=10.0,
                    help="on SIGTERM, seconds in-flight requests get to finish "
@@ -69,7 +72,7 @@ def _run_grpc(args: argparse.Namespace) -> int:
     grpc_config = GrpcConfig(host=args.host, port=args.port,
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
-    return serve(core_config_from_args(args), grpc_config, None)
+    return serve(core_config_from_args(args), grpc_config, None, security_config_from_args(args))
 
 
 def _add_http(subparsers: argparse._SubParsersAction, serving: argparse.ArgumentParser) -> None:
@@ -86,7 +89,7 @@ def _run_http(args: argparse.Namespace) -> int:
 
     return serve(core_config_from_args(args), None,
                  HttpConfig(host=args.host, port=args.port, grace_s=args.grace_s,
-                            port_flag="--port"))
+                            port_flag="--port"), security_config_from_args(args))
 
 
 def _add_all(subparsers: argparse._SubParsersAction, serving: argparse.ArgumentParser) -> None:
@@ -110,7 +113,8 @@ def _run_all(args: argparse.Namespace) -> int:
                              max_message_bytes=args.max_message_bytes,
                              max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace_s)
     http_config = HttpConfig(host=args.host, port=args.http_port, grace_s=args.grace_s)
-    return serve(core_config_from_args(args), grpc_config, http_config)
+    return serve(core_config_from_args(args), grpc_config, http_config,
+                 security_config_from_args(args))
 
 
 # What plain `tta-serve [options]` runs (scripts/serve.sh).

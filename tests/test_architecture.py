@@ -3,13 +3,16 @@
 No import cycle inside ``service/`` or ``training/`` (imports under ``TYPE_CHECKING`` count too: a
 cycle hidden from the interpreter is still one for a reader), no module over 450 lines and no
 function over 60. Generated protobuf code (``service/_proto``) is not ours and is left out.
+``bench/`` is code people read too (issue 24): the same size limits and no cycles.
 
 The folders of ``service/`` keep to their rules (issue 24): ``client/`` reaches only
 ``core.errors`` and the shared top-level modules (a client team installs no server), ``grpc/`` and
 ``http/`` never reach each other, ``oip/`` reaches no front end, ``core/`` and the shared modules
-reach no folder but the core. "Reach" follows imports transitively, and a string that names one of
-our modules (``importlib.import_module("service.x")``, ``"service.http.service:Classifier"``) is
-an import too: it loads the module just the same.
+reach no folder but the core, and ``security/`` (TLS, tokens: issue 27) reaches only
+``core.errors``, so every front end can use it and it can favour none. "Reach" follows imports
+transitively, and a string that names one of our modules
+(``importlib.import_module("service.x")``, ``"service.http.service:Classifier"``) is an import
+too: it loads the module just the same.
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("service", "training")
+PACKAGES = ("service", "training", "bench")
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
+# Functions over the limit, each with why, to be split and taken off this list. The two fastai
+# comparison workers moved out of bench/recipe_vs_fastai.py whole (issue 24) while another branch
+# edited bench/; splitting their bodies then would have made that merge a rewrite.
+LONG_FUNCTIONS_ALLOWED = {("bench.vs_fastai.workers", "worker_ours"),
+                          ("bench.vs_fastai.workers", "worker_fastai")}
 
 
 def _modules() -> dict[str, Path]:
@@ -127,7 +135,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_checker_sees_cycles_and_our_modules() -> None:
     """Guard against a checker that passes because it reads nothing."""
-    assert {"service.core.inference", "training.fit", "service.imaging"} <= set(MODULES)
+    assert {"service.core.inference", "training.phases", "service.imaging",
+            "bench.reliability.fuzz"} <= set(MODULES)
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = _import_graph()
     assert "service.imaging" in graph["service.core.inference"] or any(
@@ -148,13 +157,25 @@ def test_module_and_function_sizes(name: str) -> None:
         for node in ast.walk(ast.parse(source))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+        and (name, node.name) not in LONG_FUNCTIONS_ALLOWED
     ]
     assert long_functions == [], f"{path.relative_to(ROOT)}: {long_functions}"
 
 
+
+@pytest.mark.parametrize("module,function", sorted(LONG_FUNCTIONS_ALLOWED))
+def test_each_long_function_allowed_is_still_long(module: str, function: str) -> None:
+    """An entry whose function was split (or is gone) comes off the list, so it only shrinks."""
+    lengths = [node.end_lineno - node.lineno + 1
+               for node in ast.walk(ast.parse(MODULES[module].read_text()))
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and node.name == function]
+    assert lengths and max(lengths) > MAX_FUNCTION_LINES, f"take {module}.{function} off the list"
+
+
 # ---- rules between the folders of service/
 
-FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process")
+FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process", "security")
 # Shared by every folder (and by training): they import no folder but core.
 SHARED = frozenset({"service", "service.imaging", "service.model_repository",
                     "service.evaluation_report", "service.image_suffixes",
@@ -211,6 +232,9 @@ def _folder_rule_breaks(graph: dict[str, set[str]]) -> list[str]:
                                f"{front}/ and {other}/ never import each other")
     breaks += _rule_breaks(graph, members("oip"), lambda m: _folder(m) not in ("grpc", "http"),
                            "oip/ is used by the front ends, it imports none")
+    breaks += _rule_breaks(graph, members("security"),
+                           lambda m: _folder(m) == "security" or m in client_may,
+                           "security/ may use only core.errors and the shared modules")
     breaks += _rule_breaks(graph, members("core") + sorted(SHARED & set(graph)),
                            lambda m: m in SHARED or _folder(m) == "core",
                            "core/ and the shared modules import no other folder")
@@ -238,7 +262,12 @@ def test_the_folder_rules_see_imports_and_strings() -> None:
         "service.core.errors imports service.grpc.server (service.core.errors -> "
         "service.grpc.server): core/ and the shared modules import no other folder",
     ]
-    assert {"grpc", "http", "oip", "client", "core"} <= {_folder(m) for m in MODULES}
+    assert {"grpc", "http", "oip", "client", "core", "security"} <= {_folder(m) for m in MODULES}
+    graph["service.security.tokens"] = {"service.core.inference"}
+    graph["service.core.inference"] = set()
+    assert [b for b in _folder_rule_breaks(graph) if b.startswith("service.security")] == [
+        "service.security.tokens imports service.core.inference (service.security.tokens -> "
+        "service.core.inference): security/ may use only core.errors and the shared modules"]
 
 
 def test_the_folders_keep_their_rules() -> None:

@@ -172,6 +172,25 @@ def test_healthcheck_covers_grpc_and_http(dockerfile) -> None:
     assert http.path == "/readyz"
 
 
+def test_serving_image_requires_tokens_from_a_mounted_secret(dockerfile, tmp_path) -> None:
+    """Issue 27: token authorisation on in the container; without tokens it refuses to start,
+    with the secret's file mounted where the image says it serves with them."""
+    from service.security.config import SecurityConfig
+
+    _, stages = dockerfile
+    env = dict(re.findall(r"(TTA_SERVE_\w+)=(\S+)", " ".join(stages[-1].args("ENV"))))
+    assert env["TTA_SERVE_AUTH"] == "required"
+    assert env["TTA_SERVE_TOKEN_FILE"] == "/run/secrets/tta-serve-tokens"
+    with pytest.raises(ValueError, match="cannot read the token file /run/secrets"):
+        SecurityConfig.from_env(env).load(env)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-token-of-twenty-chars infer\n")
+    mounted = {**env, "TTA_SERVE_TOKEN_FILE": str(tokens)}
+    assert SecurityConfig.from_env(mounted).load(mounted).authorizer is not None
+    with pytest.raises(ValueError, match="no tokens were given"):
+        SecurityConfig.from_env({"TTA_SERVE_AUTH": "required"}).load({})
+
+
 def test_serving_image_is_cuda_runtime_with_cudnn_matching_onnxruntime(dockerfile) -> None:
     global_args, stages = dockerfile
     chain = stage_chain(stages, stages[-1].name)

@@ -99,6 +99,35 @@ def _probe_targets(container: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
+def _check_security(pod: dict[str, Any], container: dict[str, Any], *, tls: bool) -> None:
+    """Issue 27: tokens required from a mounted Secret, TLS (or not) from one, probes that
+    match: HTTPS when the server serves TLS. The settings parse as the server reads them."""
+    from service.security.config import SecurityConfig
+
+    env = {e["name"]: e["value"] for e in container.get("env", ())}
+    config = SecurityConfig.from_env(env)
+    assert config.auth == "required"
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] in secrets)
+
+    def from_secret(path: Any) -> str:
+        folder = str(Path(path).parent)
+        assert folder in mounts and mounts[folder] in secrets, f"{path} is in no mounted Secret"
+        return secrets[mounts[folder]]
+
+    assert from_secret(config.token_file) == "tta-serve-tokens"
+    files = config.tls_files()
+    assert (files is not None) == tls
+    if files is not None:
+        assert from_secret(files.cert) == from_secret(files.key) == "tta-serve-tls"
+    for kind, target in _probe_targets(container):
+        if kind == "http":
+            assert target.get("scheme", "HTTP") == ("HTTPS" if tls else "HTTP")
+        else:
+            assert not tls, "the kubelet's gRPC probe cannot speak TLS"
+
+
 def _check_drain(pod: dict[str, Any], container: dict[str, Any], args: Any) -> None:
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + args.grace_s + 5
@@ -144,6 +173,8 @@ def test_deployment_service_hpa_agree_with_each_other_and_the_server(rendered) -
             assert kind == "http" and target["port"] == "http"
             assert target["path"] in _served_routes()
         _check_drain(pod["spec"], container, args)
+        _check_security(pod["spec"], container, tls=True)
+        assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                                  "name": deployment["metadata"]["name"]}
         exported = {m.name for m in CoreStats().prometheus_collector().collect()}
@@ -159,9 +190,10 @@ def test_deployment_service_hpa_agree_with_each_other_and_the_server(rendered) -
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert _parse_args(container["args"]).device == "cuda"
     (pvc,) = _by_kind(production, "PersistentVolumeClaim")
-    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                 if "persistentVolumeClaim" in v]
     assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    (mount,) = container["volumeMounts"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert mount["mountPath"] == env["TTA_SERVE_MODELS_DIR"] and mount["readOnly"] is True
 
@@ -200,5 +232,6 @@ def test_kserve_inference_services(rendered) -> None:
             else:
                 assert target.get("service", "") in {"", "inference.GRPCInferenceService"}
         _check_drain(predictor, container, args)
+        _check_security(predictor, container, tls=False)  # TLS ends at KServe's ingress/mesh
         protocols.add((args.command, port["name"]))
     assert protocols == {("http", "http1"), ("grpc", "h2c")}

@@ -9,10 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx_testkit import tiny_graph
 
 from service.imaging import EvalSpec, TTASpec
 from service.model_repository import (
@@ -27,29 +25,6 @@ from service.model_repository import (
 )
 
 CLASSES = ("cat", "dog", "fox")
-
-
-def tiny_graph(path: Path, n_classes: int, *, size: int = 4, seed: int = 0) -> Path:
-    """pixels (N,3,S,S) -> global average pool -> linear -> softmax -> probabilities (N,C)."""
-    w = np.random.default_rng(seed).normal(size=(3, n_classes)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
-                                       ["batch", n_classes])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def make_card(name: str, version: int, sha: str, classes=CLASSES) -> ModelCard:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
+from training.config import POLICIES
+
 MAX_MAGNITUDE = 30  # RandAugment's num_magnitude_bins - 1 (torchvision's default 31 bins)
 
 

@@ -18,9 +18,9 @@ from training.device import select_device
 from training.distributed import DistContext, is_main, require_single_process
 from training.errors import DataError
 from training.evaluate import predict
-from training.fit import FitResult, build_classifier, build_data, build_learner, fit, plan_phases
 from training.interpret import write_interpretation
 from training.lr_find import DEFAULT_SUGGESTION, LRFindResult, lr_find, plot_lr_find
+from training.phases import FitResult, build_classifier, build_data, build_learner, fit, plan_phases
 from training.trackers import build_trackers
 from training.trackers.curves import RunRecorder, write_run_pictures
 

@@ -5,6 +5,9 @@ So a script can classify a folder without generating stubs or knowing the wire f
     from service.client import Client
 
     with Client("localhost:50051") as client:          # or "grpc://host:50051"
+    # TLS, mutual TLS and a bearer token (docs/deploy.md):
+    #   Client("grpcs://host:50051", ca_cert="ca.pem", client_cert="me.crt", client_key="me.key",
+    #          token=Credentials.token_from())      # $TTA_SERVE_CLIENT_TOKEN
         p = client.predict("seven.png", tta=True)       # a path, or the encoded bytes
         print(p.label, p.probability, p.model, p.model_version)
         for path, result in zip(paths, client.predict_many(paths)):   # one PredictStream
@@ -17,7 +20,10 @@ Results are typed (frozen dataclasses). A failed call raises a ``ServiceError`` 
 by its gRPC status (``InvalidArgument``, ``TooLarge``, ``NotFound``, ``Unavailable``) carrying
 the server's message; ``predict_many`` puts such an error in the failed image's place instead,
 and keeps going. Only UNAVAILABLE (the server overloaded, starting or restarting) is retried,
-with exponential backoff: any other status would fail the same way again.
+with exponential backoff: any other status would fail the same way again, and so would a failed
+TLS handshake, which raises ``Unavailable`` at once with OpenSSL's reason
+(``service.client.connection``). A missing or wrong token raises ``Unauthenticated``, a token
+without the call's scope ``PermissionDenied``.
 
 The results (``service.client.results``), the exceptions (``service.client.errors``) and the file
 helpers (``service.client.files``) live in modules of their own, which ``tta-serve predict``
@@ -38,12 +44,15 @@ import grpc
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
+from service.client.connection import Credentials, open_channel, parse_url, tls_problem
 from service.client.errors import (
     ClientError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ServiceError,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     UnreadableImage,
     error_for_number,
@@ -65,14 +74,17 @@ __all__ = [
     "ClassScore",
     "Client",
     "ClientError",
+    "Credentials",
     "Evaluation",
     "ExecutionProvider",
     "InvalidArgument",
     "ModelInfo",
     "NotFound",
+    "PermissionDenied",
     "Prediction",
     "ServiceError",
     "TooLarge",
+    "Unauthenticated",
     "Unavailable",
     "UnreadableImage",
     "image_files",
@@ -99,12 +111,8 @@ def answer_options(tta: TTAChoice, min_confidence: float | None) -> dict[str, An
 
 
 def grpc_target(url: str) -> str:
-    """``grpc://host:port`` or ``host:port`` -> ``host:port``."""
-    if url.startswith("grpc://"):
-        url = url[len("grpc://"):]
-    if not url or "/" in url.rstrip("/"):
-        raise ValueError(f"{url!r} is not a gRPC address; use host:port or grpc://host:port")
-    return url.rstrip("/")
+    """``grpc://host:port``, ``grpcs://host:port`` or ``host:port`` -> ``host:port``."""
+    return parse_url(url)[0]
 
 
 class Client:
@@ -112,16 +120,22 @@ class Client:
 
     ``timeout_s`` bounds each unary call (and each image's wait in ``predict_many``);
     UNAVAILABLE is retried ``retries`` times, waiting ``backoff_s`` x 2^attempt (with jitter).
+    ``grpcs://`` means TLS: ``ca_cert`` checks the server (default: the system's CAs),
+    ``client_cert``/``client_key`` answer mutual TLS; ``token`` goes with every call.
     """
 
     def __init__(self, target: str = "localhost:50051", *, timeout_s: float = 60.0,
                  retries: int = 4, backoff_s: float = 0.25,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.target = grpc_target(target)
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 ca_cert: str | Path | None = None, client_cert: str | Path | None = None,
+                 client_key: str | Path | None = None, token: str | None = None) -> None:
+        self.target, self.secure = parse_url(target)
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._channel = grpc.insecure_channel(self.target, options=[
+        self.credentials = Credentials(*(Path(p) if p else None
+                                         for p in (ca_cert, client_cert, client_key)), token)
+        self._channel = open_channel(self.target, self.secure, self.credentials, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_http_proxy", 0),  # a model server is usually on the local network
@@ -210,11 +224,28 @@ class Client:
             try:
                 return call()
             except grpc.RpcError as e:
-                error = error_from_rpc(e)
-                if not isinstance(error, Unavailable) or attempt >= self.retries:
+                error = self._explained(error_from_rpc(e))
+                if not isinstance(error, Unavailable) or attempt >= self.retries or \
+                        getattr(error, "tls", False):
                     raise error from None
                 self._sleep(attempt)
         raise AssertionError("unreachable")
+
+    def _explained(self, error: ClientError) -> ClientError:
+        """UNAVAILABLE on a TLS channel: a handshake problem becomes its own message."""
+        if not isinstance(error, Unavailable):
+            return error
+        if not self.secure:
+            if "Socket closed" in error.message:  # what a TLS server does to plaintext
+                return Unavailable(f"{error.message} (if the server serves TLS, use "
+                                   f"grpcs://{self.target})")
+            return error
+        problem = tls_problem(self.target, self.credentials)
+        if problem is None:
+            return error
+        explained = Unavailable(f"TLS with {self.target} failed: {problem}")
+        explained.tls = True  # type: ignore[attr-defined]  # not retried
+        return explained
 
     def _sleep(self, attempt: int) -> None:
         time.sleep(self.backoff_s * (2 ** attempt) * (0.5 + random.random()))
@@ -317,7 +348,7 @@ class _PredictStream:
                     yield from self._ready()
                 break
             except grpc.RpcError as e:
-                error = error_from_rpc(e)
+                error = self.client._explained(error_from_rpc(e))
                 cancelled.set()
                 for _ in range(self.window):  # unblock gRPC's request thread, if it waits
                     slots.release()

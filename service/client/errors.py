@@ -66,9 +66,25 @@ class Unavailable(ServiceError):
     status = Status.UNAVAILABLE
 
 
+class Unauthenticated(ServiceError):
+    """No token was sent, or the server does not know it (``Client(token=...)``;
+    ``tta-serve predict --token-file`` or $TTA_SERVE_CLIENT_TOKEN)."""
+
+    code = "unauthenticated"
+    status = Status.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The token is valid but lacks the scope the call needs (``infer`` or ``admin``)."""
+
+    code = "permission_denied"
+    status = Status.PERMISSION_DENIED
+
+
 # The server's error table (service.core.errors.Status) read backwards: one class per status.
 _ERRORS: dict[Status, type[ServiceError]] = {
-    kind.status: kind for kind in (InvalidArgument, TooLarge, NotFound, Unavailable)}
+    kind.status: kind for kind in (InvalidArgument, TooLarge, NotFound, Unavailable,
+                                   Unauthenticated, PermissionDenied)}
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 

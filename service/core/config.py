@@ -114,8 +114,8 @@ class CoreConfig:
         for name in ("max_wait_ms", "poll_interval_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        try:
-            self.variants()
+        try:  # parsed once, here: variant_for runs on every model load
+            object.__setattr__(self, "_variants", _parse_variants(self.variant))
         except ValueError as e:
             problems.append(str(e))
         if problems:
@@ -126,23 +126,29 @@ class CoreConfig:
         return self.max_batch_size > 1
 
     def variants(self) -> dict[str, str]:
-        """``variant`` parsed: model name (or "*" for every model) -> kind."""
-        out: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in self.variant.split(","))):
-            name, _, kind = part.rpartition("=")
-            name = name.strip() or "*"
-            if kind.strip() not in VARIANT_KINDS:
-                raise ValueError(f"variant {part!r}: the kind must be one of {list(VARIANT_KINDS)} "
-                                 "(--variant int8, or --variant NAME=KIND,...)")
-            out[name] = kind.strip()
-        return out
+        """``variant`` parsed (once, at construction): model name (or "*" for every model) ->
+        kind."""
+        return dict(self._variants)
 
     def variant_for(self, model: str) -> tuple[str | None, bool]:
         """(kind, required) for ``model``: required when the model was named explicitly."""
-        variants = self.variants()
+        variants = self._variants
         if model in variants:
             return variants[model], True
         return variants.get("*"), False
+
+
+def _parse_variants(variant: str) -> dict[str, str]:
+    """``--variant``'s small language: "" | "KIND" | "NAME=KIND,..." -> {name or "*": kind}."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in variant.split(","))):
+        name, _, kind = part.rpartition("=")
+        name = name.strip() or "*"
+        if kind.strip() not in VARIANT_KINDS:
+            raise ValueError(f"variant {part!r}: the kind must be one of {list(VARIANT_KINDS)} "
+                             "(--variant int8, or --variant NAME=KIND,...)")
+        out[name] = kind.strip()
+    return out
 
 
 def resolve_default_model(config: CoreConfig, repository: ModelRepository) -> CoreConfig:

@@ -20,11 +20,14 @@ ModelUnavailable              UNAVAILABLE         503
 ShuttingDown                  UNAVAILABLE         503 (+ Retry-After)
 DeviceUnavailable             INTERNAL            500 (start-up only: refuse to start)
 UnsupportedDependency         INTERNAL            500 (start-up only: refuse to start)
+Unauthenticated               UNAUTHENTICATED     401 (+ WWW-Authenticate: Bearer)
+PermissionDenied              PERMISSION_DENIED   403 (+ WWW-Authenticate: insufficient_scope)
 ============================  ==================  ====
 
 Some are raised by a front end, not the core (``ShuttingDown`` by either drain, the two marked
-HTTP by the HTTP front end): they are here so that every refusal a client can get has its
-status and kind in this one table.
+HTTP by the HTTP front end, ``Unauthenticated`` and ``PermissionDenied`` by the token check in
+front of the core, ``service.security``): they are here so that every refusal a client can get
+has its status and kind in this one table.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Status(enum.Enum):
     HTTP status. Wire-free on purpose: the core names outcomes, each front end spells them."""
 
     INVALID_ARGUMENT = 400
+    UNAUTHENTICATED = 401
+    PERMISSION_DENIED = 403
     NOT_FOUND = 404
     RESOURCE_EXHAUSTED = 413
     INTERNAL = 500
@@ -142,3 +147,17 @@ class UnsupportedDependency(CoreError):
 
 # Raised before anything listens, never answered to a request: not in the API's error lists.
 STARTUP_ONLY = (DeviceUnavailable, UnsupportedDependency)
+
+
+class Unauthenticated(CoreError):
+    """No bearer token, another scheme, or a token the server does not know (never echoed)."""
+
+    kind = "unauthenticated"
+    status = Status.UNAUTHENTICATED
+
+
+class PermissionDenied(CoreError):
+    """A valid token without the scope the call needs (``infer`` or ``admin``)."""
+
+    kind = "permission_denied"
+    status = Status.PERMISSION_DENIED

@@ -4,7 +4,8 @@
 Where decoding runs is the core's choice (``InferenceCore._run``): a small image that is the
 only one in the core decodes on the event loop (``first_rows_inline``), everything else in the
 decode pool. Why: a CIFAR-sized JPEG decodes in ~0.1 ms, less than the two thread hand-offs a
-pool costs it (submit, then the self-pipe wake-up of the loop; docs/benchmarks.md, "Serving").
+pool costs it (submit, then the self-pipe wake-up of the loop; docs/benchmarks-history.md,
+"Serving").
 Among other requests the pool is kept: while it decodes, the loop admits the rest of a burst,
 and the batcher, seeing them on their way, gives them one pass. The inline path is bounded by
 bytes and by pixels, and the pixel bound is checked from the header before any pixel is

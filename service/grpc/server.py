@@ -52,6 +52,8 @@ from service.grpc.messages import (
     status_code,
 )
 from service.oip import grpc_servicer as oip_grpc
+from service.security.config import NO_SECURITY, Security
+from service.security.grpc_interceptor import TokenInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +255,16 @@ def _refusing(handler: Any, error: CoreError) -> Any:
 class GrpcServer:
     """A grpc.aio server around a *started* core: Classifier + KServe v2 + health + reflection."""
 
-    def __init__(self, core: InferenceCore, config: GrpcConfig) -> None:
+    def __init__(self, core: InferenceCore, config: GrpcConfig,
+                 security: Security = NO_SECURITY) -> None:
         self.core = core
         self.config = config
+        self.security = security  # TLS and tokens: service.security
         limit = config.max_message_bytes or default_max_message_bytes(core.config.max_image_bytes)
         self.drain = Drain(DRAIN_QUIET_S)
+        auth = [TokenInterceptor(security.authorizer)] if security.authorizer else []
         self.server = grpc.aio.server(
-            interceptors=[DrainInterceptor(self.drain)],
+            interceptors=[DrainInterceptor(self.drain), *auth],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", limit),
                      # Without this a second server on a taken port binds too (SO_REUSEPORT)
@@ -284,7 +289,11 @@ class GrpcServer:
         try:
             # grpcio (1.85) raises RuntimeError ("Failed to bind to address ..."); older
             # releases returned 0.
-            self.port = self.server.add_insecure_port(address)
+            if self.security.tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(
+                    address, self.security.tls.grpc_credentials())
         except RuntimeError as e:
             raise OSError(problem) from e
         if self.port == 0:

@@ -75,6 +75,8 @@ what to do.
 | status | kind | when |
 |---|---|---|
 | 400 | `invalid_image`, `invalid_request` | undecodable image; bad option; label not a class |
+| 401 | `unauthenticated` | token authorisation on and no, or an unknown, bearer token |
+| 403 | `permission_denied` | the token lacks the call's scope (`infer` or `admin`) |
 | 404 | `model_not_found`, `not_found` | no such model or version; evaluation no longer kept |
 | 413 | `image_too_large`, `too_many_parts` | image over a limit; over 1000 multipart files |
 | 503 | `overloaded`, `model_unavailable`, `shutting_down` | too busy; draining (`Retry-After`) |
@@ -94,6 +96,8 @@ ERROR_SCHEMA = {
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERRORS = {
     400: "not a decodable image, a bad option, or a label that is not one of the model's classes",
+    401: "token authorisation is on and the request has no bearer token the server knows",
+    403: "the bearer token lacks the scope this call needs (infer or admin)",
     404: "no such model or version",
     413: "an image over the byte or pixel limit, or more than 1000 multipart files",
     503: "overloaded, the model unavailable or the server shutting down; retry after the "
@@ -323,6 +327,11 @@ def openapi_document(spec: dict[str, Any], *, default_model: str,
                    "description": DESCRIPTION,
                    "license": {"name": "Apache-2.0"}}
     doc["tags"] = TAGS
+    # Bearer tokens when the server checks them (service.security): Swagger's Authorize button;
+    # "{}" keeps every call valid without one for a server that does not.
+    doc.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http",
+                                                                      "scheme": "bearer"}}
+    doc["security"] = [{"bearer": []}, {}]
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in BENTOML_ERROR_SCHEMAS:
         schemas.pop(name, None)

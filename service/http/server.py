@@ -37,6 +37,7 @@ import uvicorn
 from service.core import InferenceCore
 from service.http import patches
 from service.http.drain import DRAIN, drained
+from service.security.config import NO_SECURITY, Security
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +73,25 @@ def listening_socket(host: str, port: int, port_flag: str = "--http-port") -> so
     return sock
 
 
-def _app(core: InferenceCore) -> object:
-    """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``."""
+def _app(core: InferenceCore, security: Security = NO_SECURITY) -> object:
+    """The service's ASGI app as BentoML's worker builds it, its Classifier over ``core``, its
+    token check (``service.security.asgi``) with ``security``'s tokens."""
     from service.http.service import Classifier, provide_core
+    from service.security import asgi
 
     provide_core(core)
+    asgi.provide(security)
     return patches.in_process_app(Classifier)
 
 
 class HttpServer:
     """The HTTP service over a *started* core, on this event loop: ``start``, then ``stop``."""
 
-    def __init__(self, core: InferenceCore, config: HttpConfig) -> None:
+    def __init__(self, core: InferenceCore, config: HttpConfig,
+                 security: Security = NO_SECURITY) -> None:
         self.core = core
         self.config = config
+        self.security = security  # TLS (uvicorn's) and tokens: service.security
         self.port: int | None = None
         self._server: patches.QuietUvicorn | None = None
         self._task: asyncio.Task | None = None
@@ -99,11 +105,13 @@ class HttpServer:
         sock = listening_socket(self.config.host, self.config.port, self.config.port_flag)
         DRAIN.reset()  # one drain per server (the state is the process's)
         self.port = sock.getsockname()[1]
+        tls = self.security.tls.uvicorn_options() if self.security.tls else {}
         config = uvicorn.Config(
-            app=_app(self.core), log_config=None, access_log=False,  # BentoML logs access
+            app=_app(self.core, self.security), log_config=None,
+            access_log=False,  # BentoML logs access
             backlog=BACKLOG, server_header=False,
             timeout_keep_alive=self.config.keep_alive_s,
-            timeout_graceful_shutdown=max(1, round(self.config.grace_s)))
+            timeout_graceful_shutdown=max(1, round(self.config.grace_s)), **tls)
         self._server = patches.QuietUvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:

@@ -85,6 +85,7 @@ from service.http.schema import (
 from service.http.web import web_routes
 from service.oip.http_routes import build_app as build_oip_app
 from service.process.serve_env import LOG_LEVEL_ENV, core_config_from_env
+from service.security.asgi import BearerAuth
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +313,4 @@ class Classifier:
 
 Classifier.add_asgi_middleware(FormLimits)
 Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.drain)
+Classifier.add_asgi_middleware(BearerAuth)  # bearer tokens and scopes (service.security)

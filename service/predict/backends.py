@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from service.client import Client
 from service.client.client import TTAChoice
+from service.client.connection import Credentials
 from service.client.errors import (
     ClientError,
     Unavailable,
@@ -146,10 +147,14 @@ class LocalBackend:
 class GrpcBackend:
     """A tta-serve gRPC server, through the public client."""
 
-    def __init__(self, url: str, window: int = 64) -> None:
-        self.client = Client(url)
+    def __init__(self, url: str, window: int = 64,
+                 credentials: Credentials = Credentials()) -> None:
+        c = credentials
+        self.client = Client(url, ca_cert=c.ca_cert, client_cert=c.client_cert,
+                             client_key=c.client_key, token=c.token)
         self.window = window
-        self.description = f"on grpc://{self.client.target}"
+        scheme = "grpcs" if self.client.secure else "grpc"
+        self.description = f"on {scheme}://{self.client.target}"
 
     def model(self, name: str) -> ModelInfo:
         return self.client.model(name)
@@ -176,11 +181,15 @@ def _http_error(status: int, body: Any) -> ClientError:
 class HttpBackend:
     """A tta-serve HTTP server: ``POST /predict_batch`` in chunks, ``/evaluate`` with a zip."""
 
-    def __init__(self, url: str, parallel: int = 2) -> None:
+    def __init__(self, url: str, parallel: int = 2,
+                 credentials: Credentials = Credentials()) -> None:
         import httpx
 
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=600, trust_env=False)
+        self.http = httpx.Client(base_url=self.url, timeout=600, trust_env=False,
+                                 verify=_tls_context(credentials),
+                                 headers={"authorization": f"Bearer {credentials.token}"}
+                                 if credentials.token else None)
         self.parallel = parallel
         self.description = f"on {self.url}"
 
@@ -271,6 +280,16 @@ def _http_answer_options(tta: TTAChoice, min_confidence: float | None) -> dict[s
     return data
 
 
+def _tls_context(credentials: Credentials) -> Any:
+    """httpx's ``verify``: the system's CAs or ``--ca-cert``, plus a client certificate."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=credentials.ca_cert)
+    if credentials.client_cert:
+        context.load_cert_chain(credentials.client_cert, credentials.client_key)
+    return context
+
+
 def _chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
     chunk: list[Path] = []
     for item in items:
@@ -287,9 +306,12 @@ def open_backend(args: argparse.Namespace) -> Backend:
     url: str | None = args.url
     if url is None:
         return LocalBackend(_local_core_config(args), window=args.window)
+    credentials = Credentials(ca_cert=args.ca_cert, client_cert=args.client_cert,
+                              client_key=args.client_key,
+                              token=Credentials.token_from(args.token_file))
     if url.startswith(("http://", "https://")):
-        return HttpBackend(url)
-    return GrpcBackend(url, window=args.window)
+        return HttpBackend(url, credentials=credentials)
+    return GrpcBackend(url, window=args.window, credentials=credentials)
 
 
 def _local_core_config(args: argparse.Namespace) -> Any:

@@ -1,7 +1,9 @@
 """``tta-serve predict`` and ``tta-serve evaluate``: use a model without writing a client.
 
     tta-serve predict IMAGE_OR_FOLDER... [--url grpc://host:50051 | http://host:3000 |
-                      --models-dir DIR] [--tta] [--top-k K] [--format table|csv|json] [--output F]
+                      grpcs://... | https://... | --models-dir DIR] [--tta] [--top-k K]
+                      [--format table|csv|json] [--output F]
+                      [--ca-cert PEM] [--client-cert PEM --client-key PEM] [--token-file F]
     tta-serve evaluate FOLDER_OF_CLASS_FOLDERS [--url ...] [--tta] [--png confusion.png]
 
 Without ``--url`` the model runs in this process (the same ``InferenceCore`` the servers use, so
@@ -33,11 +35,24 @@ from service.process.core_options import core_parser
 def client_parser() -> argparse.ArgumentParser:
     """What predict and evaluate share: the core options (for local runs) with --model unset
     unless given -- a remote server's own default model answers then, not the name this
-    machine would default to -- and where the model runs (--url), --tta, --window."""
+    machine would default to -- and where the model runs (--url, with TLS and a token),
+    --tta, --window."""
     p = core_parser(model=None, log_level="WARNING")
-    p.add_argument("--url", default=None, metavar="grpc://HOST:PORT|http://HOST:PORT",
-                   help="a running tta-serve server (host:port alone means gRPC); without it the "
-                        "model runs in this process, from --models-dir")
+    p.add_argument("--url", default=None, metavar="grpc[s]://HOST:PORT|http[s]://HOST:PORT",
+                   help="a running tta-serve server (host:port alone means gRPC; grpcs:// and "
+                        "https:// are TLS); without it the model runs in this process, from "
+                        "--models-dir")
+    t = p.add_argument_group("TLS and tokens (with --url)")
+    t.add_argument("--ca-cert", type=Path, default=None, metavar="PEM",
+                   help="CA bundle to check the server's certificate with (default: the "
+                        "system's)")
+    t.add_argument("--client-cert", type=Path, default=None, metavar="PEM",
+                   help="client certificate, for a server that requires mutual TLS")
+    t.add_argument("--client-key", type=Path, default=None, metavar="PEM",
+                   help="its private key")
+    t.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help="a file holding the bearer token (default: $TTA_SERVE_CLIENT_TOKEN); "
+                        "never the token itself on the command line")
     p.add_argument("--tta", nargs="?", const="on", choices=("on", "off", "auto"), default=None,
                    help="test-time augmentation: 'on' (or --tta alone) combines the model's "
                         "views, 'auto' runs them only for images the plain view is unsure of, "

@@ -24,12 +24,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.core import CoreConfig, InferenceCore
 from service.grpc.server import GrpcConfig, GrpcServer
 from service.http.patches import require as require_http_patches
 from service.http.server import HttpConfig, HttpServer
+from service.security.config import NO_SECURITY, Security, SecurityConfig
+from service.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +63,33 @@ def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     return restore
 
 
-def startup_message(core: InferenceCore, listening: dict[str, str]) -> str:
-    """``serving cifar10 v1 on CPUExecutionProvider (...); gRPC listening on HOST:PORT; ...``"""
+def startup_message(core: InferenceCore, listening: dict[str, str],
+                    security: Security = NO_SECURITY) -> str:
+    """``serving cifar10 v1 on CPUExecutionProvider (...); gRPC listening on HOST:PORT; ...;
+    TLS off (plaintext); token authorisation off (...)``: what is served, where, and to whom."""
     models = ", ".join(f"{m.name} v{m.version}" for m in core.list_models())
     c = core.config
     batching = (f"batches of up to {c.max_batch_size} images, {c.max_wait_ms:g} ms wait"
                 if c.batching else "batching off")
     wires = "; ".join(f"{wire} listening on {address}" for wire, address in listening.items())
     return (f"serving {models} on {core.provider} (version policy {c.version_policy}; "
-            f"{batching}); {wires}")
+            f"{batching}); {wires}; {security.describe()}")
 
 
 def serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
-          http_config: HttpConfig | None) -> int:
+          http_config: HttpConfig | None, security_config: SecurityConfig | None = None) -> int:
     """Serve the front ends given until SIGTERM/SIGINT; the exit code (0 = stopped by a signal).
 
-    Start-up errors (CoreError, OSError for a port in use) propagate: the CLI prints them."""
-    return 0 if asyncio.run(_serve(core_config, grpc_config, http_config)) else 1
+    Start-up errors (CoreError, OSError for a port in use, ValueError for a TLS or token
+    setting: checked before the models load) propagate: the CLI prints them."""
+    security = security_config.load() if security_config is not None else NO_SECURITY
+    if (warning := security.expiry_warning()) is not None:
+        log.warning(warning)
+    return 0 if asyncio.run(_serve(core_config, grpc_config, http_config, security)) else 1
 
 
 async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
-                 http_config: HttpConfig | None) -> bool:
+                 http_config: HttpConfig | None, security: Security = NO_SECURITY) -> bool:
     stop = asyncio.Event()
     restore_signals = stop_on_signals(stop)
     core = InferenceCore.create(core_config)
@@ -95,15 +103,15 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
         stopping = asyncio.ensure_future(stop.wait())
         watched: set[asyncio.Future] = {stopping}
         if grpc_config is not None:
-            grpc_server = GrpcServer(core, grpc_config)
+            grpc_server = GrpcServer(core, grpc_config, security)
             listening["gRPC"] = f"{grpc_config.host}:{await grpc_server.start()}"
             started.append(grpc_server)
         if http_config is not None:
-            http_server = HttpServer(core, http_config)
+            http_server = HttpServer(core, http_config, security)
             listening["HTTP"] = f"{http_config.host}:{await http_server.start()}"
             started.append(http_server)
             watched.add(http_server.finished)
-        log.info(startup_message(core, listening))
+        log.info(startup_message(core, listening, security))
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         clean = stop.is_set()
@@ -128,32 +136,48 @@ async def _serve(core_config: CoreConfig, grpc_config: GrpcConfig | None,
 
 
 def healthcheck(grpc_address: str = HEALTH_GRPC_ADDRESS, http_url: str = HEALTH_HTTP_URL,
-                timeout_s: float = 2.0) -> int:
+                timeout_s: float = 2.0, tls: TlsFiles | None = None) -> int:
     """0 (healthy) when the gRPC health service says SERVING or HTTP /readyz answers 200, else 1.
 
     The Dockerfile's HEALTHCHECK runs ``sys.exit(healthcheck())``. gRPC is asked first (a closed
     port fails at once); each probe waits at most ``timeout_s``, inside the HEALTHCHECK's 10 s.
+    A server on TLS (``tls``, else the ``TTA_SERVE_TLS_*`` variables the container runs with)
+    is probed over TLS, as ``TlsFiles.probe_context`` / ``grpc_probe`` say.
     """
-    return 0 if _grpc_serving(grpc_address, timeout_s) or _http_ready(http_url, timeout_s) else 1
+    if tls is None:
+        tls = SecurityConfig.from_env().tls_files()
+    if tls is not None:
+        http_url = http_url.replace("http://", "https://", 1)
+    return 0 if _grpc_serving(grpc_address, timeout_s, tls) or \
+        _http_ready(http_url, timeout_s, tls) else 1
 
 
-def _grpc_serving(address: str, timeout_s: float) -> bool:
+def _grpc_serving(address: str, timeout_s: float, tls: TlsFiles | None = None) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    options: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
     try:
-        with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        if tls is None:
+            channel = grpc.insecure_channel(address, options=options)
+        else:
+            credentials, names = tls.grpc_probe()
+            channel = grpc.secure_channel(address, credentials, options=options + names)
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                               timeout=timeout_s)
-    except grpc.RpcError:
+    except (grpc.RpcError, ValueError):  # ValueError: TLS files that cannot be read
         return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _http_ready(url: str, timeout_s: float) -> bool:
+def _http_ready(url: str, timeout_s: float, tls: TlsFiles | None = None) -> bool:
     import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]  # never via a proxy
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=tls.probe_context()))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=timeout_s) as response:
             return response.status == 200

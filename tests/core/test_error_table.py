@@ -12,8 +12,10 @@ import pytest
 from service.client.errors import (
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ServiceError,
     TooLarge,
+    Unauthenticated,
     Unavailable,
     error_for,
     error_for_http,
@@ -34,6 +36,8 @@ from service.core.errors import (
     TooManyParts,
     UnsupportedDependency,
 )
+from service.core.errors import PermissionDenied as Forbidden
+from service.core.errors import Unauthenticated as NoToken
 from service.grpc.messages import status_code as grpc_status
 from service.http.schema import status_code as http_status
 from service.oip.messages import from_core_error
@@ -50,6 +54,8 @@ TABLE = [  # docs/architecture.md and service/core/errors.py say the same
     (DeviceUnavailable, grpc.StatusCode.INTERNAL, 500, ServiceError),
     (UnsupportedDependency, grpc.StatusCode.INTERNAL, 500, ServiceError),
     (CoreError, grpc.StatusCode.INTERNAL, 500, ServiceError),
+    (NoToken, grpc.StatusCode.UNAUTHENTICATED, 401, Unauthenticated),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED, 403, PermissionDenied),
 ]
 
 

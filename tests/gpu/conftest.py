@@ -86,7 +86,7 @@ class TrainingSpy:
 
 @dataclass
 class GpuRun:
-    result: Any  # training.fit.FitResult
+    result: Any  # training.phases.FitResult
     recipe: Any
     spy: TrainingSpy
 
@@ -98,12 +98,12 @@ def _first_conv_weight(module: Any) -> Any:
 
 
 def spied_fit(recipe: Any) -> GpuRun:
-    """training.fit.fit(recipe) with spies on BatchAugment and on the model's forward passes."""
+    """training.phases.fit(recipe) with spies on BatchAugment and on the model's forward passes."""
     import torch
 
     from training.augment import BatchAugment
-    from training.fit import fit
     from training.models import Classifier
+    from training.phases import fit
 
     spy = TrainingSpy()
     original_call = BatchAugment.__call__

@@ -247,3 +247,66 @@ def test_models_tab_shows_the_served_variant(browser: webdriver.Chrome, http_ser
     row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#models-list .metrics tr")
                if r.text.startswith("int8"))
     assert _pct(recorded["accuracy"]) in row.text and _pct(1.0) in row.text
+
+
+@pytest.fixture(scope="module")
+def token_server(digits_model: FixtureModel,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    """``tta-serve http`` checking tokens (issue 27): one infer token, from the variable."""
+    from http_testkit import ServerProcess, free_port
+
+    port = free_port()
+    process = ServerProcess(
+        ["http", "--host", "127.0.0.1", "--port", str(port), "--grace-s", "2",
+         "--models-dir", str(digits_model.repo_root), "--device", "cpu"],
+        tmp_path_factory.mktemp("token-server"),
+        env={"TTA_SERVE_TOKENS": f"{PAGE_TOKEN} infer"})
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        process.wait_http_ready(base_url)
+        yield HttpServer(process, base_url)
+    finally:
+        assert process.terminate() == 0, process.log
+
+
+PAGE_TOKEN = "page-token-0123456789abcdefghij"
+
+
+def test_the_page_asks_for_a_token_and_sends_it(browser: webdriver.Chrome,
+                                                token_server: HttpServer,
+                                                digits_model: FixtureModel, tmp_path: Path):
+    _open(browser, token_server)  # the page itself is open; its API calls are not
+    assert browser.find_element(By.ID, "token-status").text == (
+        "this server asks for an access token")
+    status = browser.find_element(By.ID, "models-status").get_attribute("textContent")
+    assert status.startswith("Error 401:") and "access token" in status
+    browser.find_element(By.ID, "token").send_keys(PAGE_TOKEN)
+    browser.find_element(By.ID, "token-submit").click()
+    _wait(browser, lambda d: "digits" in d.find_element(By.ID, "models-list").get_attribute(
+        "textContent"), "the models did not load with the token")  # the Models tab is hidden
+    assert browser.find_element(By.ID, "token-status").text == "token in use (this tab)"
+    assert browser.execute_script(
+        "return sessionStorage.getItem('tta-serve-token')") == PAGE_TOKEN
+    image, label = digits_model.samples[5]
+    path = tmp_path / "digit.png"
+    path.write_bytes(image)
+    browser.find_element(By.ID, "predict-files").send_keys(str(path))
+    browser.find_element(By.ID, "predict-submit").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "predict-status").text.startswith("Done"),
+          "the prediction did not finish")
+    result = browser.find_element(By.CSS_SELECTOR, "#predict-results > li .label")
+    assert result.text.split()[0] == label
+    # the infer token cannot evaluate (admin): the server's 403 message is shown
+    browser.find_element(By.ID, "tab-evaluate").click()
+    archive = tmp_path / "valid.zip"
+    archive.write_bytes(_zip_of_class_folders(digits_model.valid[:5]))
+    browser.find_element(By.ID, "evaluate-zip").send_keys(str(archive))
+    browser.find_element(By.ID, "evaluate-submit").click()
+    evaluate_status = browser.find_element(By.ID, "evaluate-status")
+    _wait(browser, lambda d: evaluate_status.text.startswith("Error"), "no error shown")
+    assert evaluate_status.text.startswith("Error 403:") and "'admin' scope" in \
+        evaluate_status.text
+    # the token lives as long as the tab: a reload keeps it
+    _open(browser, token_server)
+    assert browser.find_element(By.ID, "token").get_attribute("value") == PAGE_TOKEN
+    browser.execute_script("sessionStorage.clear()")

@@ -1,4 +1,4 @@
-"""Fixtures for the Open Inference Protocol tests (building blocks in oip_testkit.py).
+"""Fixtures for the Open Inference Protocol tests (building blocks: tests/support/oip_testkit).
 
 Session-scoped: a tiny two-version model repository served over gRPC (the real GrpcServer, in
 this process) and HTTP (a real ``tta-serve http`` process: BentoML with the ``/v2`` routes

@@ -2,7 +2,8 @@
 copy of the bundled model repository (models/digits), probed with real digit images.
 
 The probes are ``bench.reliability``'s (the long forms live there and print figures); these
-are their short forms. ``served`` is one ``tta-serve all`` (gRPC + HTTP) for a whole module.
+are their short forms; the server is ``bench.serve_process``'s, as every benchmark's.
+``served`` is one ``tta-serve all`` (gRPC + HTTP) for a whole module.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.reliability import ServeProcess, digit_pngs, model_repository
+from bench.reliability.inputs import digit_pngs, model_repository
+from bench.serve_process import ServeProcess
 
 
 @pytest.fixture(scope="session")

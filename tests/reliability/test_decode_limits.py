@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.reliability import gif_declaring, png_declaring, tiff_declaring
+from bench.reliability.inputs import gif_declaring, png_declaring, tiff_declaring
 from service.imaging import ImageTooLargeError, decode_image
 
 

@@ -12,18 +12,11 @@ import socket
 
 import pytest
 
-from bench.reliability import (
-    Case,
-    PeakRss,
-    ServeProcess,
-    fuzz_cases,
-    hot_swap_under_load,
-    mutation_cases,
-    run_case,
-    sigterm_under_load,
-    soak,
-    still_serving,
-)
+from bench.reliability.fuzz import Case, fuzz_cases, mutation_cases, run_case, still_serving
+from bench.reliability.memory import PeakRss, soak
+from bench.reliability.sigterm import sigterm_under_load
+from bench.reliability.swap import hot_swap_under_load
+from bench.serve_process import ServeProcess
 
 CASES = {c.name: c for c in fuzz_cases([b"placeholder"])}  # bombs are built when sent
 BOMBS = [name for name, case in CASES.items()  # what the HTTP worker's peak RSS is measured on

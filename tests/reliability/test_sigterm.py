@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.reliability import ServeProcess, model_repository, sigterm_under_load
+from bench.reliability.inputs import model_repository
+from bench.reliability.sigterm import sigterm_under_load
+from bench.serve_process import ServeProcess
 
 
 @pytest.mark.parametrize("kind", ["grpc", "http"])

@@ -42,6 +42,7 @@ from service.imaging import (
     tta_views,
 )
 from service.model_repository import ModelCard, ModelRepository, sha256_file
+from service.security.config import NO_SECURITY, Security
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_MODEL_DIR = REPO_ROOT / "models" / "digits" / "1"
@@ -192,7 +193,8 @@ def core_config(models_dir: Path, **overrides: object) -> CoreConfig:
 class RunningServer:
     """A real GrpcServer on 127.0.0.1:<free port>, its loop on a thread, and a real stub."""
 
-    def __init__(self, config: CoreConfig, grpc_config: GrpcConfig | None = None) -> None:
+    def __init__(self, config: CoreConfig, grpc_config: GrpcConfig | None = None,
+                 security: Security = NO_SECURITY) -> None:
         self.core = InferenceCore.create(config).start()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -200,11 +202,11 @@ class RunningServer:
         grpc_config = grpc_config or GrpcConfig(host="127.0.0.1", port=0)
 
         async def start() -> tuple[GrpcServer, int]:
-            server = GrpcServer(self.core, grpc_config)
+            server = GrpcServer(self.core, grpc_config, security)
             return server, await server.start()
 
         self.server, self.port = self.run(start())
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")  # plaintext servers
         self.stub = pb_grpc.ClassifierStub(self.channel)
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:

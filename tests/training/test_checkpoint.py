@@ -20,8 +20,8 @@ from training.checkpoint import (
 )
 from training.config import load_recipe
 from training.errors import ConfigError, ExportError
-from training.fit import fit
 from training.models import build_model
+from training.phases import fit
 
 ROOT = Path(__file__).parents[2]
 RECIPE = ROOT / "recipes" / "digits.toml"

@@ -234,7 +234,7 @@ STOP_SCRIPT = textwrap.dedent("""
     from training.cli import build_parser
     from training.commands._recipe_args import recipe_from_args
     from training.distributed import distributed_session
-    from training.fit import fit
+    from training.phases import fit
     from training.learner import Callback
 
     out, phase, epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -35,9 +35,9 @@ from training.config import load_recipe
 from training.data import load_items
 from training.data.cache import DECODES, build_presized, cache_key, presize_one
 from training.data.datasets import EvalDataset
-from training.fit import fit
 from training.learner import Callback
 from training.models import build_model
+from training.phases import fit
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "cifar10_heldout"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 from training.checkpoint import load_checkpoint, load_model
 from training.config import load_recipe
 from training.device import select_precision, use_channels_last
-from training.fit import fit
+from training.phases import fit
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "digits.toml"
 

@@ -52,7 +52,7 @@ class Tracker(Callback):
     """Base of the experiment trackers: hook points -> ``log_scalars(values, step)``.
 
     ``epoch_offsets`` maps each phase name to the epochs run before it (from
-    ``training.fit.plan_phases``), so a phase's epoch becomes the run's global epoch.
+    ``training.phases.plan_phases``), so a phase's epoch becomes the run's global epoch.
     """
 
     order = 45  # after HistoryCallback (40) recorded the epoch, before the checkpoint (60)

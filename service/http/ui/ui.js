@@ -15,19 +15,49 @@ function escapeHtml(text) {
 const pct = (x) => (x === null || x === undefined || Number.isNaN(Number(x)))
   ? "n/a" : (100 * Number(x)).toFixed(1) + "%";
 
+// The server's bearer token, when it checks tokens (401 without one): kept in sessionStorage,
+// so it lives as long as this tab and is sent only to this page's own server (same origin).
+const TOKEN_KEY = "tta-serve-token";
+
+function withToken(options) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return options;
+  const headers = new Headers((options && options.headers) || {});
+  headers.set("Authorization", "Bearer " + token);
+  return Object.assign({}, options, {headers});
+}
+
+function setUpToken() {
+  const input = $("token");
+  input.value = sessionStorage.getItem(TOKEN_KEY) || "";
+  $("token-status").textContent = input.value ? "token in use (this tab)" : "";
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+    $("token-status").textContent = token ? "token in use (this tab)" : "no token";
+    $("models-status").classList.remove("error");
+    loadModels();
+  });
+}
+
 // fetch + JSON; a non-2xx answer throws the server's own message ({"error": ...}).
 async function call(path, options) {
   let response;
   try {
-    response = await fetch(api(path), options);
+    response = await fetch(api(path), withToken(options));
   } catch (e) {
     throw new Error("the server did not answer (" + e.message + ")");
   }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
-    const message = body && (body.error || body.detail) ? (body.error || JSON.stringify(body.detail))
+    let message = body && (body.error || body.detail) ? (body.error || JSON.stringify(body.detail))
       : response.statusText;
+    if (response.status === 401) {
+      message += " (enter an access token at the top of the page)";
+      $("token-status").textContent = "this server asks for an access token";
+    }
     const error = new Error(message);
     error.status = response.status;
     throw error;
@@ -372,6 +402,7 @@ async function evaluate(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   setUpTabs();
+  setUpToken();
   const files = $("predict-files");
   setUpDrop($("predict-drop"), files, () => showChosen(files, $("predict-chosen")));
   $("predict-form").addEventListener("submit", predict);
