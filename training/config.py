@@ -169,15 +169,9 @@ class TTAConfig:
 
 
 @dataclass
-class CalibrateConfig:
-    """What export fits on the held-out photos (``training calibrate``; docs/architecture.md)."""
-
-    # Answers below the confidence that reaches this accuracy on the held-out photos say
-    # "unsure" by default (model.json min_confidence); 0 = no default abstention.
-    abstain_target_accuracy: float = 0.0
-    # Views tried by greedy forward selection besides [tta] views; empty = the standard set
-    # (training.calibration.views.CANDIDATE_VIEWS).
-    candidate_views: list[str] = field(default_factory=list)
+class CalibrateConfig:  # export's fit on the held-out photos (training calibrate)
+    abstain_target_accuracy: float = 0.0  # min_confidence reaches it; 0 = no abstention
+    candidate_views: list[str] = field(default_factory=list)  # tried besides [tta]; [] = standard
 
 
 @dataclass
