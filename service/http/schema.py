@@ -42,11 +42,12 @@ TTAParam = bool | Literal["off", "on", "auto"] | None
 
 
 def tta_label(tta: object) -> str:
-    """The metrics label of a request's TTA choice: on, off, auto or default."""
+    """The metrics label of a request's TTA choice: true/false as before for a boolean, the mode
+    for "on"/"off"/"auto", "default" when unset."""
     if tta is None:
         return "default"
     if isinstance(tta, bool):
-        return "on" if tta else "off"
+        return str(tta).lower()
     return str(tta)
 
 
