@@ -33,7 +33,8 @@ from bench.common import IMAGE_SETS, images_for, latency_ms
 Send = Callable[[bytes], Awaitable[None]]
 
 
-async def _grpc_sender(target: str, tta: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
+async def _grpc_sender(target: str, tta: bool,
+                       tta_mode: str = "") -> tuple[Send, Callable[[], Awaitable[None]]]:
     import grpc
 
     from service._proto.tta_serve.v1 import classifier_pb2 as pb
@@ -43,8 +44,12 @@ async def _grpc_sender(target: str, tta: bool) -> tuple[Send, Callable[[], Await
         ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
     stub = pb_grpc.ClassifierStub(channel)
 
+    mode = {"": pb.TTA_MODE_UNSPECIFIED, "off": pb.TTA_MODE_OFF, "on": pb.TTA_MODE_ON,
+            "auto": pb.TTA_MODE_AUTO}[tta_mode]
+
     async def send(image: bytes) -> None:
-        response = await stub.Predict(pb.PredictRequest(image=image, tta=tta), timeout=60)
+        response = await stub.Predict(pb.PredictRequest(image=image, tta=tta, tta_mode=mode),
+                                      timeout=60)
         if not response.classes:
             raise RuntimeError("empty response")
 
@@ -190,7 +195,7 @@ async def run_load(send: Send, images: list[bytes], *, concurrency: int, duratio
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     images = images_for(args.images, photos=args.photos)
     if args.protocol == "grpc":
-        send, close = await _grpc_sender(args.target, args.tta)
+        send, close = await _grpc_sender(args.target, args.tta, args.tta_mode)
     elif args.protocol == "oip-grpc":
         send, close = await _oip_grpc_sender(args.target, args.oip_model, args.tta)
     elif args.protocol == "oip-http":
@@ -222,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--tta-mode", choices=["off", "on", "auto"], default="",
+                        help="grpc: PredictRequest.tta_mode (default unset: the model's default)")
     parser.add_argument("--http-body", choices=["multipart", "raw"], default="multipart")
     parser.add_argument("--http-field", default="image", help="multipart field of the image")
     args = parser.parse_args(argv)

@@ -99,6 +99,10 @@ class TTASpec:
     combine="mean": p = beta * p(center) + (1 - beta) * mean(p(other views)), as fastai's
     ``tta(beta=0.25)``; beta=None averages all views equally.
     combine="max": element-wise max over all views, renormalised to sum to 1.
+    weights (one per view, chosen by evidence at export: ``training calibrate``): p = sum of
+    w_v * p(view v) / sum of w_v; they replace beta (combine "mean", beta None). A spec without
+    weights (every model.json written before them) combines exactly as before. Weighted specs
+    may hold a single view: export found that no other view helps, and serves none.
     """
 
     views: tuple[str, ...] = ("center", "zoom_center", "top_left", "top_right",
@@ -106,13 +110,18 @@ class TTASpec:
     zoom_ratio: float = 1.15
     combine: str = "mean"
     beta: float | None = 0.25
+    weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))
         unknown = [v for v in self.views if v not in TTA_VIEWS and not SHIFT_VIEW.fullmatch(v)]
         if unknown:
             raise ValueError(f"unknown TTA view(s) {unknown}; a view is {VIEW_GRAMMAR}")
-        if len(self.views) < 2:
+        if len(set(self.views)) != len(self.views):
+            raise ValueError(f"TTA views repeat: {list(self.views)}")
+        if self.weights is not None:
+            self._check_weights()
+        elif len(self.views) < 2:
             raise ValueError("TTA needs at least two views")
         if self.combine not in ("mean", "max"):
             raise ValueError(f"TTA combine must be 'mean' or 'max', got {self.combine!r}")
@@ -124,14 +133,30 @@ class TTASpec:
         if self.zoom_ratio < 1.0:
             raise ValueError(f"TTA zoom_ratio must be >= 1.0, got {self.zoom_ratio}")
 
+    def _check_weights(self) -> None:
+        weights = tuple(float(w) for w in self.weights or ())
+        object.__setattr__(self, "weights", weights)
+        if len(weights) != len(self.views):
+            raise ValueError(f"TTA weights: {len(weights)} given for {len(self.views)} views")
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"TTA weights must be finite, >= 0 and not all 0; got {weights}")
+        if self.combine != "mean" or self.beta is not None:
+            raise ValueError("TTA weights replace beta: use combine 'mean' and beta None")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["views"] = list(self.views)
+        if self.weights is None:
+            del d["weights"]  # model.json as it was before weights existed
+        else:
+            d["weights"] = list(self.weights)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TTASpec:
-        return cls(**{**d, "views": tuple(d["views"])})
+        weights = d.get("weights")
+        return cls(**{**d, "views": tuple(d["views"]),
+                      "weights": None if weights is None else tuple(weights)})
 
 
 # Views cropped from a zoomed copy of the image; every other view is computed from the plain
@@ -302,10 +327,19 @@ def _shifted(center: np.ndarray, view: str) -> np.ndarray | None:
 
 def tta_views(img: Image.Image, spec: EvalSpec, tta: TTASpec) -> np.ndarray:
     """All TTA views of one image, in ``tta.views`` order: (V, size, size, 3) uint8."""
-    center = eval_view(img, spec)
+    return render_views(img, spec, tta.views, tta.zoom_ratio)
+
+
+def render_views(img: Image.Image, spec: EvalSpec, views: Sequence[str],
+                 zoom_ratio: float, center: np.ndarray | None = None) -> np.ndarray:
+    """Any of the TTA views of one image, in the order given: (V, size, size, 3) uint8 (the
+    core renders the plain view first and the others only when ``tta=auto`` needs them;
+    ``center``: the plain view when it is already at hand)."""
+    if center is None:
+        center = eval_view(img, spec)
     zoomed: Image.Image | None = None
     out = []
-    for view in tta.views:
+    for view in views:
         if view == "center":
             out.append(center)
         elif view == "hflip":
@@ -316,7 +350,7 @@ def tta_views(img: Image.Image, spec: EvalSpec, tta: TTASpec) -> np.ndarray:
             out.append(shifted)
         else:
             if zoomed is None:
-                zoom_to = max(round(spec.size * spec.resize_ratio * tta.zoom_ratio), spec.size)
+                zoom_to = max(round(spec.size * spec.resize_ratio * zoom_ratio), spec.size)
                 zoomed = resize_shorter_side(img, zoom_to, spec.interpolation)
             out.append(_crop(zoomed, spec.size, "center" if view == "zoom_center" else view))
     return np.ascontiguousarray(np.stack(out))
@@ -335,6 +369,9 @@ def combine_tta(probs: np.ndarray, tta: TTASpec) -> np.ndarray:
     if probs.ndim != 3 or probs.shape[1] != len(tta.views):
         raise ValueError(f"expected (N, {len(tta.views)}, C) view probabilities, got {probs.shape}")
     probs = probs.astype(np.float64)
+    if tta.weights is not None:
+        w = np.asarray(tta.weights, dtype=np.float64)
+        return (np.einsum("nvc,v->nc", probs, w) / w.sum()).astype(np.float32)
     if tta.combine == "max":
         out = probs.max(axis=1)
         return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -16,10 +16,11 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.calibration import Calibration
 from service.imaging import EvalSpec, TTASpec, check_views_fit
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,15 @@ class ModelCard:
     recipe: dict[str, Any] | None = None
     created_at: str = ""
     variants: dict[str, Any] | None = None
+    # model.json "calibration" (temperatures, TTA mode, abstention; service.calibration); a card
+    # without one -- every model exported before it existed -- serves uncalibrated (T = 1).
+    calibration: Calibration = field(default_factory=Calibration.uncalibrated)
 
     def __post_init__(self) -> None:
         check_views_fit(self.eval_spec, self.tta)  # a shift view must fit the input size
+        if self.calibration.default_tta == "auto" and "center" not in self.tta.views:
+            raise ValueError("calibration default_tta 'auto' answers from the 'center' view "
+                             "first; the TTA views lack it")
 
     @property
     def input_size(self) -> int:
@@ -98,6 +105,8 @@ class ModelCard:
             "metrics": self.metrics or {},
             "recipe": self.recipe or {},
             "variants": self.variants or {},
+            **({"calibration": self.calibration.to_dict()} if self.calibration.calibrated
+               else {}),
         }
 
     @classmethod
@@ -122,6 +131,7 @@ class ModelCard:
                 recipe=d.get("recipe") or {},
                 created_at=d.get("created_at", ""),
                 variants=d.get("variants") or {},
+                calibration=Calibration.from_dict(d.get("calibration")),
             )
         except KeyError as e:
             raise ValueError(f"missing key {e.args[0]!r}") from e

@@ -1,7 +1,8 @@
 """Train/serve parity: on the same image, the tensor the serving core feeds ONNX Runtime equals the
 training pipeline's evaluation tensor (plain and every TTA view), and the answer is the same.
 
-The ONNX session is real; a pass-through wrapper only records what the core feeds it.
+The ONNX session is real; a pass-through wrapper only records what the core feeds it. The
+answer is the graph's output with the model's recorded temperature (service.calibration).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.calibration import apply_temperature
 from service.core import CoreConfig, InferenceCore
 from service.imaging import combine_tta
 from service.model_repository import ModelRepository
@@ -69,5 +71,7 @@ def test_core_feeds_onnx_exactly_the_training_eval_tensor(digits, fed_to_onnx, t
         # The same tensor through the same graph and combination gives the same class.
         probs = sess.run(None, {card.input_name: training[i]})[0]
         expected = combine_tta(probs[None], card.tta)[0] if tta else probs[0]
+        # served calibrated: the temperature model.json records for the path (1 before it)
+        expected = apply_temperature(expected, card.calibration.temperature_for(tta))
         assert answer.top[0].index == int(expected.argmax())
         np.testing.assert_allclose(answer.probabilities, expected, atol=1e-5)

@@ -20,6 +20,7 @@ COMMANDS = {
     "lr-find": "lr_find",
     "evaluate": "evaluate",
     "export": "export",
+    "calibrate": "calibrate",
     "ablation": "ablation",
 }
 

@@ -174,6 +174,12 @@ class TTAConfig:
 
 
 @dataclass
+class CalibrateConfig:  # export's fit on the held-out photos (training calibrate)
+    abstain_target_accuracy: float = 0.0  # min_confidence reaches it; 0 = no abstention
+    candidate_views: list[str] = field(default_factory=list)  # tried besides [tta]; [] = standard
+
+
+@dataclass
 class LogConfig:
     """Experiment trackers (training/trackers): callbacks, optional, off by default."""
 
@@ -192,6 +198,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,6 +365,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval.resize_ratio": (1, None, True, False),
     "tta.zoom_ratio": (1, None, True, False),
     "tta.beta": (None, 1, False, True),  # negative: every view weighs the same
+    "calibrate.abstain_target_accuracy": (0, 1, True, False),
     "augment.auto_augment_magnitude": (0, 30, True, True),
     "augment.random_erasing": (0, 1, True, True),
     "log.every_n_steps": (1, None, True, False),

@@ -94,6 +94,20 @@ __all__ = [
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # the server's default; an evaluation PNG fits easily
 
 T = TypeVar("T")
+TTAChoice = bool | str | None  # True/"on", False/"off", "auto", None = the model's default
+_MODES = {"off": pb.TTA_MODE_OFF, "on": pb.TTA_MODE_ON, "auto": pb.TTA_MODE_AUTO}
+
+
+def answer_options(tta: TTAChoice, min_confidence: float | None) -> dict[str, Any]:
+    """PredictRequest fields for a TTA choice and an abstention threshold (None: unset)."""
+    if isinstance(tta, bool):
+        tta = "on" if tta else "off"
+    if tta is not None and tta not in _MODES:
+        raise ValueError(f"tta must be True, False, 'on', 'off', 'auto' or None; got {tta!r}")
+    options: dict[str, Any] = {"tta_mode": _MODES[tta] if tta else pb.TTA_MODE_UNSPECIFIED}
+    if min_confidence is not None:
+        options["min_confidence"] = float(min_confidence)
+    return options
 
 
 def grpc_target(url: str) -> str:
@@ -139,16 +153,21 @@ class Client:
 
     # ---- calls
 
-    def predict(self, image: ImageInput, *, tta: bool = False, top_k: int = 0,
-                model: str = "", version: int = 0) -> Prediction:
-        """Classify one image (a path or encoded bytes); top_k 0 = the server's default (5)."""
-        request = pb.PredictRequest(image=read_image(image), tta=tta, top_k=top_k, model=model,
-                                    version=version)
+    def predict(self, image: ImageInput, *, tta: TTAChoice = None, top_k: int = 0,
+                model: str = "", version: int = 0,
+                min_confidence: float | None = None) -> Prediction:
+        """Classify one image (a path or encoded bytes); top_k 0 = the server's default (5).
+
+        tta: True/"on", False/"off", "auto", None = the model's default mode. min_confidence:
+        None = the model's default; below it the answer says ``unsure`` (top-k still given).
+        """
+        request = pb.PredictRequest(image=read_image(image), top_k=top_k, model=model,
+                                    version=version, **answer_options(tta, min_confidence))
         return prediction_from_proto(self._unary(self._stub.Predict, request))
 
-    def predict_many(self, images: Iterable[ImageInput], *, tta: bool = False, top_k: int = 0,
-                     model: str = "", version: int = 0,
-                     window: int = 64) -> Iterator[Prediction | ClientError]:
+    def predict_many(self, images: Iterable[ImageInput], *, tta: TTAChoice = None, top_k: int = 0,
+                     model: str = "", version: int = 0, window: int = 64,
+                     min_confidence: float | None = None) -> Iterator[Prediction | ClientError]:
         """Classify many images over one PredictStream; one result per image, in input order.
 
         At most ``window`` images are in flight (read, sent, not yet answered), so a folder of
@@ -157,20 +176,22 @@ class Client:
         (overloaded) are retried one by one with backoff. A stream that breaks with UNAVAILABLE
         is reopened for the images not yet answered; any other broken stream raises.
         """
-        stream = _PredictStream(self, iter(images), tta=tta, top_k=top_k, model=model,
-                                version=version, window=max(1, window))
+        stream = _PredictStream(self, iter(images), options=dict(
+            top_k=top_k, model=model, version=version, **answer_options(tta, min_confidence)),
+            window=max(1, window))
         yield from stream.results()
 
-    def evaluate(self, data: str | Path | Sequence[tuple[ImageInput, str]], *, tta: bool = False,
-                 model: str = "", version: int = 0, min_confused: int = 1) -> Evaluation:
+    def evaluate(self, data: str | Path | Sequence[tuple[ImageInput, str]], *,
+                 tta: TTAChoice = False, model: str = "", version: int = 0,
+                 min_confused: int = 1) -> Evaluation:
         """Evaluate a folder of class folders (FOLDER/CLASS/image), or (image, label) pairs.
 
         The images are streamed (one Evaluate client stream); the report is the server's.
         """
         items: Sequence[tuple[ImageInput, str]] = (
             labelled_files(data) if isinstance(data, str | Path) else data)
-        options = pb.EvaluateOptions(model=model, version=version, tta=tta,
-                                     min_confused=min_confused)
+        options = pb.EvaluateOptions(model=model, version=version, min_confused=min_confused,
+                                     tta_mode=answer_options(tta, None)["tta_mode"])
 
         def requests() -> Iterator[pb.EvaluateRequest]:
             yield pb.EvaluateRequest(options=options)
@@ -238,11 +259,11 @@ class _PredictStream:
     the stream must be reopened), and results wait in ``done`` until every earlier one is ready.
     """
 
-    def __init__(self, client: Client, images: Iterator[ImageInput], *, tta: bool, top_k: int,
-                 model: str, version: int, window: int) -> None:
+    def __init__(self, client: Client, images: Iterator[ImageInput], *, options: dict[str, Any],
+                 window: int) -> None:
         self.client = client
         self.images = images
-        self.options = dict(tta=tta, top_k=top_k, model=model, version=version)
+        self.options = options
         self.window = window
         self.lock = threading.Lock()
         self.next_index = 0  # the next image to take from ``images``
@@ -295,7 +316,9 @@ class _PredictStream:
             result = error_for_number(response.status.code, response.status.message)
             if isinstance(result, Unavailable):  # overloaded: this image alone, with backoff
                 try:
-                    result = self.client.predict(data, **self.options)
+                    request = pb.PredictRequest(image=data, **self.options)
+                    result = prediction_from_proto(self.client._unary(
+                        self.client._stub.Predict, request))
                 except ClientError as e:
                     result = e
         with self.lock:

@@ -29,6 +29,12 @@ class Prediction:
     model_version: int
     tta: bool
     tta_views: int  # views combined (1 without TTA)
+    calibrated: bool = False  # probabilities through the model's fitted temperature
+    unsure: bool = False  # top-1 below min_confidence: "not sure" (classes still given)
+    path: str = "plain"  # which path answered: "plain" or "tta"
+    views_used: tuple[str, ...] = ()
+    tta_mode: str = "off"  # asked (or the model's default): "off", "on", "auto"
+    min_confidence: float = 0.0
 
     @property
     def label(self) -> str:
@@ -64,6 +70,14 @@ class ModelInfo:
     provider: ExecutionProvider
     variant: str | None = None  # the reduced-precision variant served; None = model.onnx
     variants: dict[str, Any] = field(default_factory=dict)  # per kind: accuracy, file, bytes ...
+    # calibration (False: exported before it; temperature 1, TTA off by default, no abstention)
+    calibrated: bool = False
+    default_tta: str = "off"
+    temperature: float = 1.0
+    tta_temperature: float = 1.0
+    auto_threshold: float | None = None
+    min_confidence: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=dict)  # what export measured
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,10 @@ class Evaluation:
     tta: bool
     report: EvaluationReport
     confusion_png: bytes
+    ece: float = 0.0  # expected calibration error of the top-1 probabilities (15 bins)
+    tta_mode: str = "off"
+    tta_answers: int = 0  # answers that combined the TTA views
+    calibrated: bool = False
 
     @property
     def accuracy(self) -> float:
@@ -93,7 +111,10 @@ def prediction_from_proto(message: pb.PredictResponse) -> Prediction:
     return Prediction(
         classes=tuple(ClassScore(c.label, c.index, c.probability) for c in message.classes),
         model=message.model, model_version=message.model_version, tta=message.tta,
-        tta_views=message.tta_views)
+        tta_views=message.tta_views, calibrated=message.calibrated, unsure=message.unsure,
+        path=message.path or ("tta" if message.tta else "plain"),
+        views_used=tuple(message.views_used), tta_mode=message.tta_mode or "off",
+        min_confidence=message.min_confidence)
 
 
 def model_info_from_proto(message: pb.ModelInfo) -> ModelInfo:
@@ -107,7 +128,12 @@ def model_info_from_proto(message: pb.ModelInfo) -> ModelInfo:
         metrics=json_format.MessageToDict(message.metrics),
         is_default=message.is_default, created_at=message.created_at,
         provider=ExecutionProvider(p.name, p.device, p.requested),
-        variant=message.variant or None, variants=json_format.MessageToDict(message.variants))
+        variant=message.variant or None, variants=json_format.MessageToDict(message.variants),
+        calibrated=message.calibrated, default_tta=message.default_tta or "off",
+        temperature=message.temperature or 1.0, tta_temperature=message.tta_temperature or 1.0,
+        auto_threshold=message.auto_threshold if message.HasField("auto_threshold") else None,
+        min_confidence=message.min_confidence,
+        calibration=json_format.MessageToDict(message.calibration))
 
 
 def evaluation_from_proto(message: pb.EvaluateResponse) -> Evaluation:
@@ -120,7 +146,9 @@ def evaluation_from_proto(message: pb.EvaluateResponse) -> Evaluation:
                    for m in message.per_class],
         most_confused=[(p.actual, p.predicted, p.count) for p in message.most_confused])
     return Evaluation(model=message.model, model_version=message.model_version, tta=message.tta,
-                      report=report, confusion_png=message.confusion_png)
+                      report=report, confusion_png=message.confusion_png, ece=message.ece,
+                      tta_mode=message.tta_mode or ("on" if message.tta else "off"),
+                      tta_answers=message.tta_answers, calibrated=message.calibrated)
 
 
 # ---- the HTTP API's JSON bodies (tta-serve predict --url http://...)
@@ -130,7 +158,12 @@ def prediction_from_json(body: dict[str, Any]) -> Prediction:
     return Prediction(classes=tuple(ClassScore(c["label"], c["index"], c["probability"])
                                     for c in body["classes"]),
                       model=body["model"], model_version=body["model_version"],
-                      tta=body["tta"], tta_views=body["tta_views"])
+                      tta=body["tta"], tta_views=body["tta_views"],
+                      calibrated=body.get("calibrated", False), unsure=body.get("unsure", False),
+                      path=body.get("path", "tta" if body["tta"] else "plain"),
+                      views_used=tuple(body.get("views_used", ())),
+                      tta_mode=body.get("tta_mode", "off"),
+                      min_confidence=body.get("min_confidence", 0.0))
 
 
 def model_info_from_json(body: dict[str, Any]) -> ModelInfo:
@@ -143,7 +176,18 @@ def model_info_from_json(body: dict[str, Any]) -> ModelInfo:
         metrics=body.get("metrics") or {}, is_default=body["is_default"],
         created_at=body["created_at"],
         provider=ExecutionProvider(p["name"], p["device"], p["requested"]),
-        variant=body.get("variant"), variants=body.get("variants") or {})
+        variant=body.get("variant"), variants=body.get("variants") or {},
+        **_calibration_from_json(body.get("calibration") or {}))
+
+
+def _calibration_from_json(c: dict[str, Any]) -> dict[str, Any]:
+    t = c.get("temperature") or {}
+    served = {"calibrated", "temperature", "default_tta", "auto_threshold", "min_confidence"}
+    return dict(calibrated=c.get("calibrated", False), default_tta=c.get("default_tta", "off"),
+                temperature=t.get("plain", 1.0), tta_temperature=t.get("tta", 1.0),
+                auto_threshold=c.get("auto_threshold"),
+                min_confidence=c.get("min_confidence", 0.0),
+                calibration={k: v for k, v in c.items() if k not in served})
 
 
 def evaluation_from_json(body: dict[str, Any]) -> Evaluation:
@@ -156,4 +200,7 @@ def evaluation_from_json(body: dict[str, Any]) -> Evaluation:
                        for p in body["most_confused"]])
     return Evaluation(model=body["model"], model_version=body["model_version"],
                       tta=body["tta"], report=report,
-                      confusion_png=base64.b64decode(body["confusion_png_base64"]))
+                      confusion_png=base64.b64decode(body["confusion_png_base64"]),
+                      ece=body.get("ece", 0.0), tta_mode=body.get("tta_mode", "off"),
+                      tta_answers=body.get("tta_answers", 0),
+                      calibrated=body.get("calibrated", False))

@@ -26,13 +26,16 @@ signal (``service.core.batcher``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
+from service.core import deadlines
 from service.core.errors import DeadlineExceeded, Overloaded
+from service.core.stats import CoreStats
 
 LATENCY_WEIGHT = 0.2  # of the newest answer in the moving average
 
@@ -104,3 +107,23 @@ class Admission:
         finally:
             with self._lock:
                 self.images -= images
+
+
+@contextlib.contextmanager
+def admitted(admission: Admission, stats: CoreStats, model: str) -> Iterator[None]:
+    """The core's admission of one request for ``model``: Overloaded at a bound, DeadlineExceeded
+    when its deadline (``service.core.deadlines``) has passed or would pass first (counted as
+    dropped); a request cancelled meanwhile (its caller went away) is counted too."""
+    deadline = deadlines.current()
+    with contextlib.ExitStack() as stack:
+        try:
+            deadlines.check(deadline, "before the request was admitted")
+            stack.enter_context(admission.admit(model, deadline))
+        except DeadlineExceeded:
+            stats.record_dropped(model, "deadline")
+            raise
+        try:
+            yield
+        except asyncio.CancelledError:
+            stats.record_request(model, "cancelled")
+            raise

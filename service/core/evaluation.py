@@ -20,6 +20,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
+from service.calibration import reliability
 from service.core.errors import CoreError, InvalidRequest
 from service.evaluation_report import EvaluationReport, build_report, confusion_png
 
@@ -32,10 +35,22 @@ class _Scored(Protocol):
     @property
     def index(self) -> int: ...
 
+    @property
+    def probability(self) -> float: ...
+
 
 class _Ranked(Protocol):
     @property
     def top(self) -> Sequence[_Scored]: ...
+
+    @property
+    def tta(self) -> bool: ...
+
+    @property
+    def tta_mode(self) -> str: ...
+
+    @property
+    def calibrated(self) -> bool: ...
 
 
 class PinnedClassifier(Protocol):
@@ -50,26 +65,37 @@ class PinnedClassifier(Protocol):
     @property
     def classes(self) -> tuple[str, ...]: ...
 
-    async def predict(self, image: bytes, *, tta: bool = False,
-                      top_k: int | None = None) -> _Ranked: ...
+    async def predict(self, image: bytes, *, tta: bool | str | None = None,
+                      top_k: int | None = None,
+                      min_confidence: float | None = None) -> _Ranked: ...
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """The report of one evaluation, its confusion-matrix PNG, and which version produced it."""
+    """The report of one evaluation, its confusion-matrix PNG, and which version produced it.
+
+    ece: expected calibration error of the served top-1 probabilities (15 bins,
+    ``service.calibration``), as calibrated as the model is (``calibrated``).
+    tta_mode: the mode the answers were asked in ("off", "on", "auto"); tta_answers: how many
+    answers combined the TTA views (with "auto", those under the model's threshold).
+    """
 
     model: str
     version: int
     tta: bool
     report: EvaluationReport
     png: bytes
+    ece: float = 0.0
+    tta_mode: str = "off"
+    tta_answers: int = 0
+    calibrated: bool = False
 
 
 async def evaluate_pinned(
     pinned: PinnedClassifier,
     items: LabelledItems,
     *,
-    tta: bool = False,
+    tta: bool | str | None = False,
     min_confused: int = 1,
     window: int = 32,
 ) -> EvaluationResult:
@@ -80,33 +106,39 @@ async def evaluate_pinned(
     """
     if min_confused < 1:
         raise InvalidRequest(f"min_confused must be >= 1, got {min_confused}")
-    y_true, y_pred = await _predict_all(pinned, items, tta=tta, window=window)
+    y_true, answers = await _predict_all(pinned, items, tta=tta, window=window)
     if not y_true:
         raise InvalidRequest("no labelled images were sent; an evaluation needs at least one")
+    y_pred = [a.top[0].index for a in answers]
     report = build_report(y_true, y_pred, pinned.classes, min_confused=min_confused)
-    title = (f"{pinned.name} v{pinned.version}{' + TTA' if tta else ''}: accuracy "
-             f"{report.accuracy:.4f}, n={report.n}")
+    confidence = np.array([a.top[0].probability for a in answers])
+    ece = reliability(confidence, np.asarray(y_pred) == np.asarray(y_true)).ece
+    mode = answers[0].tta_mode
+    title = (f"{pinned.name} v{pinned.version}{'' if mode == 'off' else f' + TTA {mode}'}: "
+             f"accuracy {report.accuracy:.4f}, ECE {ece:.4f}, n={report.n}")
     png = await asyncio.to_thread(confusion_png, report, title=title)
-    log.info("evaluated %s v%d%s on %d images: accuracy %.4f", pinned.name, pinned.version,
-             " with TTA" if tta else "", report.n, report.accuracy)
-    return EvaluationResult(model=pinned.name, version=pinned.version, tta=tta,
-                            report=report, png=png)
+    log.info("evaluated %s v%d (TTA %s) on %d images: accuracy %.4f, ECE %.4f", pinned.name,
+             pinned.version, mode, report.n, report.accuracy, ece)
+    return EvaluationResult(model=pinned.name, version=pinned.version, tta=mode != "off",
+                            report=report, png=png, ece=ece, tta_mode=mode,
+                            tta_answers=sum(bool(a.tta) for a in answers),
+                            calibrated=answers[0].calibrated)
 
 
-async def _predict_all(pinned: PinnedClassifier, items: LabelledItems, *, tta: bool,
-                       window: int) -> tuple[list[int], list[int]]:
-    """(true, predicted) class indices in item order, at most ``window`` predictions in flight."""
+async def _predict_all(pinned: PinnedClassifier, items: LabelledItems, *,
+                       tta: bool | str | None, window: int) -> tuple[list[int], list[_Ranked]]:
+    """True class indices and answers in item order, at most ``window`` predictions in flight.
+    Every answer is given (min_confidence 0): an evaluation scores them all."""
     index = {name: i for i, name in enumerate(pinned.classes)}
     y_true: list[int] = []
-    y_pred: dict[int, int] = {}
+    y_pred: dict[int, _Ranked] = {}
     slots = asyncio.Semaphore(window)
     tasks: set[asyncio.Task] = set()
     failure: list[BaseException] = []
 
     async def predict(position: int, image: bytes) -> None:
         try:
-            result = await pinned.predict(image, tta=tta, top_k=1)
-            y_pred[position] = result.top[0].index
+            y_pred[position] = await pinned.predict(image, tta=tta, top_k=1, min_confidence=0)
         except CoreError as e:
             failure.append(type(e)(f"item {position}: {e}"))
         except BaseException as e:

@@ -5,8 +5,9 @@ format into these calls and map ``service.core.errors`` to status codes::
 
     core = InferenceCore.create(CoreConfig(models_dir="models"))
     core.start()                       # blocking: loads models; DeviceUnavailable/ModelNotFound
-    pred = await core.predict(png_bytes, tta=True, top_k=3)
+    pred = await core.predict(png_bytes, tta="auto", top_k=3, min_confidence=0.9)
     pred.label, pred.top[0].probability, pred.model, pred.version, pred.probabilities
+    pred.path, pred.views_used, pred.calibrated, pred.unsure   # service.core.answering
     results = await core.predict_batch([a, b, c])      # Prediction | CoreError per image
     preds = await core.predict_pixels(x)  # x: float32 (N, 3, S, S) in [0, 1], preprocessed
     result = await core.evaluate(labelled_items, tta=True)  # EvaluationResult(report, png, ...)
@@ -14,17 +15,14 @@ format into these calls and map ``service.core.errors`` to status codes::
     core.reload()                      # blocking: rescan the repository now (also polled)
     core.stop()                        # blocking: finishes queued work
 
-Request path: the byte limit is checked on the event loop; decoding and the model's evaluation
-transform (``service.core.preprocess``: ``service.imaging`` with the EvalSpec/TTASpec of the
-leased version's model.json) run on the loop for a small image alone in the core and in a
-thread pool otherwise;
-the rows -- one, or every TTA view -- go to that version's dynamic batcher as one unit, and TTA
-views are combined by the recorded rule. Already-preprocessed pixels
-(``predict_pixels``, the Open Inference Protocol's FP32 input) skip decoding: their rows go to the
-batcher as one block (blocks of at most ``max_batch_size`` images when there are more). At most
-``max_pending`` requests are admitted at once, ``max_queue`` per model (a pixel tensor is one
-request); beyond that, Overloaded (``service.core.admission``). A request past its deadline
-(``service.core.deadlines``) or cancelled is dropped uncomputed wherever it waits.
+Request path (``service.core.preprocess`` decodes, inline for a small image alone, else in a
+pool): the rows -- one, or every TTA view -- go to the version's batcher as one unit; TTA views
+are combined by the recorded rule. ``tta="auto"`` runs the other views, as a second unit, only
+for an image whose calibrated plain top-1 is under the model's threshold (``service.core.
+answering`` calibrates and marks unsure). FP32 pixels (``predict_pixels``) skip decoding. At
+most ``max_pending`` requests are admitted, ``max_queue`` per model; beyond, Overloaded
+(``service.core.admission``). Past its deadline (``service.core.deadlines``) or cancelled, a
+request is dropped uncomputed wherever it waits.
 
 The async methods may be awaited from any event loop (no loop is captured); start/stop/reload
 block and should run before serving or via ``asyncio.to_thread``.
@@ -43,27 +41,29 @@ from typing import TypeVar
 import numpy as np
 
 from service.core import deadlines
-from service.core.admission import Admission
-from service.core.config import CoreConfig, resolve_default_model
-from service.core.errors import (
-    CoreError,
-    DeadlineExceeded,
-    ImageTooLarge,
-    InvalidRequest,
-    ModelUnavailable,
+from service.core.admission import Admission, admitted
+from service.core.answering import (
+    AnswerOptions,
+    answer_options,
+    first_views,
+    join_views,
+    make_answer,
+    rest_views,
+    wants_more_views,
 )
+from service.core.config import CoreConfig, resolve_default_model
+from service.core.errors import CoreError, ImageTooLarge, InvalidRequest, ModelUnavailable
 from service.core.evaluation import EvaluationResult, LabelledItems, evaluate_pinned
 from service.core.models import LoadedModel, ModelInfo, ModelRegistry, VersionState
-from service.core.prediction import Prediction, make_prediction
+from service.core.prediction import Prediction
 from service.core.preprocess import (
     check_pixel_values,
     check_pixels_shape,
-    decode_inline,
-    image_rows,
+    first_rows,
+    first_rows_inline,
 )
 from service.core.runtime import ProviderInfo, plan_device
 from service.core.stats import CoreStats, RequestTimes
-from service.imaging import combine_tta
 from service.model_repository import ModelCard, ModelRepository
 
 __all__ = ["InferenceCore", "PinnedModel"]
@@ -99,26 +99,33 @@ class PinnedModel:
     def classes(self) -> tuple[str, ...]:
         return self._model.card.classes
 
-    async def predict(self, image: bytes, *, tta: bool = False,
-                      top_k: int | None = None) -> Prediction:
-        k = self._core._check_top_k(top_k)
-        return await self._core._predict_one(self._model, image, tta, k)
+    async def predict(self, image: bytes, *, tta: bool | str | None = None,
+                      top_k: int | None = None,
+                      min_confidence: float | None = None) -> Prediction:
+        options = self._options(tta, top_k, min_confidence)
+        return await self._core._predict_one(self._model, image, options)
 
-    async def predict_batch(self, images: Sequence[bytes], *, tta: bool = False,
-                            top_k: int | None = None) -> list[Prediction | CoreError]:
-        k = self._core._check_top_k(top_k)
-        return await self._core._predict_many(self._model, images, tta, k)
+    async def predict_batch(self, images: Sequence[bytes], *, tta: bool | str | None = None,
+                            top_k: int | None = None, min_confidence: float | None = None,
+                            ) -> list[Prediction | CoreError]:
+        options = self._options(tta, top_k, min_confidence)
+        return await self._core._predict_many(self._model, images, options)
 
-    async def predict_pixels(self, pixels: np.ndarray, *,
-                             top_k: int | None = None) -> list[Prediction]:
+    def _options(self, tta: bool | str | None, top_k: int | None,
+                 min_confidence: float | None) -> AnswerOptions:
+        k = self._core._check_top_k(top_k)
+        return answer_options(self._model.card, tta, min_confidence, k)
+
+    async def predict_pixels(self, pixels: np.ndarray, *, top_k: int | None = None,
+                             min_confidence: float | None = None) -> list[Prediction]:
         """Classify already-preprocessed images: float32 (N, 3, S, S) in [0, 1], one each.
 
         S is this version's input size (model.json ``eval_transform.size``). A wrong dtype or
         shape, non-finite values or values off the [0, 1] scale raise InvalidRequest. No TTA:
         its views are cut from the full image.
         """
-        k = self._core._check_top_k(top_k)
-        return await self._core._predict_pixels(self._model, pixels, k)
+        options = self._options("off", top_k, min_confidence)
+        return await self._core._predict_pixels(self._model, pixels, options)
 
 
 class InferenceCore:
@@ -233,30 +240,36 @@ class InferenceCore:
             yield PinnedModel(self, loaded)
 
     async def predict(self, image: bytes, *, model: str | None = None,
-                      version: int | None = None, tta: bool = False,
-                      top_k: int | None = None) -> Prediction:
+                      version: int | None = None, tta: bool | str | None = None,
+                      top_k: int | None = None,
+                      min_confidence: float | None = None) -> Prediction:
         """Classify one encoded image.
 
-        model/version: None = the default model / the served version. top_k: None or 0 = the
-        configured default (5); more than the class count returns every class.
+        model/version: None = the default model / the served version. tta: False/"off",
+        True/"on", "auto", None = the model's default. top_k: None or 0 = the configured
+        default (5); more than the class count returns every class. min_confidence: None = the
+        model's default, 0 = never unsure (service.core.answering).
         """
-        k = self._check_top_k(top_k)
-        with self._lease(model, version) as loaded:
-            return await self._predict_one(loaded, image, tta, k)
+        self._check_top_k(top_k)
+        with self.pin(model, version) as pinned:
+            return await pinned.predict(image, tta=tta, top_k=top_k,
+                                        min_confidence=min_confidence)
 
     async def predict_batch(self, images: Sequence[bytes], *, model: str | None = None,
-                            version: int | None = None, tta: bool = False,
-                            top_k: int | None = None) -> list[Prediction | CoreError]:
+                            version: int | None = None, tta: bool | str | None = None,
+                            top_k: int | None = None, min_confidence: float | None = None,
+                            ) -> list[Prediction | CoreError]:
         """Classify several images on one version; a bad image's CoreError takes its place.
 
         Request-level problems (unknown model, bad top_k) raise instead.
         """
         with self.pin(model, version) as pinned:
-            return await pinned.predict_batch(images, tta=tta, top_k=top_k)
+            return await pinned.predict_batch(images, tta=tta, top_k=top_k,
+                                              min_confidence=min_confidence)
 
     async def predict_pixels(self, pixels: np.ndarray, *, model: str | None = None,
-                             version: int | None = None,
-                             top_k: int | None = None) -> list[Prediction]:
+                             version: int | None = None, top_k: int | None = None,
+                             min_confidence: float | None = None) -> list[Prediction]:
         """Classify already-preprocessed images, one Prediction per row (tta=False).
 
         ``pixels``: float32 (N, 3, S, S), NCHW RGB in [0, 1] -- the model's input contract, as
@@ -265,7 +278,8 @@ class InferenceCore:
         expected shape.
         """
         with self.pin(model, version) as pinned:
-            return await pinned.predict_pixels(pixels, top_k=top_k)
+            return await pinned.predict_pixels(pixels, top_k=top_k,
+                                               min_confidence=min_confidence)
 
     async def evaluate(
         self,
@@ -273,10 +287,11 @@ class InferenceCore:
         *,
         model: str | None = None,
         version: int | None = None,
-        tta: bool = False,
+        tta: bool | str | None = False,
         min_confused: int = 1,
     ) -> EvaluationResult:
-        """Evaluate (image bytes, label) pairs on one version -> report + confusion PNG."""
+        """Evaluate (image bytes, label) pairs on one version -> report (accuracy, ECE, which
+        path each answer took) + confusion PNG. tta as in predict()."""
         window = max(1, min(32, self.config.max_pending // 4,
                             self.config.max_queue // 2 or 32))
         with self.pin(model, version) as pinned:
@@ -307,8 +322,8 @@ class InferenceCore:
                                  f"{self.config.default_top_k}); got {top_k}")
         return int(top_k)
 
-    async def _predict_many(self, model: LoadedModel, images: Sequence[bytes], tta: bool,
-                            top_k: int) -> list[Prediction | CoreError]:
+    async def _predict_many(self, model: LoadedModel, images: Sequence[bytes],
+                            options: AnswerOptions) -> list[Prediction | CoreError]:
         """One admitted request however many images (a KServe batch may hold thousands), with
         at most ``max_batch_size`` of them decoded or queued at once, so memory stays bounded.
         A bad image's CoreError takes its place; each image's outcome is counted."""
@@ -320,8 +335,8 @@ class InferenceCore:
             async with limit:
                 try:
                     with self._admission.on_the_way(1):
-                        result: Prediction | CoreError = await self._run(model, image, tta,
-                                                                         top_k, mine)
+                        result: Prediction | CoreError = await self._run(model, image,
+                                                                         options, mine)
                 except CoreError as e:
                     result = e
             times.merge(mine)
@@ -331,7 +346,7 @@ class InferenceCore:
 
         started = time.perf_counter_ns()
         try:
-            with self._admitted(model):
+            with admitted(self._admission, self.stats, model.name):
                 results = list(await asyncio.gather(*(one(image) for image in images)))
         except CoreError as e:  # refused as a whole (overloaded, deadline passed)
             self.stats.record_request(model.name, e.kind)
@@ -343,20 +358,20 @@ class InferenceCore:
                                     duration_ns=time.perf_counter_ns() - started, times=times)
         return results
 
-    async def _predict_one(self, model: LoadedModel, image: bytes, tta: bool,
-                           top_k: int) -> Prediction:
-        return await self._request(model, lambda t: self._run(model, image, tta, top_k, t))
+    async def _predict_one(self, model: LoadedModel, image: bytes,
+                           options: AnswerOptions) -> Prediction:
+        return await self._request(model, lambda t: self._run(model, image, options, t))
 
     async def _predict_pixels(self, model: LoadedModel, pixels: np.ndarray,
-                              top_k: int) -> list[Prediction]:
-        return await self._request(model, lambda t: self._run_pixels(model, pixels, top_k, t))
+                              options: AnswerOptions) -> list[Prediction]:
+        return await self._request(model, lambda t: self._run_pixels(model, pixels, options, t))
 
     async def _request(self, model: LoadedModel,
                        run: Callable[[RequestTimes], Awaitable[T]]) -> T:
         """One admitted request (back-pressure), its outcome counted in the stats."""
         times, started = RequestTimes(), time.perf_counter_ns()
         try:  # one arrival at the batcher (a pixel tensor's blocks are submitted together)
-            with self._admitted(model), self._admission.on_the_way(1):
+            with admitted(self._admission, self.stats, model.name), self._admission.on_the_way(1):
                 result = await run(times)
         except CoreError as e:
             self.stats.record_request(model.name, e.kind)
@@ -369,25 +384,7 @@ class InferenceCore:
                                     duration_ns=time.perf_counter_ns() - started, times=times)
         return result
 
-    @contextlib.contextmanager
-    def _admitted(self, model: LoadedModel) -> Iterator[None]:
-        """Admission (Overloaded), unless the deadline has passed or would pass first (counted as
-        dropped); a request cancelled meanwhile (its caller went away) is counted too."""
-        deadline = deadlines.current()
-        with contextlib.ExitStack() as admitted:
-            try:
-                deadlines.check(deadline, "before the request was admitted")
-                admitted.enter_context(self._admission.admit(model.name, deadline))
-            except DeadlineExceeded:
-                self.stats.record_dropped(model.name, "deadline")
-                raise
-            try:
-                yield
-            except asyncio.CancelledError:
-                self.stats.record_request(model.name, "cancelled")
-                raise
-
-    async def _run(self, model: LoadedModel, image: bytes, tta: bool, top_k: int,
+    async def _run(self, model: LoadedModel, image: bytes, options: AnswerOptions,
                    times: RequestTimes) -> Prediction:
         if len(image) > self.config.max_image_bytes:
             raise ImageTooLarge(
@@ -395,23 +392,32 @@ class InferenceCore:
                 "bytes (raise it with --max-image-bytes)")
         started = time.perf_counter_ns()
         card, max_pixels = model.card, self.config.max_pixels
+        views = first_views(card, options.mode)
         # Alone, a small image decodes here (no pool hop); among others, in the pool, so that
         # they are admitted meanwhile and the batcher sees them coming (one pass for all).
         deadline = deadlines.current()
-        rows = (decode_inline(image, card, tta, max_pixels) if self._admission.images <= 1
-                else None)
-        if rows is None:
-            work = deadlines.unless_expired(deadline, image_rows, model.batcher.count_dropped)
-            rows = await self._in_pool(work, image, card, tta, max_pixels)
+        alone = self._admission.images <= 1
+        got = first_rows_inline(image, card, views, max_pixels) if alone else None
+        if got is None:
+            work = deadlines.unless_expired(deadline, first_rows, model.batcher.count_dropped)
+            got = await self._in_pool(work, image, card, views, max_pixels)
+        decoded, rows = got
         times.compute_input = time.perf_counter_ns() - started
         out = await model.batcher.run(rows, times=times, deadline=deadline)
+        if wants_more_views(card, options.mode, views, out[0]):  # tta=auto, an unsure image
+            views = rest_views(card)
+            more = (decoded.rows(card, views) if decoded.small
+                    else await self._in_pool(decoded.rows, card, views))
+            out = join_views(card, out, await model.batcher.run(more, times=times,
+                                                                deadline=deadline))
+            views = card.tta.views
         answered = time.perf_counter_ns()
-        probs = combine_tta(out[None], card.tta)[0] if tta else out[0]
-        prediction = _prediction(model, probs, tta, len(rows), top_k)
+        prediction = make_answer(model.name, model.version, card, out, views, options)
+        self.stats.record_answers(model.name, [prediction])
         times.compute_output = time.perf_counter_ns() - answered
         return prediction
 
-    async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray, top_k: int,
+    async def _run_pixels(self, model: LoadedModel, pixels: np.ndarray, options: AnswerOptions,
                           times: RequestTimes) -> list[Prediction]:
         started = time.perf_counter_ns()
         pixels = check_pixels_shape(pixels, model.name, model.version, model.card.input_size)
@@ -426,7 +432,9 @@ class InferenceCore:
                                       for block in blocks))
         answered = time.perf_counter_ns()
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        predictions = [_prediction(model, row, False, 1, top_k) for row in out]
+        predictions = [make_answer(model.name, model.version, model.card, row[None], ("center",),
+                                   options) for row in out]
+        self.stats.record_answers(model.name, predictions)
         times.compute_output = time.perf_counter_ns() - answered
         return predictions
 
@@ -440,8 +448,3 @@ class InferenceCore:
             raise ModelUnavailable("the inference core is stopping; retry") from e
         return await running
 
-
-def _prediction(model: LoadedModel, probs: np.ndarray, tta: bool, views: int,
-                top_k: int) -> Prediction:
-    return make_prediction(model.name, model.version, model.card.classes, probs, tta=tta,
-                           views=views, top_k=top_k)

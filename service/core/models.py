@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.calibration import Calibration
 from service.core.batcher import DynamicBatcher
 from service.core.config import CoreConfig
 from service.core.errors import DeviceUnavailable, ModelNotFound, ModelUnavailable
@@ -67,6 +68,9 @@ class ModelInfo:
     path: Path
     variant: str | None = None  # the reduced-precision variant served (--variant), None = fp32
     variants: dict[str, Any] = field(default_factory=dict)  # model.json "variants", as measured
+    # model.json "calibration": temperatures, default TTA mode, auto threshold, abstention;
+    # calibration.calibrated is False for a model exported before it (served with T = 1)
+    calibration: Calibration = field(default_factory=Calibration.uncalibrated)
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
@@ -217,6 +221,7 @@ class ModelRegistry:
             repository_versions=tuple(self.repository.versions(model.name)),
             provider=model.provider, is_default=model.name == self.config.default_model,
             path=model.path, variant=model.variant, variants=dict(card.variants or {}),
+            calibration=card.calibration,
         )
 
     def index(self) -> list[VersionState]:

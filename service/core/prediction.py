@@ -1,4 +1,5 @@
-"""What the core answers for one image: the top-k classes and the full probability vector."""
+"""What the core answers for one image: the top-k classes and the full probability vector,
+calibrated by the model's temperatures, and how the answer was reached (path, views, unsure)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,48 @@ class ClassScore:
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """One image's answer: top-k classes, the full probability vector, and who answered."""
+    """One image's answer: top-k classes, the full probability vector, and who answered.
+
+    path: "plain" (the centre view alone) or "tta" (the TTA views combined); with
+    ``tta_mode`` "auto" either happens, by the image's calibrated plain confidence.
+    views_used: the views the network ran for this answer, in model.json's order.
+    calibrated: the probabilities went through the model's fitted temperature (False: a model
+    exported before calibration, served with temperature 1).
+    unsure: the top-1 probability is below ``min_confidence``; the top-k are still given.
+    """
 
     model: str
     version: int
-    tta: bool
+    tta: bool  # the answer combines TTA views (path == "tta")
     tta_views: int  # views combined (1 without TTA)
     top: tuple[ClassScore, ...]  # most probable first
     probabilities: np.ndarray  # float32 (n_classes,), in the model's class order
+    tta_mode: str = "off"  # what was asked (or the model's default): "off", "on", "auto"
+    views_used: tuple[str, ...] = ("center",)
+    calibrated: bool = False
+    temperature: float = 1.0
+    unsure: bool = False
+    min_confidence: float = 0.0
 
     @property
     def label(self) -> str:
         return self.top[0].label
 
+    @property
+    def path(self) -> str:
+        return "tta" if self.tta else "plain"
+
+    @property
+    def confidence(self) -> float:
+        return self.top[0].probability
+
 
 def make_prediction(model: str, version: int, classes: tuple[str, ...], probs: np.ndarray, *,
-                    tta: bool, views: int, top_k: int) -> Prediction:
-    """The ``top_k`` most probable of ``classes`` (ties in class order) and the whole vector."""
+                    tta: bool, views: int, top_k: int, **answer: object) -> Prediction:
+    """The ``top_k`` most probable of ``classes`` (ties in class order) and the whole vector;
+    ``answer``: the Prediction's path fields (tta_mode, views_used, calibrated, ...)."""
     k = min(top_k, len(classes))
     order = np.argsort(-probs, kind="stable")[:k]
     top = tuple(ClassScore(classes[i], int(i), float(probs[i])) for i in order)
     return Prediction(model=model, version=version, tta=tta, tta_views=views, top=top,
-                      probabilities=np.asarray(probs, dtype=np.float32))
+                      probabilities=np.asarray(probs, dtype=np.float32), **answer)

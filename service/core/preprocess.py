@@ -2,7 +2,7 @@
 ``service.imaging`` with the model's recorded transform) and already-preprocessed pixels.
 
 Where decoding runs is the core's choice (``InferenceCore._run``): a small image that is the
-only one in the core decodes on the event loop (``decode_inline``), everything else in the
+only one in the core decodes on the event loop (``first_rows_inline``), everything else in the
 decode pool. Why: a CIFAR-sized JPEG decodes in ~0.1 ms, less than the two thread hand-offs a
 pool costs it (submit, then the self-pipe wake-up of the loop; docs/benchmarks-history.md,
 "Serving").
@@ -14,7 +14,11 @@ decoded, so neither a large photo nor a decompression bomb ever blocks the loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+from PIL import Image
 
 from service.core.errors import ImageTooLarge, InvalidImage, InvalidRequest
 from service.imaging import (
@@ -23,8 +27,8 @@ from service.imaging import (
     decode_image,
     decode_side,
     eval_view,
+    render_views,
     to_model_input,
-    tta_views,
 )
 from service.model_repository import ModelCard
 
@@ -37,8 +41,30 @@ INLINE_MAX_PIXELS = 256 * 256
 PIXEL_RANGE_TOLERANCE = 0.05
 
 
-def image_rows(image: bytes, card: ModelCard, tta: bool, max_pixels: int) -> np.ndarray:
-    """Bytes -> (V, 3, H, W) float32 model input; V = 1, or the TTA views."""
+@dataclass
+class DecodedImage:
+    """One request's image, decoded once: the plain view's rows are rendered at once, the
+    other TTA views only when asked (``tta=auto`` renders them for unsure images alone)."""
+
+    image: Image.Image
+    center: np.ndarray  # (S, S, 3) uint8: the evaluation view
+
+    def rows(self, card: ModelCard, views: Sequence[str]) -> np.ndarray:
+        """(V, 3, S, S) float32 model input of ``views``, in the order given."""
+        if tuple(views) == ("center",):
+            return to_model_input(self.center)
+        return to_model_input(render_views(self.image, card.eval_spec, views,
+                                           card.tta.zoom_ratio, center=self.center))
+
+    @property
+    def small(self) -> bool:
+        """Small enough to render more views on the event loop (see the module docstring)."""
+        w, h = self.image.size
+        return w * h <= INLINE_MAX_PIXELS
+
+
+def decode_request_image(image: bytes, card: ModelCard, max_pixels: int) -> DecodedImage:
+    """Bytes -> the decoded image and its evaluation view; InvalidImage / ImageTooLarge."""
     if len(image) == 0:
         raise InvalidImage("image is empty (0 bytes); send the encoded file's bytes "
                            "(JPEG, PNG, WebP, BMP, GIF, TIFF)")
@@ -51,18 +77,29 @@ def image_rows(image: bytes, card: ModelCard, tta: bool, max_pixels: int) -> np.
         raise ImageTooLarge(str(e).replace("image bytes is", "image is", 1)) from e
     except ImageDecodeError as e:
         raise InvalidImage(str(e).replace("image bytes", "image", 1)) from e
-    if tta:
-        return to_model_input(tta_views(img, card.eval_spec, card.tta))
-    return to_model_input(eval_view(img, card.eval_spec))
+    return DecodedImage(img, eval_view(img, card.eval_spec))
 
 
-def decode_inline(image: bytes, card: ModelCard, tta: bool, max_pixels: int) -> np.ndarray | None:
-    """``image_rows`` when the image is small enough for the event loop, else None (the caller
+def first_rows(image: bytes, card: ModelCard, views: Sequence[str],
+               max_pixels: int) -> tuple[DecodedImage, np.ndarray]:
+    """Decode, then render the rows of the first pass (``views``)."""
+    decoded = decode_request_image(image, card, max_pixels)
+    return decoded, decoded.rows(card, views)
+
+
+def image_rows(image: bytes, card: ModelCard, tta: bool, max_pixels: int) -> np.ndarray:
+    """Bytes -> (V, 3, H, W) float32 model input; V = 1, or the TTA views."""
+    return first_rows(image, card, card.tta.views if tta else ("center",), max_pixels)[1]
+
+
+def first_rows_inline(image: bytes, card: ModelCard, views: Sequence[str],
+                      max_pixels: int) -> tuple[DecodedImage, np.ndarray] | None:
+    """``first_rows`` when the image is small enough for the event loop, else None (the caller
     decodes it in the pool). A refusal under ``max_pixels`` itself is raised as usual."""
     if len(image) > INLINE_MAX_BYTES:
         return None
     try:
-        return image_rows(image, card, tta, min(max_pixels, INLINE_MAX_PIXELS))
+        return first_rows(image, card, views, min(max_pixels, INLINE_MAX_PIXELS))
     except ImageTooLarge:
         if max_pixels <= INLINE_MAX_PIXELS:
             raise

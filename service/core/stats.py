@@ -15,7 +15,7 @@ import copy
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,8 @@ class CoreStats:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._dropped: Counter[tuple[str, str]] = Counter()
         self._versions: dict[tuple[str, int], VersionStats] = {}
+        self._answers: Counter[tuple[str, str, str]] = Counter()  # (model, mode, path)
+        self._unsure: Counter[str] = Counter()
 
     def pending(self) -> int:
         """Requests admitted by the core and not yet answered."""
@@ -158,6 +160,21 @@ class CoreStats:
             for (name, reason), n in self._dropped.items():
                 if model is None or name == model:
                     out[reason] += n
+    def record_answers(self, model: str, answers: Sequence[Any]) -> None:
+        """Answers given (``service.core.prediction.Prediction``s): by the TTA mode asked, the
+        path taken ("plain" or "tta": with mode "auto", both happen) and whether unsure."""
+        with self._lock:
+            for answer in answers:
+                self._answers[(model, answer.tta_mode, answer.path)] += 1
+                self._unsure[model] += bool(answer.unsure)
+
+    def answers(self, model: str | None = None) -> Counter[tuple[str, str]]:
+        """How many answers took each (mode, path), for one model or all."""
+        with self._lock:
+            out: Counter[tuple[str, str]] = Counter()
+            for (name, mode, path), n in self._answers.items():
+                if model is None or name == model:
+                    out[(mode, path)] += n
             return out
 
     def record_execution(self, model: str, version: int, images: int, *, input_ns: int,
@@ -219,6 +236,9 @@ class CoreStats:
                 },
                 "requests": {f"{m}/{o}": n for (m, o), n in sorted(self._requests.items())},
                 "dropped": {f"{m}/{r}": n for (m, r), n in sorted(self._dropped.items())},
+                "answers": {f"{m}/{mode}/{path}": n
+                            for (m, mode, path), n in sorted(self._answers.items())},
+                "unsure": dict(sorted(self._unsure.items())),
             }
 
     def prometheus_collector(self) -> Any:
@@ -251,6 +271,13 @@ class _PrometheusCollector:
             "tta_serve_dropped_requests",
             "Queued requests dropped before they were computed (deadline passed, caller gone)",
             labels=["model", "reason"])
+        answers = CounterMetricFamily(
+            "tta_serve_answers", "Answers by TTA mode asked and path taken (tta=auto: plain when "
+            "the plain view was sure enough, tta when the other views ran)",
+            labels=["model", "mode", "path"])
+        unsure = CounterMetricFamily("tta_serve_unsure_answers",
+                                     "Answers below min_confidence (unsure: true)",
+                                     labels=["model"])
         with s._lock:
             for (name, reason), n in s._dropped.items():
                 dropped.add_metric([name, reason], n)
@@ -261,10 +288,16 @@ class _PrometheusCollector:
                 rows.add_metric([name], s._rows[name])
             for (name, outcome), n in s._requests.items():
                 requests.add_metric([name, outcome], n)
+            for (name, mode, path), n in s._answers.items():
+                answers.add_metric([name, mode, path], n)
+            for name, n in s._unsure.items():
+                unsure.add_metric([name], n)
         yield batch
         yield forward
         yield rows
         yield requests
         yield dropped
+        yield answers
+        yield unsure
         yield GaugeMetricFamily("tta_serve_pending_requests",
                                 "Requests admitted and not yet answered", value=s._pending())

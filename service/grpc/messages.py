@@ -27,6 +27,19 @@ def error_trailers(status: Status) -> tuple[tuple[str, str], ...]:
     Retry-After header."""
     seconds = retry_after_s(status)
     return (("retry-after", str(seconds)),) if seconds is not None else ()
+_MODES = {pb.TTA_MODE_OFF: "off", pb.TTA_MODE_ON: "on", pb.TTA_MODE_AUTO: "auto"}
+
+
+def requested_tta(mode: int, tta: bool, unset: str | None = None) -> bool | str | None:
+    """The core's ``tta`` from a request's ``tta_mode`` and the older ``tta`` flag: the mode when
+    set, else ON when the flag is, else ``unset`` (None: the model's default)."""
+    if mode in _MODES:
+        return _MODES[mode]
+    return True if tta else unset
+
+
+def requested_min_confidence(request: pb.PredictRequest) -> float | None:
+    return request.min_confidence if request.HasField("min_confidence") else None
 
 
 def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.PredictResponse:
@@ -38,6 +51,12 @@ def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.Pred
         model_version=prediction.version,
         tta=prediction.tta,
         tta_views=prediction.tta_views,
+        calibrated=prediction.calibrated,
+        unsure=prediction.unsure,
+        path=prediction.path,
+        views_used=list(prediction.views_used),
+        tta_mode=prediction.tta_mode,
+        min_confidence=prediction.min_confidence,
     )
 
 
@@ -86,7 +105,21 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
     )
     if info.tta.beta is not None and info.tta.combine == "mean":
         message.tta_beta = info.tta.beta
+    _calibration_fields(message, info)
     return message
+
+
+def _calibration_fields(message: pb.ModelInfo, info: ModelInfo) -> None:
+    c = info.calibration
+    message.calibrated = c.calibrated
+    message.temperature = c.temperature
+    message.tta_temperature = c.tta_temperature
+    message.default_tta = c.default_tta
+    message.min_confidence = c.min_confidence
+    message.tta_weights.extend(info.tta.weights or ())
+    if c.auto_threshold is not None:
+        message.auto_threshold = c.auto_threshold
+    message.calibration.CopyFrom(_struct(c.evidence))
 
 
 def evaluation_to_proto(result: EvaluationResult) -> pb.EvaluateResponse:
@@ -104,4 +137,8 @@ def evaluation_to_proto(result: EvaluationResult) -> pb.EvaluateResponse:
         most_confused=[pb.ConfusedPair(actual=a, predicted=p, count=c)
                        for a, p, c in report.most_confused],
         confusion_png=result.png,
+        ece=result.ece,
+        calibrated=result.calibrated,
+        tta_mode=result.tta_mode,
+        tta_answers=result.tta_answers,
     )

@@ -53,6 +53,8 @@ from service.grpc.messages import (
     model_info_to_proto,
     prediction_to_proto,
     provider_to_proto,
+    requested_min_confidence,
+    requested_tta,
     status_code,
 )
 from service.oip import grpc_servicer as oip_grpc
@@ -104,7 +106,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
         prediction = await self.core.predict(
             request.image, model=request.model or None, version=request.version or None,
-            tta=request.tta, top_k=request.top_k)
+            tta=requested_tta(request.tta_mode, request.tta), top_k=request.top_k,
+            min_confidence=requested_min_confidence(request))
         return prediction_to_proto(prediction, request.request_id)
 
     @_maps_core_errors
@@ -173,7 +176,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
         result = await self.core.evaluate(
             items(), model=options.model or None, version=options.version or None,
-            tta=options.tta, min_confused=options.min_confused or 1)
+            tta=requested_tta(options.tta_mode, options.tta, unset="off"),
+            min_confused=options.min_confused or 1)
         return evaluation_to_proto(result)
 
     @_maps_core_errors

@@ -2,8 +2,9 @@
 parsed in memory and answered from the core; every other request replayed into BentoML's route.
 
 The plain shape is what a client of the API sends: one image -- a multipart file part named
-``image``, or a JSON object's ``image_base64`` string -- and any of ``tta`` (true/false),
-``top_k`` and ``version`` (whole numbers) and ``model`` (text), each once. Multipart text values
+``image``, or a JSON object's ``image_base64`` string -- and any of ``tta`` (true/false or
+on/off/auto), ``min_confidence`` (a number), ``top_k`` and ``version`` (whole numbers) and
+``model`` (text), each once. Multipart text values
 are read as BentoML's parser (``service.http.hardening.UploadsOnlyMultipart``) reads them: JSON
 when they parse, else the text itself. A value of another type, a second image, an unknown or
 repeated field, a part without a filename, a charset, a body over the size bound or one that
@@ -28,13 +29,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from service.core import CoreError
-from service.http.schema import decode_base64_image, error_response, prediction_body
+from service.http.schema import decode_base64_image, error_response, prediction_body, tta_label
 
 log = logging.getLogger(__name__)
 
 PARSED_SCOPE_KEY = "tta_serve.predict_request"
 OPTIONS: dict[str, Callable[[Any], bool]] = {
-    "tta": lambda v: isinstance(v, bool),
+    "tta": lambda v: isinstance(v, bool) or v in ("off", "on", "auto"),
+    "min_confidence": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "version": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "model": lambda v: isinstance(v, str),
@@ -193,22 +195,23 @@ def predict_handler(service: Callable[[], Any],
         request: PredictRequest = scope[PARSED_SCOPE_KEY]
         instance = service()
         options = request.options
-        tta = bool(options.get("tta", False))
+        tta = options.get("tta")  # unset: the model's default mode, as the generic route
+        label = tta_label(tta)
         try:
             image = request.image if request.image is not None else decode_base64_image(
                 request.image_base64 or "", "image_base64")
             prediction = await instance.core.predict(
                 image, model=options.get("model") or None,
                 version=options.get("version") or None, tta=tta,
-                top_k=options.get("top_k", 0))
+                top_k=options.get("top_k", 0), min_confidence=options.get("min_confidence"))
         except CoreError as e:
-            instance.requests.labels("predict", str(tta).lower(), e.kind).inc()
+            instance.requests.labels("predict", label, e.kind).inc()
             response: Response = error_response(e)
         except Exception:
             log.exception("Exception on /predict [POST]")
             response = JSONResponse({"error": UNEXPECTED}, status_code=500)
         else:
-            instance.requests.labels("predict", str(tta).lower(), "ok").inc()
+            instance.requests.labels("predict", label, "ok").inc()
             response = Response(prediction_body(prediction).model_dump_json(),
                                 media_type="application/json")
         response.headers["Server"] = f"BentoML Service/{server_name}"  # as BentoML's routes

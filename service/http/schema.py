@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
@@ -35,6 +35,20 @@ from service.core.evaluation import EvaluationResult
 from service.image_suffixes import IMAGE_SUFFIXES
 
 RETRY_AFTER_S = 1  # Retry-After on 503: the queue drains in well under a second when healthy
+
+
+# A request's TTA choice: true/"on", false/"off", "auto", or unset (None: the model's default).
+TTAParam = bool | Literal["off", "on", "auto"] | None
+
+
+def tta_label(tta: object) -> str:
+    """The metrics label of a request's TTA choice: true/false as before for a boolean, the mode
+    for "on"/"off"/"auto", "default" when unset."""
+    if tta is None:
+        return "default"
+    if isinstance(tta, bool):
+        return str(tta).lower()
+    return str(tta)
 
 
 def status_code(error: CoreError) -> int:
@@ -190,6 +204,15 @@ class PredictResponse(BaseModel):
     model_version: int
     tta: bool = Field(description="whether test-time augmentation was applied")
     tta_views: int = Field(description="views combined (1 without TTA)")
+    calibrated: bool = Field(False, description="probabilities calibrated by the model's fitted "
+                                                "temperature (false: exported before, T = 1)")
+    unsure: bool = Field(False, description="the top-1 probability is below min_confidence: "
+                                            "\"not sure\" (the classes are still given)")
+    path: str = Field("plain", description="which path answered: plain or tta")
+    views_used: list[str] = Field(default_factory=list, description="views the network ran")
+    tta_mode: str = Field("off", description="mode asked (or the model's default): off, on, "
+                                             "auto")
+    min_confidence: float = Field(0.0, description="the threshold this answer was held to")
 
 
 class BatchItem(BaseModel):
@@ -229,6 +252,11 @@ class ModelInfoResponse(BaseModel):
     variants: dict[str, Any] = Field(default_factory=dict, description=(
         "reduced-precision variants in model.json, as measured at export: file, accuracy, "
         "top-1 agreement with model.onnx, bytes"))
+    tta_weights: list[float] | None = Field(None, description="per-view weights (null: the "
+                                                              "combine/beta rule)")
+    calibration: dict[str, Any] = Field(default_factory=dict, description=(
+        "model.json calibration: calibrated (false: exported before it, T = 1), temperature "
+        "(plain, tta), default_tta, auto_threshold, min_confidence, and what export measured"))
 
 
 class ListModelsResponse(BaseModel):
@@ -258,6 +286,11 @@ class EvaluationResponse(BaseModel):
     tta: bool
     n: int = Field(description="images evaluated")
     accuracy: float
+    ece: float = Field(0.0, description="expected calibration error of the top-1 probabilities "
+                                        "(15 bins)")
+    calibrated: bool = False
+    tta_mode: str = "off"
+    tta_answers: int = Field(0, description="answers that combined the TTA views")
     classes: list[str] = Field(description="row and column names of the confusion matrix")
     confusion: list[list[int]] = Field(description="counts, rows = actual, columns = predicted")
     normalized: list[list[float]] = Field(description="confusion rows divided by their sums")
@@ -281,6 +314,12 @@ def prediction_body(prediction: Prediction) -> PredictResponse:
         model_version=prediction.version,
         tta=prediction.tta,
         tta_views=prediction.tta_views,
+        calibrated=prediction.calibrated,
+        unsure=prediction.unsure,
+        path=prediction.path,
+        views_used=list(prediction.views_used),
+        tta_mode=prediction.tta_mode,
+        min_confidence=prediction.min_confidence,
     )
 
 
@@ -312,6 +351,9 @@ def model_info_body(info: ModelInfo) -> ModelInfoResponse:
         provider=provider_body(info.provider),
         variant=info.variant,
         variants=info.variants,
+        tta_weights=None if tta.weights is None else list(tta.weights),
+        calibration={"calibrated": info.calibration.calibrated,
+                     **info.calibration.to_dict()},
     )
 
 
@@ -322,6 +364,10 @@ def evaluation_body(result: EvaluationResult, evaluation_id: str,
         model=result.model,
         model_version=result.version,
         tta=result.tta,
+        ece=result.ece,
+        calibrated=result.calibrated,
+        tta_mode=result.tta_mode,
+        tta_answers=result.tta_answers,
         confusion_png_url=png_url,
         confusion_png_base64=base64.b64encode(result.png).decode("ascii"),
         **result.report.to_dict(),

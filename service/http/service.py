@@ -70,6 +70,7 @@ from service.http.schema import (
     EvaluationResponse,
     ListModelsResponse,
     PredictResponse,
+    TTAParam,
     archive_items,
     batch_item,
     error_response,
@@ -80,6 +81,7 @@ from service.http.schema import (
     prediction_body,
     provider_body,
     several_images,
+    tta_label,
 )
 from service.http.web import web_routes
 from service.oip.http_routes import build_app as build_oip_app
@@ -123,13 +125,13 @@ def _counts_outcome(endpoint: str) -> Callable[..., Callable[..., Awaitable[Any]
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
         async def wrapper(self: Classifier, *args: Any, **kwargs: Any) -> Any:
-            tta = bool(kwargs.get("tta", False))
+            tta = tta_label(kwargs.get("tta"))
             try:
                 result = await method(self, *args, **kwargs)
             except CoreError as e:
-                self.requests.labels(endpoint, str(tta).lower(), e.kind).inc()
+                self.requests.labels(endpoint, tta, e.kind).inc()
                 return error_response(e)
-            self.requests.labels(endpoint, str(tta).lower(), "ok").inc()
+            self.requests.labels(endpoint, tta, "ok").inc()
             return result
 
         return wrapper
@@ -218,23 +220,26 @@ class Classifier:
     @bentoml.api(route="/predict")
     @_counts_outcome("predict")
     async def predict(self, image: OptionalFile = None, image_base64: str | None = None,
-                      tta: bool = False, top_k: int = 0, model: str = "",
-                      version: int = 0) -> PredictResponse:
+                      tta: TTAParam = None, top_k: int = 0, model: str = "",
+                      version: int = 0, min_confidence: float | None = None) -> PredictResponse:
         """Classify one image (multipart ``image`` or JSON ``image_base64``).
 
-        ``top_k`` 0 = the server default (5); ``model`` "" / ``version`` 0 = the default model
-        and its served version.
+        ``tta``: true/"on", false/"off", "auto", unset = the model's default mode;
+        ``min_confidence``: unset = the model's default, 0 = always answer (below it the answer
+        says ``unsure``). ``top_k`` 0 = the server default (5); ``model`` "" / ``version`` 0 =
+        the default model and its served version.
         """
         prediction = await self.core.predict(one_image(image, image_base64),
                                              model=model or None, version=version or None,
-                                             tta=tta, top_k=top_k)
+                                             tta=tta, top_k=top_k, min_confidence=min_confidence)
         return prediction_body(prediction)
 
     @bentoml.api(route="/predict_batch")
     @_counts_outcome("predict_batch")
     async def predict_batch(self, images: OptionalFiles = None,
-                            images_base64: list[str] | None = None, tta: bool = False,
-                            top_k: int = 0, model: str = "", version: int = 0) -> BatchResponse:
+                            images_base64: list[str] | None = None, tta: TTAParam = None,
+                            top_k: int = 0, model: str = "", version: int = 0,
+                            min_confidence: float | None = None) -> BatchResponse:
         """Classify several images on one model version: one result per image, in order.
 
         A bad image gets an error entry (with the status it would have had alone); the others
@@ -244,7 +249,8 @@ class Classifier:
         good = [d for d in data if isinstance(d, bytes)]
         answers = iter(await self.core.predict_batch(good, model=model or None,
                                                      version=version or None, tta=tta,
-                                                     top_k=top_k))
+                                                     top_k=top_k,
+                                                     min_confidence=min_confidence))
         results: list[Prediction | CoreError] = [
             next(answers) if isinstance(d, bytes) else d for d in data]
         return BatchResponse(results=[batch_item(r) for r in results])
@@ -253,7 +259,7 @@ class Classifier:
     @_counts_outcome("evaluate")
     async def evaluate(self, images: OptionalFiles = None, labels: list[str] | None = None,
                        archive: OptionalFile = None, images_base64: list[str] | None = None,
-                       tta: bool = False, model: str = "", version: int = 0,
+                       tta: TTAParam = False, model: str = "", version: int = 0,
                        min_confused: int = 1) -> EvaluationResponse:
         """Evaluate labelled images -> accuracy, per-class P/R/F1, confusion matrix (+ PNG).
 

@@ -12,11 +12,15 @@ What a model accepts (``OipAdapter.model_metadata`` advertises both):
 - ``pixels`` (the model's input name): FP32, shape [N, 3, S, S], already preprocessed to the
   model input contract (NCHW RGB in [0, 1], S = model.json ``input.size``).
 
-The input's datatype picks the path. Request parameter ``tta`` (bool) turns test-time
-augmentation on (BYTES only: the views are cut from the image). A requested output with
-parameter ``classification: k`` returns k ``"score:index:label"`` strings per image, as Triton.
 Request parameter ``timeout`` (microseconds, as Triton's) is the request's deadline
 (``service.core.deadlines``): past it, the request is dropped uncomputed (DEADLINE_EXCEEDED/504).
+The input's datatype picks the path. Request parameter ``tta``: true/"on", false/"off" or
+"auto" (BYTES only: the views are cut from the image; absent = the model's default mode, plain for
+FP32 pixels); ``min_confidence`` (absent = the model's default). The outputs stay Triton's; the
+response parameters say how each image was answered: ``tta_mode``, ``calibrated``, and per image
+in input order, comma-separated, ``path`` ("plain"/"tta") and ``unsure`` ("true"/"false"). A
+requested output with parameter ``classification: k`` returns k ``"score:index:label"`` strings
+per image, as Triton.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ from service.oip.messages import (
     ServerMetadata,
     Tensor,
     TensorSpec,
-    bool_parameter,
+    confidence_parameter,
     from_core_error,
     invalid,
     parse_version,
+    tta_parameter,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ IMAGE_DATATYPE = "BYTES"
 PIXELS_DATATYPE = "FP32"
 TTA_PARAMETER = "tta"
 TIMEOUT_PARAMETER = "timeout"  # microseconds, as Triton's
+MIN_CONFIDENCE_PARAMETER = "min_confidence"
 CLASSIFICATION_PARAMETER = "classification"
 
 def classification_strings(prediction: Prediction, k: int) -> list[bytes]:
@@ -211,7 +217,9 @@ class OipAdapter:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run one request on one pinned version; every problem is an OipError."""
         version = parse_version(request.model, request.version)
-        tta = bool_parameter(TTA_PARAMETER, request.parameters.get(TTA_PARAMETER, False))
+        tta = tta_parameter(TTA_PARAMETER, request.parameters.get(TTA_PARAMETER))
+        min_confidence = confidence_parameter(
+            MIN_CONFIDENCE_PARAMETER, request.parameters.get(MIN_CONFIDENCE_PARAMETER))
         if len(request.inputs) != 1:
             names = [t.name for t in request.inputs]
             raise invalid(f"send exactly one input, got {len(names)} ({names}): {IMAGE_INPUT!r} "
@@ -224,17 +232,18 @@ class OipAdapter:
                 outputs = _check_outputs(pinned, request.outputs)
                 top_k = max([o.classification for o in outputs] + [1])
                 if tensor.datatype == IMAGE_DATATYPE:
-                    predictions = await _predict_images(pinned, tensor, tta, top_k)
+                    predictions = await _predict_images(pinned, tensor, tta, top_k,
+                                                        min_confidence)
                 elif tensor.datatype == PIXELS_DATATYPE:
-                    predictions = await _predict_pixels(pinned, tensor, tta, top_k)
+                    predictions = await _predict_pixels(pinned, tensor, tta, top_k,
+                                                        min_confidence)
                 else:
                     raise invalid(_accepted_inputs(pinned, f"input {tensor.name!r} has datatype "
                                                            f"{tensor.datatype}"))
                 return InferResponse(
                     model=pinned.name, version=str(pinned.version), id=request.id,
                     outputs=[_output(pinned, o, predictions) for o in outputs],
-                    parameters={TTA_PARAMETER: tta,
-                                "tta_views": predictions[0].tta_views if predictions else 0},
+                    parameters=_answer_parameters(predictions),
                 )
         except CoreError as e:
             raise from_core_error(e) from e
@@ -309,35 +318,46 @@ def _check_outputs(pinned: PinnedModel,
     return list(requested)
 
 
-async def _predict_images(pinned: PinnedModel, tensor: Tensor, tta: bool,
-                          top_k: int) -> list[Prediction]:
+def _answer_parameters(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """How the images were answered, as response parameters (outputs stay Triton's)."""
+    return {TTA_PARAMETER: any(p.tta for p in predictions),
+            "tta_views": max((p.tta_views for p in predictions), default=0),
+            "tta_mode": predictions[0].tta_mode if predictions else "off",
+            "calibrated": bool(predictions and predictions[0].calibrated),
+            "path": ",".join(p.path for p in predictions),
+            "unsure": ",".join("true" if p.unsure else "false" for p in predictions)}
+
+
+async def _predict_images(pinned: PinnedModel, tensor: Tensor, tta: bool | str | None,
+                          top_k: int, min_confidence: float | None) -> list[Prediction]:
     shape = list(tensor.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
         raise invalid(f"input {tensor.name!r} ({IMAGE_DATATYPE}) has shape {shape}; expected "
                       "[N] or [N, 1] with N >= 1: one encoded image per element")
     images = list(tensor.data.reshape(-1))
-    results = await pinned.predict_batch(images, tta=tta, top_k=top_k)
+    results = await pinned.predict_batch(images, tta=tta, top_k=top_k,
+                                         min_confidence=min_confidence)
     for i, result in enumerate(results):
         if isinstance(result, CoreError):
             raise from_core_error(result, f"image {i} of {len(results)} (0-based)")
     return results  # type: ignore[return-value]  # no CoreError left
 
 
-async def _predict_pixels(pinned: PinnedModel, tensor: Tensor, tta: bool,
-                          top_k: int) -> list[Prediction]:
+async def _predict_pixels(pinned: PinnedModel, tensor: Tensor, tta: bool | str | None,
+                          top_k: int, min_confidence: float | None) -> list[Prediction]:
     size = pinned.card.input_size
     expected = [3, size, size]
     if len(tensor.shape) != 4 or list(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
         raise invalid(_accepted_inputs(pinned, f"input {tensor.name!r} ({PIXELS_DATATYPE}) has "
                                                f"shape {list(tensor.shape)}; expected [N, 3, "
                                                f"{size}, {size}]"))
-    if tta:
+    if tta not in (None, False, "off"):
         raise invalid(f"parameter {TTA_PARAMETER!r} needs the encoded images (its views are cut "
                       f"from the full image); send them as a {IMAGE_DATATYPE} input, or drop "
                       "the parameter")
     # The core checks the values (finite, [0, 1]) and batches the rows with everyone else's.
     return await pinned.predict_pixels(np.ascontiguousarray(tensor.data, np.float32),
-                                       top_k=top_k)
+                                       top_k=top_k, min_confidence=min_confidence)
 
 
 def _output(pinned: PinnedModel, output: RequestedOutput,

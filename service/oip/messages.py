@@ -251,3 +251,30 @@ def bool_parameter(name: str, value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
     raise invalid(f"parameter {name!r} must be a boolean (true or false), got {value!r}")
+
+
+def tta_parameter(name: str, value: Any) -> bool | str | None:
+    """The ``tta`` request parameter: a boolean (on/off) or "auto", "on", "off"; absent (None) =
+    the model's default mode."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("auto", "on", "off"):
+        return value.strip().lower()
+    try:
+        return bool_parameter(name, value)
+    except OipError:
+        raise invalid(f"parameter {name!r} must be true, false, \"on\", \"off\" or \"auto\", "
+                      f"got {value!r}") from None
+
+
+def confidence_parameter(name: str, value: Any) -> float | None:
+    """A probability-valued request parameter (min_confidence); absent = None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise invalid(f"parameter {name!r} must be a number in [0, 1], got {value!r}")
+    return number

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.client import Client
+from service.client.client import TTAChoice
 from service.client.connection import Credentials
 from service.client.errors import (
     ClientError,
@@ -52,10 +53,11 @@ class Backend(Protocol):
 
     def model(self, name: str) -> ModelInfo: ...
 
-    def predict(self, images: Iterable[Path], *, tta: bool, top_k: int,
-                model: str) -> Iterator[Prediction | ClientError]: ...
+    def predict(self, images: Iterable[Path], *, tta: TTAChoice, top_k: int,
+                model: str, min_confidence: float | None = None,
+                ) -> Iterator[Prediction | ClientError]: ...
 
-    def evaluate(self, folder: Path, *, tta: bool, model: str,
+    def evaluate(self, folder: Path, *, tta: TTAChoice, model: str,
                  min_confused: int) -> Evaluation: ...
 
     def close(self) -> None: ...
@@ -68,7 +70,10 @@ def _core_error(error: CoreError) -> ClientError:
 
 def _local_prediction(p: Any) -> Prediction:
     return Prediction(classes=tuple(ClassScore(s.label, s.index, s.probability) for s in p.top),
-                      model=p.model, model_version=p.version, tta=p.tta, tta_views=p.tta_views)
+                      model=p.model, model_version=p.version, tta=p.tta, tta_views=p.tta_views,
+                      calibrated=p.calibrated, unsure=p.unsure, path=p.path,
+                      views_used=tuple(p.views_used), tta_mode=p.tta_mode,
+                      min_confidence=p.min_confidence)
 
 
 class LocalBackend:
@@ -92,16 +97,17 @@ class LocalBackend:
         except CoreError as e:
             raise _core_error(e) from None
 
-    async def _predict(self, data: bytes, tta: bool, top_k: int,
-                       model: str) -> Prediction | ClientError:
+    async def _predict(self, data: bytes, tta: TTAChoice, top_k: int, model: str,
+                       min_confidence: float | None) -> Prediction | ClientError:
         try:
-            return _local_prediction(await self.core.predict(data, model=model or None,
-                                                             tta=tta, top_k=top_k))
+            return _local_prediction(await self.core.predict(
+                data, model=model or None, tta=tta, top_k=top_k, min_confidence=min_confidence))
         except CoreError as e:
             return _core_error(e)
 
-    def predict(self, images: Iterable[Path], *, tta: bool, top_k: int,
-                model: str) -> Iterator[Prediction | ClientError]:
+    def predict(self, images: Iterable[Path], *, tta: TTAChoice, top_k: int,
+                model: str, min_confidence: float | None = None,
+                ) -> Iterator[Prediction | ClientError]:
         in_flight: deque[concurrent.futures.Future] = deque()
         for path in images:
             future: concurrent.futures.Future = concurrent.futures.Future()
@@ -111,14 +117,14 @@ class LocalBackend:
                 future.set_result(e)
             else:
                 future = asyncio.run_coroutine_threadsafe(
-                    self._predict(data, tta, top_k, model), self.loop)
+                    self._predict(data, tta, top_k, model, min_confidence), self.loop)
             in_flight.append(future)
             while len(in_flight) >= self.window or (in_flight and in_flight[0].done()):
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
 
-    def evaluate(self, folder: Path, *, tta: bool, model: str,
+    def evaluate(self, folder: Path, *, tta: TTAChoice, model: str,
                  min_confused: int) -> Evaluation:
         items = ((read_image(path), label) for path, label in labelled_files(folder))
         try:
@@ -128,7 +134,9 @@ class LocalBackend:
         except CoreError as e:
             raise _core_error(e) from None
         return Evaluation(model=result.model, model_version=result.version, tta=result.tta,
-                          report=result.report, confusion_png=result.png)
+                          report=result.report, confusion_png=result.png, ece=result.ece,
+                          tta_mode=result.tta_mode, tta_answers=result.tta_answers,
+                          calibrated=result.calibrated)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -151,12 +159,13 @@ class GrpcBackend:
     def model(self, name: str) -> ModelInfo:
         return self.client.model(name)
 
-    def predict(self, images: Iterable[Path], *, tta: bool, top_k: int,
-                model: str) -> Iterator[Prediction | ClientError]:
+    def predict(self, images: Iterable[Path], *, tta: TTAChoice, top_k: int,
+                model: str, min_confidence: float | None = None,
+                ) -> Iterator[Prediction | ClientError]:
         return self.client.predict_many(images, tta=tta, top_k=top_k, model=model,
-                                        window=self.window)
+                                        window=self.window, min_confidence=min_confidence)
 
-    def evaluate(self, folder: Path, *, tta: bool, model: str,
+    def evaluate(self, folder: Path, *, tta: TTAChoice, model: str,
                  min_confused: int) -> Evaluation:
         return self.client.evaluate(folder, tta=tta, model=model, min_confused=min_confused)
 
@@ -205,8 +214,8 @@ class HttpBackend:
             name = listing["default_model"]
         return model_info_from_json(self._call("GET", f"/models/{name}"))
 
-    def _chunk(self, paths: list[Path], tta: bool, top_k: int,
-               model: str) -> list[Prediction | ClientError]:
+    def _chunk(self, paths: list[Path], tta: TTAChoice, top_k: int, model: str,
+               min_confidence: float | None) -> list[Prediction | ClientError]:
         results: list[Prediction | ClientError | None] = [None] * len(paths)
         files = []
         for i, path in enumerate(paths):
@@ -215,7 +224,7 @@ class HttpBackend:
             except UnreadableImage as e:
                 results[i] = e
         if files:
-            data = {"tta": str(tta).lower(), "top_k": str(top_k)}
+            data = {"top_k": str(top_k), **_http_answer_options(tta, min_confidence)}
             if model:
                 data["model"] = model
             try:
@@ -231,26 +240,28 @@ class HttpBackend:
                 results[i] = answer
         return [r for r in results if r is not None]
 
-    def predict(self, images: Iterable[Path], *, tta: bool, top_k: int,
-                model: str) -> Iterator[Prediction | ClientError]:
+    def predict(self, images: Iterable[Path], *, tta: TTAChoice, top_k: int,
+                model: str, min_confidence: float | None = None,
+                ) -> Iterator[Prediction | ClientError]:
         chunks = _chunks(images, HTTP_CHUNK)
         with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
             in_flight: deque[concurrent.futures.Future] = deque()
             for chunk in chunks:
-                in_flight.append(pool.submit(self._chunk, chunk, tta, top_k, model))
+                in_flight.append(pool.submit(self._chunk, chunk, tta, top_k, model,
+                                             min_confidence))
                 if len(in_flight) > self.parallel:
                     yield from in_flight.popleft().result()
             while in_flight:
                 yield from in_flight.popleft().result()
 
-    def evaluate(self, folder: Path, *, tta: bool, model: str,
+    def evaluate(self, folder: Path, *, tta: TTAChoice, model: str,
                  min_confused: int) -> Evaluation:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
             for path, label in labelled_files(folder):
                 zf.writestr(f"{label}/{path.relative_to(folder / label).as_posix()}",
                             read_image(path))
-        data = {"tta": str(tta).lower(), "min_confused": str(min_confused)}
+        data = {"min_confused": str(min_confused), **_http_answer_options(tta, None)}
         if model:
             data["model"] = model
         body = self._call("POST", "/evaluate", data=data, files={
@@ -259,6 +270,14 @@ class HttpBackend:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _http_answer_options(tta: TTAChoice, min_confidence: float | None) -> dict[str, str]:
+    """Form fields of a TTA choice (unset: the model's default) and an abstention threshold."""
+    data = {} if tta is None else {"tta": str(tta).lower()}
+    if min_confidence is not None:
+        data["min_confidence"] = str(min_confidence)
+    return data
 
 
 def _tls_context(credentials: Credentials) -> Any:

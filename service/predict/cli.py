@@ -53,8 +53,10 @@ def client_parser() -> argparse.ArgumentParser:
     t.add_argument("--token-file", type=Path, default=None, metavar="FILE",
                    help="a file holding the bearer token (default: $TTA_SERVE_CLIENT_TOKEN); "
                         "never the token itself on the command line")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: the model's recorded views, combined")
+    p.add_argument("--tta", nargs="?", const="on", choices=("on", "off", "auto"), default=None,
+                   help="test-time augmentation: 'on' (or --tta alone) combines the model's "
+                        "views, 'auto' runs them only for images the plain view is unsure of, "
+                        "'off' the plain view (default: the model's default mode; evaluate: off)")
     p.add_argument("--window", type=int, default=64,
                    help="images in flight at once (default: %(default)s)")
     return p
@@ -70,6 +72,9 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                     "1 = some failed, 2 = could not run.")
     p.add_argument("paths", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default: %(default)s)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="answers below this calibrated top-1 probability say unsure (default: "
+                        "the model's; 0 = never)")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: csv when --output ends in .csv, json for .json, "
                         "else table)")
@@ -103,8 +108,10 @@ def _format(args: argparse.Namespace) -> str:
     return {".csv": "csv", ".json": "json"}.get(suffix, "table")
 
 
-def _describe(info: ModelInfo, tta: bool) -> str:
-    views = f"TTA on, {len(info.tta_views)} views" if tta else "TTA off"
+def _describe(info: ModelInfo, tta: str | None) -> str:
+    mode = tta or info.default_tta
+    views = f"TTA {mode}, {len(info.tta_views)} views" if mode != "off" else "TTA off"
+    views += ", calibrated" if info.calibrated else ", not calibrated"
     variant = f", {info.variant} variant" if info.variant else ""
     return f"{info.name} v{info.version} ({views}{variant}, {info.provider.name})"
 
@@ -140,7 +147,7 @@ def _predict(args: argparse.Namespace) -> int:
         started = time.monotonic()
         failures: dict[str, int] = {}
         results = backend.predict(paths, tta=args.tta, top_k=args.top_k,
-                                  model=args.model or "")
+                                  model=args.model or "", min_confidence=args.min_confidence)
         for path, result in zip(paths, results, strict=True):
             writer.write(path, result)
             failed = isinstance(result, ClientError)
@@ -172,22 +179,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     labelled_files(args.folder)  # a missing or empty folder: a one-line error before any start
     backend = open_backend(args)
     try:
-        evaluation = backend.evaluate(args.folder, tta=args.tta, model=args.model or "",
+        evaluation = backend.evaluate(args.folder, tta=args.tta or "off", model=args.model or "",
                                       min_confused=args.min_confused)
     except (InvalidArgument, ServiceError) as e:
         raise ValueError(f"{backend.description}: {e.message}") from None
     finally:
         backend.close()
-    tta = "TTA on" if evaluation.tta else "TTA off"
-    print(f"{evaluation.model} v{evaluation.model_version} ({tta}) {backend.description}: "
-          f"accuracy {evaluation.accuracy:.4f} on {evaluation.n} images\n")
+    tta = f"TTA {evaluation.tta_mode}"
+    calibrated = "calibrated" if evaluation.calibrated else "not calibrated"
+    print(f"{evaluation.model} v{evaluation.model_version} ({tta}, {calibrated}) "
+          f"{backend.description}: accuracy {evaluation.accuracy:.4f} on {evaluation.n} "
+          f"images, ECE {evaluation.ece:.4f}\n")
     print(evaluation.text())
     args.png.parent.mkdir(parents=True, exist_ok=True)
     args.png.write_bytes(evaluation.confusion_png)
     print(f"\nconfusion matrix: {args.png}")
     if args.json:
         body = {"model": evaluation.model, "model_version": evaluation.model_version,
-                "tta": evaluation.tta, **evaluation.report.to_dict()}
+                "tta": evaluation.tta, "tta_mode": evaluation.tta_mode, "ece": evaluation.ece,
+                "calibrated": evaluation.calibrated, "tta_answers": evaluation.tta_answers,
+                **evaluation.report.to_dict()}
         args.json.write_text(json.dumps(body, indent=2))
         print(f"report: {args.json}")
     return 0

@@ -13,7 +13,10 @@ from service.client.errors import ClientError
 from service.client.results import Prediction
 
 FORMATS = ("table", "csv", "json")
-CSV_COLUMNS = ("path", "label", "probability", "top_k", "model", "version", "error")
+# tta_path: which path answered (plain or tta); unsure: below min_confidence ("not sure");
+# calibrated: the probabilities went through the model's fitted temperature
+CSV_COLUMNS = ("path", "label", "probability", "top_k", "model", "version", "tta_path", "unsure",
+               "calibrated", "error")
 
 
 def _top_k_text(p: Prediction) -> str:
@@ -24,10 +27,13 @@ def row(path: Path, result: Prediction | ClientError) -> dict[str, Any]:
     """One output row: the prediction, or the error in the ``error`` column."""
     if isinstance(result, ClientError):
         return {"path": str(path), "label": "", "probability": "", "top_k": "", "model": "",
-                "version": "", "error": f"{result.code}: {result.message}"}
+                "version": "", "tta_path": "", "unsure": "", "calibrated": "",
+                "error": f"{result.code}: {result.message}"}
     return {"path": str(path), "label": result.label,
             "probability": f"{result.probability:.6f}", "top_k": _top_k_text(result),
-            "model": result.model, "version": result.model_version, "error": ""}
+            "model": result.model, "version": result.model_version, "tta_path": result.path,
+            "unsure": str(result.unsure).lower(), "calibrated": str(result.calibrated).lower(),
+            "error": ""}
 
 
 class RowWriter:
@@ -42,7 +48,7 @@ class RowWriter:
         elif fmt == "json":
             out.write("[")
         else:
-            out.write(f"{'label':<12} {'prob':>8}  {'path'}\n")
+            out.write(f"{'label':<12} {'prob':>8}  {'path'}\n")  # "?" after prob: unsure
 
     def write(self, path: Path, result: Prediction | ClientError) -> None:
         r = row(path, result)
@@ -58,12 +64,16 @@ class RowWriter:
                             classes=[{"label": c.label, "index": c.index,
                                       "probability": c.probability} for c in result.classes],
                             model=result.model, model_version=result.model_version,
-                            tta=result.tta, tta_views=result.tta_views)
+                            tta=result.tta, tta_views=result.tta_views,
+                            tta_mode=result.tta_mode, tta_path=result.path,
+                            views_used=list(result.views_used), unsure=result.unsure,
+                            calibrated=result.calibrated)
             self.out.write(("\n " if self.count == 0 else ",\n ") + json.dumps(item))
         elif isinstance(result, ClientError):
             self.out.write(f"{'ERROR':<12} {'':>8}  {r['path']}  ({r['error']})\n")
         else:
-            self.out.write(f"{r['label']:<12} {r['probability']:>8}  {r['path']}\n")
+            mark = "?" if result.unsure else " "
+            self.out.write(f"{r['label']:<12} {r['probability']:>8}{mark} {r['path']}\n")
         self.count += 1
 
     def close(self) -> None:

@@ -83,8 +83,9 @@ def test_metrics_move(client: httpx.Client, digits_model: FixtureModel):
     # This front end: requests by endpoint, TTA use and outcome (errors by kind).
     requests = "tta_serve_http_requests_total"
     assert moved(requests, endpoint="predict", tta="true", outcome="ok") == 1
-    assert moved(requests, endpoint="predict", tta="false", outcome="invalid_image") == 1
-    assert moved(requests, endpoint="predict", tta="false", outcome="model_not_found") == 1
+    # no tta field: the model's default mode (issue 25), labelled "default"
+    assert moved(requests, endpoint="predict", tta="default", outcome="invalid_image") == 1
+    assert moved(requests, endpoint="predict", tta="default", outcome="model_not_found") == 1
     # BentoML: request latency by route and status.
     latency = "bentoml_service_request_duration_seconds_count"
     assert moved(latency, endpoint="/predict", http_response_code="200") == 1

@@ -239,7 +239,11 @@ def test_models_tab_shows_the_served_variant(browser: webdriver.Chrome, http_ser
         By.TAG_NAME, "body").get_attribute("data-models-loading"), "no models shown")
     browser.execute_script("renderModels(arguments[0])", body)
     text = browser.find_element(By.ID, "models-list").text
-    assert "v1 (int8 variant)" in text
+    served = body["models"][0]["version"]  # the newest bundled version
+    assert f"v{served} (int8 variant)" in text
+    if body["models"][0]["calibration"]["calibrated"]:  # digits v2: calibrated, says how
+        assert "Calibration temperature" in text and "ECE (held-out)" in text
+        assert "Default TTA mode auto" in text
     row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#models-list .metrics tr")
                if r.text.startswith("int8"))
     assert _pct(recorded["accuracy"]) in row.text and _pct(1.0) in row.text

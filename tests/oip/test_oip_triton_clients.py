@@ -110,6 +110,34 @@ def test_tta_parameter(triton: TritonClient, serving: RunningServers, images: li
         == len(TTASpec().views)
 
 
+def _parameter(response: dict, name: str) -> object:
+    value = response["parameters"][name]
+    if isinstance(value, dict):  # gRPC: an InferParameter's one field
+        return next(iter(value.values()))
+    return value
+
+
+def test_auto_and_min_confidence_parameters(triton: TritonClient, serving: RunningServers,
+                                            images: list[bytes]) -> None:
+    """The fixture model has no auto threshold (exported before calibration): auto runs every
+    view; min_confidence 1 makes every answer unsure; the outputs are unchanged (Triton's)."""
+    result = triton.infer([("image", "BYTES", image_tensor(images))],
+                          parameters={"tta": "auto", "min_confidence": 1.0})
+    np.testing.assert_allclose(result.outputs["probabilities"],
+                               core_probabilities(serving, images, tta=True), atol=1e-6)
+    assert _parameter(result.response, "path") == ",".join(["tta"] * len(images))
+    assert _parameter(result.response, "unsure") == ",".join(["true"] * len(images))
+    assert _parameter(result.response, "tta_mode") == "auto"
+    assert _parameter(result.response, "calibrated") in (False, "false")
+    plain = triton.infer([("image", "BYTES", image_tensor(images[:1]))])
+    assert _parameter(plain.response, "path") == "plain"
+    assert _parameter(plain.response, "unsure") == "false"
+    with pytest.raises(TritonError) as error:
+        triton.infer([("image", "BYTES", image_tensor(images[:1]))],
+                     parameters={"min_confidence": 2})
+    assert error.value.status == "INVALID_ARGUMENT" and "min_confidence" in error.value.message
+
+
 def test_fp32_pixels_match_bytes(triton: TritonClient, serving: RunningServers,
                                  images: list[bytes]) -> None:
     spec = serving.core.get_model(MODEL).eval_spec

@@ -133,3 +133,28 @@ def test_evaluate_prints_the_report_and_writes_the_png(
         assert json.loads(report.read_text())["accuracy"] == pytest.approx(accuracy)
     assert main(["evaluate", str(tmp_path / "nowhere"), *_local_flags(digits_model)]) == 2
     assert "not a folder of class folders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["local", "grpc", "http"])
+def test_predict_columns_say_the_path_and_unsure(digits_model: FixtureModel,
+                                                 grpc_server: RunningServer,
+                                                 http_server: HttpServer, tmp_path: Path,
+                                                 where: str):
+    """tta_path, unsure and calibrated columns (CSV) and fields (JSON), from every backend."""
+    image, label = digits_model.samples[2]
+    good = tmp_path / "two.png"
+    good.write_bytes(image)
+    flags = {"local": _local_flags(digits_model),
+             "grpc": ["--url", f"127.0.0.1:{grpc_server.port}"],
+             "http": ["--url", http_server.base_url]}[where]
+    csv_out, json_out = tmp_path / "p.csv", tmp_path / "p.json"
+    assert main(["predict", str(good), "--tta", "auto", "--min-confidence", "1", *flags,
+                 "-o", str(csv_out)]) == 0
+    row = _read_csv(csv_out)[str(good)]
+    # the fixture model has no auto threshold (exported before calibration): every view runs
+    assert (row["label"], row["tta_path"], row["unsure"], row["calibrated"]) == (
+        label, "tta", "true", "false")
+    assert main(["predict", str(good), *flags, "-o", str(json_out)]) == 0
+    item = json.loads(json_out.read_text())[0]
+    assert (item["tta_path"], item["tta_mode"], item["unsure"]) == ("plain", "off", False)
+    assert item["views_used"] == ["center"]

@@ -23,7 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.reliability import ServeProcess, model_repository
+from bench.reliability.inputs import model_repository
+from bench.serve_process import ServeProcess
 from service._proto.inference import grpc_predict_v2_pb2 as oip_pb
 from service._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from service._proto.tta_serve.v1 import classifier_pb2 as pb

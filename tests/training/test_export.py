@@ -483,3 +483,21 @@ def test_real_xresnet_tiny_exports(tmp_path) -> None:
     with torch.no_grad():
         want = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
     assert np.abs(session.run(None, {"pixels": x})[0] - want).max() <= 1e-4
+
+
+def test_export_calibrates_on_the_held_out_split(tmp_path, trained):
+    """`training export`'s default: views, temperatures and thresholds fitted on the run's
+    validation split, recorded in model.json with the report's pictures; same graph."""
+    mv = export.export_checkpoint(trained.checkpoint, name="digits", models_dir=tmp_path,
+                                  calibrate=True, abstain_at=0.99)
+    c = mv.card.calibration
+    assert c.calibrated and c.temperature > 0 and c.tta_temperature > 0
+    assert c.evidence["n_images"] == len(trained.valid_labels)
+    assert c.evidence["ece"]["plain"]["after"] <= c.evidence["ece"]["plain"]["before"]
+    assert c.evidence["nll"]["plain"]["after"] <= c.evidence["nll"]["plain"]["before"] + 1e-9
+    assert mv.card.tta.weights is not None and mv.card.tta.views[0] == "center"
+    assert c.evidence["abstain"]["target_accuracy"] == 0.99
+    for name in ("reliability.png", "risk_coverage.png", "views.md", "calibration.json"):
+        assert (mv.path / "report" / "calibration" / name).stat().st_size > 100
+    assert (mv.path / "report" / "calibration" / "reliability.png").read_bytes()[:4] == \
+        b"\x89PNG"

@@ -42,6 +42,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="also write model.fp16.onnx (float32 in/out) and measure it")
     parser.add_argument("--int8", action="store_true",
                         help="also write model.int8.onnx (dynamic int8, for CPU) and measure it")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="serve the recipe's TTA views uncalibrated (default: choose the "
+                             "views, fit temperatures and thresholds on the held-out photos, as "
+                             "`training calibrate`)")
+    parser.add_argument("--abstain-at", type=float, default=None, metavar="ACCURACY",
+                        help="min_confidence for this accuracy on the held-out photos (default: "
+                             "the recipe's [calibrate] abstain_target_accuracy)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                            version=args.version, force=args.force, data=args.data,
                            fp16=args.fp16, int8=args.int8,
                            max_images=args.check_images,
-                           random_inputs_only=args.random_inputs_only)
+                           random_inputs_only=args.random_inputs_only,
+                           calibrate=not args.no_calibrate, abstain_at=args.abstain_at)
     from training.trackers.mlflow import log_exported_model
 
     if log_exported_model(args.checkpoint, mv.path, mv.name, mv.version):
@@ -73,4 +81,8 @@ def run(args: argparse.Namespace) -> int:
         delta = "" if v.get("delta_accuracy") is None else f" ({v['delta_accuracy']:+.4f})"
         print(f"  {kind}: {v['file']} {v['bytes'] / 1e6:.2f} MB, accuracy {acc}{delta}, "
               f"max |p - p_fp32| = {v['max_abs_diff_vs_fp32']:.2e}")
+    if card.calibration.calibrated:
+        from training.commands.calibrate import print_summary
+
+        print_summary(card)
     return 0

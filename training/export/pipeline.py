@@ -119,7 +119,7 @@ def export_checkpoint(
     checkpoint: Path, *, name: str, models_dir: Path, version: int | None = None,
     force: bool = False, data: Path | None = None, fp16: bool = False, int8: bool = False,
     tolerance: float = FP32_ATOL, max_images: int = MAX_CHECK_IMAGES,
-    random_inputs_only: bool = False,
+    random_inputs_only: bool = False, calibrate: bool = False, abstain_at: float | None = None,
 ) -> ModelVersion:
     """Export, verify and publish a checkpoint as ``models_dir/name/version``.
 
@@ -127,7 +127,9 @@ def export_checkpoint(
     ``force``. Raises ExportError (nothing published) when the checkpoint is unusable, the
     export fails, or ONNX Runtime does not reproduce PyTorch within ``tolerance``. The check
     needs real images (``data``, or the run's validation split) unless ``random_inputs_only``
-    (models without data, e.g. random-weight benchmark models).
+    (models without data, e.g. random-weight benchmark models). ``calibrate`` (the CLI's
+    default): choose the served TTA views, fit the temperatures and thresholds on the held-out
+    photos (``training.calibration``; ``abstain_at``: the target accuracy of min_confidence).
     """
     require_single_process("export", "every rank would publish its own version")
     checkpoint, repo = Path(checkpoint), ModelRepository(models_dir)
@@ -141,6 +143,10 @@ def export_checkpoint(
         card = stage_version(staging, checkpoint, ckpt, module, images, name=name, version=target,
                              variants=[k for k, on in (("fp16", fp16), ("int8", int8)) if on],
                              tolerance=tolerance)
+        if calibrate and images is not None:
+            from training.calibration.publish import calibrate_staged
+
+            card = calibrate_staged(card, staging, data=data, abstain_at=abstain_at)
         published = publish_staged(repo, staging, card, force=force,
                                    auto_version=version is None)
     except BaseException:

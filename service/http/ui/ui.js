@@ -151,6 +151,7 @@ function renderModels(body) {
       metricRow("Input", m.input_size + " × " + m.input_size + " px") +
       metricRow("TTA views", m.tta_views.map(escapeHtml).join(", ") + " (" +
                 escapeHtml(m.tta_combine) + (m.tta_beta !== null ? ", β " + m.tta_beta : "") + ")") +
+      calibrationRows(m) +
       metricRow("Classes (" + m.classes.length + ")", classes) +
       (m.created_at ? metricRow("Exported", escapeHtml(m.created_at)) : "");
     const variants = Object.entries(m.variants || {});
@@ -190,6 +191,28 @@ function setUpDrop(label, input, onChange) {
   input.addEventListener("change", onChange);
 }
 
+function answerPath(p) {
+  const how = p.path === "tta" ? "TTA, " + p.tta_views + " views" : "plain view";
+  return p.tta_mode === "auto" ? "auto: " + how : how;
+}
+
+function calibrationRows(m) {
+  const c = m.calibration || {};
+  if (!c.calibrated) {
+    return metricRow("Calibration", "none (exported before calibration: temperature 1, " +
+                     "TTA off by default, never \"not sure\")");
+  }
+  const ece = c.ece || {};
+  const change = (e) => e ? pct(e.before) + " → " + pct(e.after) : "n/a";
+  return metricRow("Calibration", "temperature " + c.temperature.plain.toFixed(3) +
+                   " plain, " + c.temperature.tta.toFixed(3) + " TTA") +
+    metricRow("ECE (held-out)", "plain " + change(ece.plain) + ", TTA " + change(ece.tta)) +
+    metricRow("Default TTA mode", escapeHtml(c.default_tta) +
+              (c.auto_threshold !== null && c.auto_threshold !== undefined
+                ? " (views added below " + pct(c.auto_threshold) + ")" : "")) +
+    metricRow("\"Not sure\" below", c.min_confidence ? pct(c.min_confidence) : "never");
+}
+
 function bars(classes) {
   return '<ol class="bars">' + classes.map((c) =>
     '<li><span class="name">' + escapeHtml(c.label) + "</span>" +
@@ -200,7 +223,7 @@ function bars(classes) {
 async function predictOne(file, options, item) {
   const form = new FormData();
   form.append("image", file, file.name);
-  form.append("tta", String(options.tta));
+  if (options.tta) form.append("tta", "true");  // unchecked: the model's default mode
   form.append("top_k", String(options.topK));
   if (options.model) form.append("model", options.model);
   const started = performance.now();
@@ -208,11 +231,16 @@ async function predictOne(file, options, item) {
     const p = await call("predict", {method: "POST", body: form});
     const ms = performance.now() - started;
     item.classList.add("ok");
+    if (p.unsure) item.classList.add("unsure");
     item.querySelector(".answer").innerHTML =
       '<p class="label">' + escapeHtml(p.label) + ' <span class="prob">' +
-      pct(p.classes[0].probability) + "</span></p>" + bars(p.classes) +
-      '<p class="meta">' + escapeHtml(p.model) + " v" + p.model_version + " · " +
-      (p.tta ? "TTA, " + p.tta_views + " views" : "no TTA") + " · " + ms.toFixed(0) + " ms</p>";
+      pct(p.classes[0].probability) + "</span>" +
+      (p.unsure ? ' <span class="unsure" title="below the model\'s confidence threshold (' +
+                  pct(p.min_confidence) + ')">not sure</span>' : "") + "</p>" +
+      bars(p.classes) + '<p class="meta">' + escapeHtml(p.model) + " v" + p.model_version +
+      " · " + answerPath(p) + " · " +
+      (p.calibrated ? "calibrated confidence" : "uncalibrated (temperature 1)") + " · " +
+      ms.toFixed(0) + " ms</p>";
   } catch (e) {
     item.classList.add("error");
     item.querySelector(".answer").innerHTML = '<p class="message">' + escapeHtml(errorText(e)) + "</p>";

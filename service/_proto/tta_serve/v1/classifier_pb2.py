@@ -25,43 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,service/_proto/tta_serve/v1/classifier.proto\x12\x0ctta_serve.v1\x1a\x1cgoogle/protobuf/struct.proto\"o\n\x0ePredictRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0b\n\x03tta\x18\x04 \x01(\x08\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"?\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbc\x01\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x18.tta_serve.v1.ClassScore\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x0b\n\x03tta\x18\x05 \x01(\x08\x12\x11\n\ttta_views\x18\x06 \x01(\x05\x12$\n\x06status\x18\x07 \x01(\x0b\x32\x14.tta_serve.v1.Status\"T\n\x0f\x45valuateOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0b\n\x03tta\x18\x03 \x01(\x08\x12\x14\n\x0cmin_confused\x18\x04 \x01(\x05\"_\n\x0f\x45valuateRequest\x12.\n\x07options\x18\x01 \x01(\x0b\x32\x1d.tta_serve.v1.EvaluateOptions\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05label\x18\x03 \x01(\t\"\\\n\x0c\x43lassMetrics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x03\"2\n\x0f\x43onfusionMatrix\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\"@\n\x0c\x43onfusedPair\x12\x0e\n\x06\x61\x63tual\x18\x01 \x01(\t\x12\x11\n\tpredicted\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x8d\x02\n\x10\x45valuateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0b\n\x03tta\x18\x03 \x01(\x08\x12\t\n\x01n\x18\x04 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\x12-\n\tper_class\x18\x06 \x03(\x0b\x32\x1a.tta_serve.v1.ClassMetrics\x12\x30\n\tconfusion\x18\x07 \x01(\x0b\x32\x1d.tta_serve.v1.ConfusionMatrix\x12\x31\n\rmost_confused\x18\x08 \x03(\x0b\x32\x1a.tta_serve.v1.ConfusedPair\x12\x15\n\rconfusion_png\x18\t \x01(\x0c\"\x13\n\x11ListModelsRequest\"D\n\x11\x45xecutionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x11\n\trequested\x18\x03 \x01(\t\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1b\n\x13repository_versions\x18\x03 \x03(\x03\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x12\n\ninput_size\x18\x05 \x01(\x05\x12\x11\n\ttta_views\x18\x06 \x03(\t\x12\x13\n\x0btta_combine\x18\x07 \x01(\t\x12\x15\n\x08tta_beta\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12(\n\x07metrics\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nis_default\x18\n \x01(\x08\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x31\n\x08provider\x18\x0c \x01(\x0b\x32\x1f.tta_serve.v1.ExecutionProvider\x12\x0f\n\x07variant\x18\r \x01(\t\x12)\n\x08variants\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructB\x0b\n\t_tta_beta\"\x87\x01\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tta_serve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x31\n\x08provider\x18\x03 \x01(\x0b\x32\x1f.tta_serve.v1.ExecutionProvider\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x32\x88\x03\n\nClassifier\x12\x46\n\x07Predict\x12\x1c.tta_serve.v1.PredictRequest\x1a\x1d.tta_serve.v1.PredictResponse\x12P\n\rPredictStream\x12\x1c.tta_serve.v1.PredictRequest\x1a\x1d.tta_serve.v1.PredictResponse(\x01\x30\x01\x12K\n\x08\x45valuate\x12\x1d.tta_serve.v1.EvaluateRequest\x1a\x1e.tta_serve.v1.EvaluateResponse(\x01\x12O\n\nListModels\x12\x1f.tta_serve.v1.ListModelsRequest\x1a .tta_serve.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.tta_serve.v1.GetModelRequest\x1a\x17.tta_serve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,service/_proto/tta_serve/v1/classifier.proto\x12\x0ctta_serve.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xc8\x01\n\x0ePredictRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0b\n\x03tta\x18\x04 \x01(\x08\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\'\n\x08tta_mode\x18\x07 \x01(\x0e\x32\x15.tta_serve.v1.TTAMode\x12\x1b\n\x0emin_confidence\x18\x08 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_confidence\"?\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xac\x02\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x18.tta_serve.v1.ClassScore\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x0b\n\x03tta\x18\x05 \x01(\x08\x12\x11\n\ttta_views\x18\x06 \x01(\x05\x12$\n\x06status\x18\x07 \x01(\x0b\x32\x14.tta_serve.v1.Status\x12\x12\n\ncalibrated\x18\x08 \x01(\x08\x12\x0e\n\x06unsure\x18\t \x01(\x08\x12\x0c\n\x04path\x18\n \x01(\t\x12\x12\n\nviews_used\x18\x0b \x03(\t\x12\x10\n\x08tta_mode\x18\x0c \x01(\t\x12\x16\n\x0emin_confidence\x18\r \x01(\x02\"}\n\x0f\x45valuateOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0b\n\x03tta\x18\x03 \x01(\x08\x12\x14\n\x0cmin_confused\x18\x04 \x01(\x05\x12\'\n\x08tta_mode\x18\x05 \x01(\x0e\x32\x15.tta_serve.v1.TTAMode\"_\n\x0f\x45valuateRequest\x12.\n\x07options\x18\x01 \x01(\x0b\x32\x1d.tta_serve.v1.EvaluateOptions\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05label\x18\x03 \x01(\t\"\\\n\x0c\x43lassMetrics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x03\"2\n\x0f\x43onfusionMatrix\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\"@\n\x0c\x43onfusedPair\x12\x0e\n\x06\x61\x63tual\x18\x01 \x01(\t\x12\x11\n\tpredicted\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xd5\x02\n\x10\x45valuateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0b\n\x03tta\x18\x03 \x01(\x08\x12\t\n\x01n\x18\x04 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01\x12-\n\tper_class\x18\x06 \x03(\x0b\x32\x1a.tta_serve.v1.ClassMetrics\x12\x30\n\tconfusion\x18\x07 \x01(\x0b\x32\x1d.tta_serve.v1.ConfusionMatrix\x12\x31\n\rmost_confused\x18\x08 \x03(\x0b\x32\x1a.tta_serve.v1.ConfusedPair\x12\x15\n\rconfusion_png\x18\t \x01(\x0c\x12\x0b\n\x03\x65\x63\x65\x18\n \x01(\x01\x12\x12\n\ncalibrated\x18\x0b \x01(\x08\x12\x10\n\x08tta_mode\x18\x0c \x01(\t\x12\x13\n\x0btta_answers\x18\r \x01(\x03\"\x13\n\x11ListModelsRequest\"D\n\x11\x45xecutionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x11\n\trequested\x18\x03 \x01(\t\"\xdb\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1b\n\x13repository_versions\x18\x03 \x03(\x03\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x12\n\ninput_size\x18\x05 \x01(\x05\x12\x11\n\ttta_views\x18\x06 \x03(\t\x12\x13\n\x0btta_combine\x18\x07 \x01(\t\x12\x15\n\x08tta_beta\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12(\n\x07metrics\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nis_default\x18\n \x01(\x08\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x31\n\x08provider\x18\x0c \x01(\x0b\x32\x1f.tta_serve.v1.ExecutionProvider\x12\x0f\n\x07variant\x18\r \x01(\t\x12)\n\x08variants\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ncalibrated\x18\x0f \x01(\x08\x12\x13\n\x0btemperature\x18\x10 \x01(\x01\x12\x17\n\x0ftta_temperature\x18\x11 \x01(\x01\x12\x13\n\x0b\x64\x65\x66\x61ult_tta\x18\x12 \x01(\t\x12\x1b\n\x0e\x61uto_threshold\x18\x13 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\x0emin_confidence\x18\x14 \x01(\x01\x12\x13\n\x0btta_weights\x18\x15 \x03(\x01\x12,\n\x0b\x63\x61libration\x18\x16 \x01(\x0b\x32\x17.google.protobuf.StructB\x0b\n\t_tta_betaB\x11\n\x0f_auto_threshold\"\x87\x01\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tta_serve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x31\n\x08provider\x18\x03 \x01(\x0b\x32\x1f.tta_serve.v1.ExecutionProvider\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03*Y\n\x07TTAMode\x12\x18\n\x14TTA_MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTTA_MODE_OFF\x10\x01\x12\x0f\n\x0bTTA_MODE_ON\x10\x02\x12\x11\n\rTTA_MODE_AUTO\x10\x03\x32\x88\x03\n\nClassifier\x12\x46\n\x07Predict\x12\x1c.tta_serve.v1.PredictRequest\x1a\x1d.tta_serve.v1.PredictResponse\x12P\n\rPredictStream\x12\x1c.tta_serve.v1.PredictRequest\x1a\x1d.tta_serve.v1.PredictResponse(\x01\x30\x01\x12K\n\x08\x45valuate\x12\x1d.tta_serve.v1.EvaluateRequest\x1a\x1e.tta_serve.v1.EvaluateResponse(\x01\x12O\n\nListModels\x12\x1f.tta_serve.v1.ListModelsRequest\x1a .tta_serve.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.tta_serve.v1.GetModelRequest\x1a\x17.tta_serve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'service._proto.tta_serve.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREDICTREQUEST']._serialized_start=92
-  _globals['_PREDICTREQUEST']._serialized_end=203
-  _globals['_CLASSSCORE']._serialized_start=205
-  _globals['_CLASSSCORE']._serialized_end=268
-  _globals['_STATUS']._serialized_start=270
-  _globals['_STATUS']._serialized_end=309
-  _globals['_PREDICTRESPONSE']._serialized_start=312
-  _globals['_PREDICTRESPONSE']._serialized_end=500
-  _globals['_EVALUATEOPTIONS']._serialized_start=502
-  _globals['_EVALUATEOPTIONS']._serialized_end=586
-  _globals['_EVALUATEREQUEST']._serialized_start=588
-  _globals['_EVALUATEREQUEST']._serialized_end=683
-  _globals['_CLASSMETRICS']._serialized_start=685
-  _globals['_CLASSMETRICS']._serialized_end=777
-  _globals['_CONFUSIONMATRIX']._serialized_start=779
-  _globals['_CONFUSIONMATRIX']._serialized_end=829
-  _globals['_CONFUSEDPAIR']._serialized_start=831
-  _globals['_CONFUSEDPAIR']._serialized_end=895
-  _globals['_EVALUATERESPONSE']._serialized_start=898
-  _globals['_EVALUATERESPONSE']._serialized_end=1167
-  _globals['_LISTMODELSREQUEST']._serialized_start=1169
-  _globals['_LISTMODELSREQUEST']._serialized_end=1188
-  _globals['_EXECUTIONPROVIDER']._serialized_start=1190
-  _globals['_EXECUTIONPROVIDER']._serialized_end=1258
-  _globals['_MODELINFO']._serialized_start=1261
-  _globals['_MODELINFO']._serialized_end=1638
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1641
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1776
-  _globals['_GETMODELREQUEST']._serialized_start=1778
-  _globals['_GETMODELREQUEST']._serialized_end=1826
-  _globals['_CLASSIFIER']._serialized_start=1829
-  _globals['_CLASSIFIER']._serialized_end=2221
+  _globals['_TTAMODE']._serialized_start=2369
+  _globals['_TTAMODE']._serialized_end=2458
+  _globals['_PREDICTREQUEST']._serialized_start=93
+  _globals['_PREDICTREQUEST']._serialized_end=293
+  _globals['_CLASSSCORE']._serialized_start=295
+  _globals['_CLASSSCORE']._serialized_end=358
+  _globals['_STATUS']._serialized_start=360
+  _globals['_STATUS']._serialized_end=399
+  _globals['_PREDICTRESPONSE']._serialized_start=402
+  _globals['_PREDICTRESPONSE']._serialized_end=702
+  _globals['_EVALUATEOPTIONS']._serialized_start=704
+  _globals['_EVALUATEOPTIONS']._serialized_end=829
+  _globals['_EVALUATEREQUEST']._serialized_start=831
+  _globals['_EVALUATEREQUEST']._serialized_end=926
+  _globals['_CLASSMETRICS']._serialized_start=928
+  _globals['_CLASSMETRICS']._serialized_end=1020
+  _globals['_CONFUSIONMATRIX']._serialized_start=1022
+  _globals['_CONFUSIONMATRIX']._serialized_end=1072
+  _globals['_CONFUSEDPAIR']._serialized_start=1074
+  _globals['_CONFUSEDPAIR']._serialized_end=1138
+  _globals['_EVALUATERESPONSE']._serialized_start=1141
+  _globals['_EVALUATERESPONSE']._serialized_end=1482
+  _globals['_LISTMODELSREQUEST']._serialized_start=1484
+  _globals['_LISTMODELSREQUEST']._serialized_end=1503
+  _globals['_EXECUTIONPROVIDER']._serialized_start=1505
+  _globals['_EXECUTIONPROVIDER']._serialized_end=1573
+  _globals['_MODELINFO']._serialized_start=1576
+  _globals['_MODELINFO']._serialized_end=2179
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2182
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2317
+  _globals['_GETMODELREQUEST']._serialized_start=2319
+  _globals['_GETMODELREQUEST']._serialized_end=2367
+  _globals['_CLASSIFIER']._serialized_start=2461
+  _globals['_CLASSIFIER']._serialized_end=2853
 # @@protoc_insertion_point(module_scope)
