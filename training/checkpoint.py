@@ -74,10 +74,16 @@ class Checkpoint:
                     if k.startswith(_EMA_PREFIX)}
         return self.model
 
+    @property
+    def logit_scale(self) -> float:
+        """The recipe's model.logit_scale (part of the network's function, so of its rebuild)."""
+        return float((self.recipe or {}).get("model", {}).get("logit_scale", 1.0))
+
     def build_model(self, error: type[TrainingError] = ConfigError) -> Classifier:
         """The Classifier with the evaluated weights, fp32, in eval mode, on the CPU."""
         try:
-            model = build_model(self.arch, len(self.classes), mean=self.mean, std=self.std)
+            model = build_model(self.arch, len(self.classes), mean=self.mean, std=self.std,
+                                logit_scale=self.logit_scale)
             model.load_state_dict(self.evaluated_weights())
         except (KeyError, ValueError, RuntimeError, TypeError, TrainingError) as e:
             raise error(f"could not rebuild arch {self.arch!r} with {len(self.classes)} classes "

@@ -21,6 +21,8 @@ from service.imaging import EvalSpec, TTASpec
 from training.augment import AugmentConfig
 from training.auto_augment import POLICIES
 from training.errors import ConfigError
+from training.optim import MULT_KINDS, OPTIMIZERS
+from training.schedule import SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda")  # train.device, and every command's --device
 
@@ -47,6 +49,11 @@ class ModelConfig:
     arch: str = "xresnet_tiny"
     pretrained: str = ""  # local weights file for the body; nothing is ever downloaded
     init_from: str = ""  # an earlier run's checkpoint to start from (retraining)
+    # airbench94's initialisations (training/models/init_schemes.py), off by default:
+    whiten: bool = False  # stem conv = the training patches' whitening transform, frozen
+    dirac: bool = False  # identity (dirac) init of every later convolution's first filters
+    bn_weight: bool = True  # false: BatchNorm without a trainable scale (bias only)
+    logit_scale: float = 1.0  # multiplies the head's input, so the logits (airbench: 1/9)
 
 
 @dataclass
@@ -87,6 +94,18 @@ class TrainConfig:
     # global batch (batch_size x processes) by "linear" | "sqrt" | "none".
     scale_lr: str = "linear"
     sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun (for small per-GPU batches)
+    # training/optim.py: "adamw" (chapter 7) | "sgd" (Nesterov, airbench94's lr/wd units)
+    optimizer: str = "adamw"
+    momentum: float = 0.85  # SGD's Nesterov momentum
+    # LR multipliers by kind of parameter: bn_bias (airbench: 64), bn_weight, head, stem
+    lr_mults: dict[str, float] = field(default_factory=dict)
+    # "stage": a one-cycle per stage | "run": one one-cycle over all stages | "triangular"
+    schedule: str = "stage"
+    lookahead_every: int = 0  # Lookahead's sync period in steps (airbench: 5); 0 is off
+    lookahead_decay: float = 0.95**5  # its slow-weight decay at the end of the run
+    whiten_weight_epochs: int = -1  # whitened stem's filters frozen this many epochs (-1: all)
+    whiten_bias_epochs: int = -1  # its bias trains this many epochs (-1: all; airbench: 3)
+    compile: str = "off"  # torch.compile the training step's model: "off" | "on"
 
 
 @dataclass
@@ -137,6 +156,12 @@ class Recipe:
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
+        return {_check_type(k, key_tp, key): _check_type(v, value_tp, f"{key}.{k}")
+                for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -278,6 +303,12 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.freeze_epochs": (0, None, True, False),
     "train.lr_mult": (1, None, True, False),
     "train.pct_start": (0, 1, False, False),
+    "train.momentum": (0, 1, True, False),
+    "train.lookahead_every": (0, None, True, False),
+    "train.lookahead_decay": (0, 1, True, True),
+    "train.whiten_weight_epochs": (-1, None, True, False),
+    "train.whiten_bias_epochs": (-1, None, True, False),
+    "model.logit_scale": (0, None, False, False),
     "augment.min_scale": (0, 1, False, True),
     "augment.max_rotate": (0, 180, True, True),  # degrees
     "augment.max_zoom": (1, None, True, False),
@@ -343,11 +374,20 @@ def validate(recipe: Recipe) -> None:
         "train.select": (recipe.train.select, ("best", "last")),
         "train.scale_lr": (recipe.train.scale_lr, ("linear", "sqrt", "none")),
         "tta.combine": (recipe.tta.combine, ("mean", "max")),
+        "train.optimizer": (recipe.train.optimizer, OPTIMIZERS),
+        "train.schedule": (recipe.train.schedule, SCHEDULES),
+        "train.compile": (recipe.train.compile, ("off", "on")),
         "augment.auto_augment": (recipe.augment.auto_augment, POLICIES),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} is {value!r}; choose one of {list(allowed)}")
+    for kind, mult in recipe.train.lr_mults.items():
+        if kind not in MULT_KINDS:
+            raise ConfigError(f"train.lr_mults.{kind}: unknown kind; "
+                              f"choose from {list(MULT_KINDS)}")
+        if not mult > 0:
+            raise ConfigError(f"train.lr_mults.{kind} must be > 0, got {mult!r}")
     from training.trackers import check_available
 
     check_available(recipe.log.loggers)
