@@ -7,9 +7,10 @@ Nesterov SGD as airbench94 (K. Jordan, arXiv 2404.00498) sets it up, our own cod
   ``kilostep_scale = 1024 (1 + 1/(1 - momentum))`` so the step size does not depend on the
   momentum (with constant gradients Nesterov's steps are 1 + 1/(1 - momentum) times the
   gradient). Our loss is the batch's mean, so torch's lr is ``lr x batch_size / kilostep_scale``;
-- weight decay is decoupled from the learning rate: a parameter shrinks by ``weight_decay x
-  batch_size / kilostep_scale`` per step times the schedule's factor, whatever its group's LR
-  multiplier (torch's SGD gets ``weight_decay / group_lr``, which cancels the group's LR).
+- weight decay is decoupled from the learning rate: its gradient term moves a parameter by
+  ``weight_decay x batch_size / kilostep_scale`` (times the schedule's factor, through the
+  momentum like a gradient) whatever its group's LR multiplier: torch's SGD gets
+  ``weight_decay / group_lr``, which cancels the group's LR.
 
 ``lr_mults`` multiplies the LR of a kind of parameter: ``bn_bias`` (airbench's 64x on the
 BatchNorm biases, its third-biggest gain), ``bn_weight``, ``head``, ``stem``. Each layer group
