@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.learner import Callback, Learner
+from training.machine import process_cpu_seconds
 from training.models.classifier import BN_TYPES
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class HistoryCallback(Callback):
         s = learn.state
         self.history.append({"phase": s.phase, "epoch": s.epoch + 1, "train_loss": s.train_loss,
                              **s.metrics, "images_per_s": s.images_per_s,
+                             "images": s.images, "process_cpu_seconds": process_cpu_seconds(),
                              "seconds": time.perf_counter() - s.epoch_start})
 
 

@@ -400,7 +400,8 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
                checkpoints, clock, *technique_callbacks(recipe, run.model, clock)]
     train_phases(run, state, [*builtin, *callbacks], current, clock)
     summary = {"history": run.history, "best": {recipe.train.metric: checkpoints.best},
-               "seconds": time.perf_counter() - t0, **machine.finish(started)}
+               "seconds": time.perf_counter() - t0, **machine.finish(started),
+               "images_per_s": machine.training_images_per_s(run.history)}
     best = checkpoints.saved_best
     if main:
         write_json(summary, run.out / "metrics.json")

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 
-def _cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -34,15 +35,22 @@ def describe() -> dict[str, Any]:
             "gpu": gpu, "torch": torch.__version__, "platform": platform.platform()}
 
 
+def training_images_per_s(history: list[dict[str, Any]]) -> float | None:
+    """All epochs' training images over their training seconds (validation excluded)."""
+    rows = [h for h in history if h.get("images") and h.get("images_per_s")]
+    seconds = sum(h["images"] / h["images_per_s"] for h in rows)
+    return sum(h["images"] for h in rows) / seconds if seconds else None
+
+
 def start() -> dict[str, float]:
-    return {"wall": time.perf_counter(), "cpu": _cpu_seconds(),
+    return {"wall": time.perf_counter(), "cpu": process_cpu_seconds(),
             "load": os.getloadavg()[0]}
 
 
 def finish(started: dict[str, float]) -> dict[str, Any]:
     """The run's wall and CPU seconds, the 1-minute load average at its start and end."""
     return {"wall_seconds": time.perf_counter() - started["wall"],
-            "cpu_seconds": _cpu_seconds() - started["cpu"],
+            "cpu_seconds": process_cpu_seconds() - started["cpu"],
             "load_average": {"start": started["load"], "end": os.getloadavg()[0],
                              "end_5min": os.getloadavg()[1], "end_15min": os.getloadavg()[2]},
             "machine": describe()}
