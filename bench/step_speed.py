@@ -8,6 +8,7 @@ with other work, so the bench also reports images per CPU-second of the training
 
     .venv/bin/python -m bench.step_speed                 # ~8 minutes on 2 quiet cores
     .venv/bin/python -m bench.step_speed --repeats 3 --compile
+    .venv/bin/python -m bench.step_speed --threads 1   # steadier on a busy CPU
 
 Prints a markdown table, writes bench/results/step_speed-*.json.
 """
@@ -64,13 +65,13 @@ class TrainCpu(Callback):
 
 
 def run_config(name: str, overrides: list[str], data: Path, out: Path,
-               epochs: int) -> dict[str, Any]:
+               epochs: int, threads: int = 0) -> dict[str, Any]:
     from training.fit import fit
 
     recipe = load_recipe(RECIPE, [
         f"data.path={data}", f"train.output={out}", "data.cache=\"memory\"",
         "stages.0.size=32", "stages.0.batch_size=256", f"stages.0.epochs={epochs}",
-        "stages.1.epochs=0", *overrides])
+        "stages.1.epochs=0", f"train.threads={threads}", *overrides])
     cpu = TrainCpu()
     load_before = os.getloadavg()[0]
     result = fit(recipe, progress=False, callbacks=[cpu])
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=1000, help="photos per class (10 classes)")
     ap.add_argument("--compile", action="store_true", help="also measure train.compile=on")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     ap.add_argument("--only", nargs="*", default=None, help="config names to run")
     args = ap.parse_args(argv)
     info = machine()
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.repeats):
             for name, overrides in configs.items():
                 epochs = 2 if "compile" in name else 1  # compiling is the first epoch's cost
-                row = run_config(name, overrides, data, Path(tmp) / f"run-{rep}", epochs)
+                row = run_config(name, overrides, data, Path(tmp) / f"run-{rep}", epochs,
+                                 args.threads)
                 print(f"  {name}: {row['images_per_s']:.0f} images/s, "
                       f"{row['images_per_cpu_s']:.0f} images/CPU-s (load {row['load_before']:.1f})",
                       flush=True)
