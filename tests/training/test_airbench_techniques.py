@@ -266,13 +266,41 @@ def test_fit_with_every_technique_learns_the_digits(digits_dir: Path, tmp_path: 
         "train.schedule=\"triangular\"", "train.pct_start=0.23", "train.lookahead_every=5",
         "train.whiten_bias_epochs=2", "train.label_smoothing=0.2",
         "stages.0.size=12", "stages.0.batch_size=128", "stages.0.epochs=2", "stages.0.lr=11.5",
-        "stages.1.size=16", "stages.1.batch_size=128", "stages.1.epochs=3", "stages.1.lr=11.5",
+        "stages.1.size=16", "stages.1.batch_size=128", "stages.1.epochs=1", "stages.1.lr=11.5",
     ])
     result = fit(recipe, progress=False)
-    assert result.best_metric > 0.8  # 10 classes: chance is 0.1
+    assert result.best_metric > 0.6  # 10 classes: chance is 0.1
     assert result.summary["cpu_seconds"] > 0 and "load_average" in result.summary
     assert result.summary["machine"]["cores"] >= 1
     from training.checkpoint import load_checkpoint
 
     rebuilt = load_checkpoint(result.best_checkpoint).build_model()
     assert any(type(m).__name__ == "Scale" for m in rebuilt.head)
+
+
+def test_compile_option_wraps_only_the_training_step(digits_dir: Path, tmp_path: Path):
+    from training.fit import build_learner, prepare_run, stage_loaders
+
+    recipe = load_recipe(DIGITS_RECIPE, [f"data.path={digits_dir}", f"train.output={tmp_path}",
+                                         'train.compile="on"', "model.arch=airbench_small"])
+    run = prepare_run(recipe, None, progress=False)
+    learn = build_learner(recipe, run.model, stage_loaders(run, 0), 16, run.device, [])
+    assert isinstance(learn.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert learn.train_model._orig_mod is run.model  # the same weights train
+    assert not any(k.startswith("_orig_mod") for k in learn.state_dict()["model"])
+
+
+def test_model_card_gets_the_runs_training_cost(tmp_path: Path):
+    import json
+
+    from training.export.publish import training_cost
+
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "history": [], "wall_seconds": 1400.5, "cpu_seconds": 2700.0, "images_per_s": 455.0,
+        "load_average": {"start": 0.1, "end": 2.0}, "machine": {"cores": 2}}))
+    cost = training_cost(tmp_path)
+    assert cost == {"wall_seconds": 1400.5, "cpu_seconds": 2700.0, "images_per_s": 455.0,
+                    "load_average": {"start": 0.1, "end": 2.0}, "machine": {"cores": 2}}
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert training_cost(tmp_path) == {}
+    assert training_cost(tmp_path / "missing") == {}
