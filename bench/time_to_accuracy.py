@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def plot(curves: list[dict[str, Any]], path: Path, title: str, full_data: bool =
         ax.set_ylim(40, 96)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
