@@ -82,8 +82,10 @@ class Checkpoint:
     def build_model(self, error: type[TrainingError] = ConfigError) -> Classifier:
         """The Classifier with the evaluated weights, fp32, in eval mode, on the CPU."""
         try:
+            # logit_scale only when set: a model builder without the option still rebuilds
+            scale = {"logit_scale": self.logit_scale} if self.logit_scale != 1.0 else {}
             model = build_model(self.arch, len(self.classes), mean=self.mean, std=self.std,
-                                logit_scale=self.logit_scale)
+                                **scale)
             model.load_state_dict(self.evaluated_weights())
         except (KeyError, ValueError, RuntimeError, TypeError, TrainingError) as e:
             raise error(f"could not rebuild arch {self.arch!r} with {len(self.classes)} classes "
