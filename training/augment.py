@@ -74,6 +74,7 @@ class BatchAugment:
             raise ValueError(f"augmentation size must be >= 1 pixel, got {size}")
         self.cfg = cfg
         self.size = size
+        self.epoch = 0  # the run's epoch (fit sets it): the parity alternate_flip follows
         self._base_grid: dict[torch.device, Tensor] = {}
         self.policy = batch_policy_for(cfg)  # None unless auto_augment / random_erasing is on
         self.item_transform = ItemTransform(cfg.item_transform) if cfg.item_transform else None
@@ -84,6 +85,7 @@ class BatchAugment:
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
             raise ValueError(f"expected uint8 (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+        original = x  # alternate_flip's per-image parity: before any random item transform
         if self.item_transform is not None:
             x = self.item_transform(x, generator)
         n, h, w, _ = x.shape
@@ -91,6 +93,8 @@ class BatchAugment:
         if n == 0:
             return img.new_zeros((0, 3, self.size, self.size))
         u = self._draw(n, generator, x.device)
+        if self.cfg.flip and self.cfg.alternate_flip:
+            u["flip"] = alternating_flip(original, self.epoch)
         with torch.autocast(device_type=x.device.type, enabled=False):
             mat = self._matrices(u, h, w)
             grid = self._grid(mat, x.device)
@@ -218,6 +222,18 @@ class BatchAugment:
         )
         changed = (bright_on | contrast_on)[:, None, None, None]
         return torch.where(changed, lit, x)  # untouched images keep their exact values
+
+
+def alternating_flip(x: Tensor, epoch: int) -> Tensor:
+    """A flip draw (< 0.5 mirrors) that mirrors each image on every other epoch.
+
+    Which half of the images starts mirrored comes from the parity of each image's pixel sum:
+    a property of the image itself, so no sample index has to travel with the batch, and the
+    same image gets the same answer every epoch. Uint8 (N, H, W, C) in, float (N,) out.
+    """
+    parity = x.sum(dim=(1, 2, 3), dtype=torch.int64) % 2
+    mirrored = (parity + epoch) % 2 == 1
+    return torch.where(mirrored, 0.0, 1.0).to(torch.float32)
 
 
 def _affine(a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor) -> Tensor:

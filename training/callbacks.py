@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.learner import Callback, Learner
+from training.machine import process_cpu_seconds
 from training.models.classifier import BN_TYPES
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class HistoryCallback(Callback):
         s = learn.state
         self.history.append({"phase": s.phase, "epoch": s.epoch + 1, "train_loss": s.train_loss,
                              **s.metrics, "images_per_s": s.images_per_s,
+                             "images": s.images, "process_cpu_seconds": process_cpu_seconds(),
                              "seconds": time.perf_counter() - s.epoch_start})
 
 
@@ -159,3 +161,55 @@ class CheckpointCallback(Callback):
 def write_json(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=float))
+
+
+class RunClock(Callback):
+    """Where the whole run is, across phases and progressive-resizing stages.
+
+    ``step`` counts optimiser steps from the run's start (fit sets it at each phase's start,
+    resumes included), ``epoch`` the run's epochs done before this one. It also tells the
+    batch augmentation the run's epoch (alternate_flip follows its parity). Whole-run LR
+    schedules, Lookahead and StemFreeze read it.
+    """
+
+    order = -20
+
+    def __init__(self, total_steps: int, epochs_done: Callable[[], int]) -> None:
+        self.total_steps = max(total_steps, 1)
+        self.epochs_done = epochs_done
+        self.step = 0
+        self.epoch = 0
+
+    @property
+    def progress(self) -> float:
+        return min(self.step / self.total_steps, 1.0)
+
+    def before_epoch(self, learn: Learner) -> None:
+        self.epoch = self.epochs_done()
+        if hasattr(learn.augment, "epoch"):
+            learn.augment.epoch = self.epoch
+
+    def before_batch(self, learn: Learner) -> None:
+        self.step += 1
+
+
+class StemFreeze(Callback):
+    """The whitened stem's filters frozen for the first ``weight_epochs`` epochs of the run (-1:
+    the whole run, as airbench94) and its bias trained only for the first ``bias_epochs`` (-1:
+    all of them; airbench94 freezes it after 3, for speed at no cost in accuracy).
+
+    Runs after each phase's unfreeze (before_epoch), so fine-tuning's freezing cannot undo it.
+    """
+
+    order = -15
+
+    def __init__(self, conv: nn.Conv2d, clock: RunClock, weight_epochs: int = -1,
+                 bias_epochs: int = -1) -> None:
+        self.conv, self.clock = conv, clock
+        self.weight_epochs, self.bias_epochs = weight_epochs, bias_epochs
+
+    def before_epoch(self, learn: Learner) -> None:
+        e = self.clock.epoch
+        self.conv.weight.requires_grad_(0 <= self.weight_epochs <= e)
+        if self.conv.bias is not None:
+            self.conv.bias.requires_grad_(self.bias_epochs < 0 or e < self.bias_epochs)

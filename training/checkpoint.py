@@ -70,10 +70,18 @@ class Checkpoint:
         ``model`` already is the evaluated model, and carries no ``ema``)."""
         return dict(evaluated_state({"model": self.model, "ema": self.ema}))
 
+    @property
+    def logit_scale(self) -> float:
+        """The recipe's model.logit_scale (part of the network's function, so of its rebuild)."""
+        return float((self.recipe or {}).get("model", {}).get("logit_scale", 1.0))
+
     def build_model(self, error: type[TrainingError] = ConfigError) -> Classifier:
         """The Classifier with the evaluated weights, fp32, in eval mode, on the CPU."""
         try:
-            model = build_model(self.arch, len(self.classes), mean=self.mean, std=self.std)
+            # logit_scale only when set: a model builder without the option still rebuilds
+            scale = {"logit_scale": self.logit_scale} if self.logit_scale != 1.0 else {}
+            model = build_model(self.arch, len(self.classes), mean=self.mean, std=self.std,
+                                **scale)
             model.load_state_dict(self.evaluated_weights())
         except (KeyError, ValueError, RuntimeError, TypeError, TrainingError) as e:
             raise error(f"could not rebuild arch {self.arch!r} with {len(self.classes)} classes "

@@ -20,6 +20,13 @@ import tomli_w
 from service.imaging import EvalSpec, TTASpec, check_views_fit
 from training.errors import ConfigError
 
+# The recipe's names for the optimizer parts (training/optim.py, training/schedule.py use them):
+# here so that a recipe is read and checked without importing torch.
+OPTIMIZERS = ("adamw", "sgd")  # train.optimizer
+PARAM_KINDS = ("bn_bias", "bn_weight", "head", "stem", "other")
+MULT_KINDS = PARAM_KINDS[:-1]  # the kinds ``train.lr_mults`` may name
+SCHEDULES = ("stage", "run", "triangular")  # train.schedule
+
 DEVICES = ("auto", "cpu", "cuda")  # train.device, and every command's --device
 # augment.auto_augment: torchvision v2 policies (training/auto_augment.py builds them)
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
@@ -52,6 +59,11 @@ class ModelConfig:
     # "auto": those, else from scratch with a warning; or a local weights file; "": none
     pretrained: str = ""
     init_from: str = ""  # an earlier run's checkpoint to start from (retraining)
+    # airbench94's initialisations (training/models/init_schemes.py), off by default:
+    whiten: bool = False  # stem conv = the training patches' whitening transform, frozen
+    dirac: bool = False  # identity (dirac) init of every later convolution's first filters
+    bn_weight: bool = True  # false: BatchNorm without a trainable scale (bias only)
+    logit_scale: float = 1.0  # multiplies the head's input, so the logits (airbench: 1/9)
 
 
 @dataclass
@@ -92,6 +104,18 @@ class TrainConfig:
     # global batch (batch_size x processes) by "linear" | "sqrt" | "none".
     scale_lr: str = "linear"
     sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun (for small per-GPU batches)
+    # training/optim.py: "adamw" (chapter 7) | "sgd" (Nesterov, airbench94's lr/wd units)
+    optimizer: str = "adamw"
+    momentum: float = 0.85  # SGD's Nesterov momentum
+    # LR multipliers by kind of parameter: bn_bias (airbench: 64), bn_weight, head, stem
+    lr_mults: dict[str, float] = field(default_factory=dict)
+    # "stage": a one-cycle per stage | "run": one one-cycle over all stages | "triangular"
+    schedule: str = "stage"
+    lookahead_every: int = 0  # Lookahead's sync period in steps (airbench: 5); 0 is off
+    lookahead_decay: float = 0.95**5  # its slow-weight decay at the end of the run
+    whiten_weight_epochs: int = -1  # whitened stem's filters frozen this many epochs (-1: all)
+    whiten_bias_epochs: int = -1  # its bias trains this many epochs (-1: all; airbench: 3)
+    compile: str = "off"  # torch.compile the training step's model: "off" | "on"
 
 
 @dataclass
@@ -110,6 +134,9 @@ class AugmentConfig:
     max_aspect: crop aspect ratios (width / height) range over [1 / max_aspect, max_aspect],
         log-uniform (torchvision's RandomResizedCrop: 4/3).
     flip / flip_vert: mirror left-right / top-bottom with probability 0.5.
+    alternate_flip: with flip, mirror each image on alternate epochs instead of at random
+        (airbench94's alternating flip): over any two epochs the network sees both sides of
+        every image, where random flips show ~1/4 of them the same side twice.
     max_rotate: degrees, uniform in [-max_rotate, max_rotate].
     max_zoom, min_zoom: zoom by a factor uniform in [min_zoom, max_zoom] about a random point
         (fastai's ``min_zoom``: below 1 zooms out, the border filled by reflection).
@@ -125,6 +152,7 @@ class AugmentConfig:
     max_aspect: float = 4 / 3
     flip: bool = True
     flip_vert: bool = False
+    alternate_flip: bool = False
     max_rotate: float = 10.0
     max_zoom: float = 1.1
     min_zoom: float = 1.0
@@ -211,6 +239,12 @@ class Recipe:
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
+        return {_check_type(k, key_tp, key): _check_type(v, value_tp, f"{key}.{k}")
+                for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -352,6 +386,12 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.freeze_epochs": (0, None, True, False),
     "train.lr_mult": (1, None, True, False),
     "train.pct_start": (0, 1, False, False),
+    "train.momentum": (0, 1, True, False),
+    "train.lookahead_every": (0, None, True, False),
+    "train.lookahead_decay": (0, 1, True, True),
+    "train.whiten_weight_epochs": (-1, None, True, False),
+    "train.whiten_bias_epochs": (-1, None, True, False),
+    "model.logit_scale": (0, None, False, False),
     "augment.min_scale": (0, 1, False, True),
     "augment.max_rotate": (0, 180, True, True),  # degrees
     "augment.max_zoom": (1, None, True, False),
@@ -418,11 +458,20 @@ def validate(recipe: Recipe) -> None:
         "train.select": (recipe.train.select, ("best", "last")),
         "train.scale_lr": (recipe.train.scale_lr, ("linear", "sqrt", "none")),
         "tta.combine": (recipe.tta.combine, ("mean", "max")),
+        "train.optimizer": (recipe.train.optimizer, OPTIMIZERS),
+        "train.schedule": (recipe.train.schedule, SCHEDULES),
+        "train.compile": (recipe.train.compile, ("off", "on")),
         "augment.auto_augment": (recipe.augment.auto_augment, POLICIES),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} is {value!r}; choose one of {list(allowed)}")
+    for kind, mult in recipe.train.lr_mults.items():
+        if kind not in MULT_KINDS:
+            raise ConfigError(f"train.lr_mults.{kind}: unknown kind; "
+                              f"choose from {list(MULT_KINDS)}")
+        if not mult > 0:
+            raise ConfigError(f"train.lr_mults.{kind} must be > 0, got {mult!r}")
     from training.trackers import check_available
 
     check_available(recipe.log.loggers)

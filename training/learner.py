@@ -92,6 +92,7 @@ class EpochState:
     metrics: dict[str, float] = field(default_factory=dict)
     epoch_start: float = 0.0
     images_per_s: float = math.nan  # training throughput of the last epoch (no validation)
+    images: int = 0  # images the last epoch trained on (this process)
 
 
 class Learner:
@@ -216,6 +217,7 @@ class Learner:
             self._hook("after_batch")
         # training images per second of this process: data + augmentation + step, no validation
         self.state.images_per_s = count / max(time.perf_counter() - started, 1e-9)
+        self.state.images = count
         if self.dist is not None:
             return _ratio(*self.dist.sum(total.item(), count))
         return (total / max(count, 1)).item()

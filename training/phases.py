@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from service.imaging import decode_side
+from training import machine
 from training.augment import BatchAugment, to_float_nchw
 from training.callbacks import (
     BnFreeze,
     CheckpointCallback,
     HistoryCallback,
     ProgressCallback,
+    RunClock,
     write_json,
 )
 from training.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
@@ -46,15 +48,17 @@ from training.learner import Callback, Learner
 from training.mixing import build_mixer
 from training.models import Classifier, build_model
 from training.models.hub_weights import weights_stats
+from training.optim import make_optimizer
 from training.schedule import (
     DIV,
     FINE_TUNE_DIV,
     FINE_TUNE_FROZEN_PCT_START,
     FINE_TUNE_PCT_START,
-    build_optimizer,
     discriminative_lrs,
     one_cycle,
+    whole_run_schedule,
 )
+from training.techniques import shape_model, technique_callbacks, whiten_from_data
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +155,16 @@ def build_classifier(recipe: Recipe, classes: list[str], mean: tuple[float, ...]
     an earlier run's evaluated weights: the body, and the head if the classes are the same."""
     m = recipe.model
     if not m.init_from:
-        return build_model(m.arch, len(classes), mean=mean, std=std,
-                           pretrained=m.pretrained or None)
+        return shape_model(build_model(m.arch, len(classes), mean=mean, std=std,
+                                       pretrained=m.pretrained or None,
+                                       logit_scale=m.logit_scale), recipe)
     init = init or load_checkpoint(m.init_from)
     if init.arch != m.arch:
         raise ConfigError(
             f"model.init_from {m.init_from} is a {init.arch!r} checkpoint but model.arch is "
             f"{m.arch!r}; set model.arch = {init.arch!r} (--set model.arch={init.arch}) "
             "or start from a checkpoint of the recipe's architecture")
-    model = init.build_model().train()
+    model = shape_model(init.build_model().train(), recipe, initialise=False)
     if list(init.classes) != list(classes):
         log.warning("init_from %s: its %d classes differ from the data's %d; kept the body, "
                     "rebuilt the head", m.init_from, len(init.classes), len(classes))
@@ -178,7 +183,7 @@ def build_learner(recipe: Recipe, model: nn.Module, dls: DataLoaders, size: int,
     if t.ema > 0:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema), use_buffers=True)
-    return Learner(
+    learn = Learner(
         model, dls.train, dls.valid,
         loss_fn=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
         augment=BatchAugment(recipe.augment, size),
@@ -192,10 +197,15 @@ def build_learner(recipe: Recipe, model: nn.Module, dls: DataLoaders, size: int,
         seed=t.seed,
         dist=dist,
     )
+    if t.compile == "on":  # the training step only; evaluation and checkpoints use the module
+        learn.train_model = torch.compile(learn.train_model)
+    return learn
 
 
-def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe) -> None:
-    """Freeze or unfreeze, then a fresh AdamW + one-cycle over the phase's steps.
+def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe,
+                clock: RunClock | None = None) -> None:
+    """Freeze or unfreeze, then a fresh optimiser (train.optimizer) and the phase's schedule:
+    its own one-cycle (train.schedule = "stage"), or its part of the run's one schedule.
 
     Under torchrun the LR is scaled for the global batch (train.scale_lr) and the DDP wrapper
     is rebuilt, since which parameters it must reduce changed with the freezing.
@@ -207,9 +217,17 @@ def start_phase(learn: Learner, model: Classifier, phase: Phase, recipe: Recipe)
     groups = model.layer_groups()
     lr = phase.lr * (learn.dist.lr_factor(recipe.train.scale_lr) if learn.dist else 1.0)
     lrs = discriminative_lrs(lr, len(groups), phase.lr_mult)
-    learn.opt = build_optimizer(groups, lrs, recipe.train.weight_decay)
-    learn.sched = one_cycle(learn.opt, phase.epochs * len(learn.train_dl),
-                            pct_start=phase.pct_start, div=phase.div)
+    t = recipe.train
+    learn.opt = make_optimizer(model, groups, lrs, name=t.optimizer, weight_decay=t.weight_decay,
+                               lr_mults=t.lr_mults, momentum=t.momentum,
+                               batch_size=recipe.stages[phase.stage].batch_size)
+    if t.schedule == "stage" or clock is None:
+        learn.sched = one_cycle(learn.opt, phase.epochs * len(learn.train_dl),
+                                pct_start=phase.pct_start, div=phase.div,
+                                cycle_momentum=t.optimizer == "adamw")
+    else:
+        learn.sched = whole_run_schedule(learn.opt, t.schedule, offset=clock.step,
+                                         total=clock.total_steps, pct_start=t.pct_start)
     if learn.dist is not None:
         learn.train_model = learn.dist.wrap(model)
 
@@ -267,9 +285,10 @@ def prepare_run(recipe: Recipe, dist: DistContext | None, progress: bool) -> Run
     model = build_classifier(recipe, split.classes, mean, std, init=init)
     model = convert_sync_bn(model, dist, recipe.train.sync_bn)
     model.to(device)
+    presized = build_presized_set(recipe, split, device, progress and is_main(dist))
+    whiten_from_data(model, recipe, presized)
     if use_channels_last(recipe.train.channels_last, device):
         model.to(memory_format=torch.channels_last)
-    presized = build_presized_set(recipe, split, device, progress and is_main(dist))
     out = Path(recipe.train.output)
     out.mkdir(parents=True, exist_ok=True)
     return Run(recipe, out, device, dist, split, mean, std, model, presized)
@@ -320,13 +339,30 @@ def enter_stage(run: Run, learn: Learner | None, stage_index: int,
     return learn
 
 
+def steps_per_epoch(run: Run, stage_index: int) -> int:
+    """Optimiser steps in one epoch of a stage (the loader drops the ragged last batch)."""
+    n = -(-len(run.split.train) // run.world_size)
+    batch = run.recipe.stages[stage_index].batch_size
+    return n // batch if n >= batch else 1
+
+
+def phase_offsets(run: Run, phases: list[Phase]) -> list[int]:
+    """The run's step at which each phase starts, and the run's total steps last."""
+    offsets = [0]
+    for phase in phases:
+        offsets.append(offsets[-1] + phase.epochs * steps_per_epoch(run, phase.stage))
+    return offsets
+
+
 def train_phases(run: Run, state: Checkpoint | None, callbacks: list[Callback],
-                 current: dict[str, int]) -> None:
+                 current: dict[str, int], clock: RunClock) -> None:
     """Every phase from the resume point on; ``current`` tells the checkpoints where we are."""
     start_index, start_epoch = state.resume_position(run.out / "last.pt") if state else (0, 0)
     learn: Learner | None = None
     loaded_stage = -1
-    for index, phase in enumerate(plan_phases(run.recipe)):
+    phases = plan_phases(run.recipe)
+    offsets = phase_offsets(run, phases)
+    for index, phase in enumerate(phases):
         first_epoch = start_epoch if index == start_index else 0
         if index < start_index or first_epoch >= phase.epochs:
             continue
@@ -334,7 +370,9 @@ def train_phases(run: Run, state: Checkpoint | None, callbacks: list[Callback],
             learn = enter_stage(run, learn, phase.stage, callbacks)
             loaded_stage = phase.stage
         current.update(index=index, size=run.recipe.stages[phase.stage].size)
-        start_phase(learn, run.model, phase, run.recipe)
+        clock.step = offsets[index]
+        start_phase(learn, run.model, phase, run.recipe, clock)
+        clock.step += first_epoch * steps_per_epoch(run, phase.stage)
         if state is not None:
             learn.load_state_dict(state.to_dict() if index == start_index
                                   else boundary_state(state.to_dict()))
@@ -351,6 +389,7 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     (training.distributed, under torchrun): every rank trains its shard, rank 0 writes the files.
     """
     t0 = time.perf_counter()
+    started = machine.start()
     run = prepare_run(recipe, dist, progress)
     state = read_resume_state(run) if resume else None
     run.history.extend(state.history if state else [])
@@ -362,10 +401,13 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
         run.out, recipe.train.metric,
         lambda learn: run.describe(current["index"], current["size"], learn.state.epoch + 1),
         best=state.best_metric if state else None, enabled=main, select=recipe.train.select)
-    train_phases(run, state, [BnFreeze(), ProgressCallback(progress and main),
-                              HistoryCallback(run.history), checkpoints, *callbacks], current)
+    clock = RunClock(phase_offsets(run, plan_phases(recipe))[-1], lambda: len(run.history))
+    builtin = [BnFreeze(), ProgressCallback(progress and main), HistoryCallback(run.history),
+               checkpoints, clock, *technique_callbacks(recipe, run.model, clock)]
+    train_phases(run, state, [*builtin, *callbacks], current, clock)
     summary = {"history": run.history, "best": {recipe.train.metric: checkpoints.best},
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, **machine.finish(started),
+               "images_per_s": machine.training_images_per_s(run.history)}
     best = checkpoints.saved_best
     if main:
         write_json(summary, run.out / "metrics.json")

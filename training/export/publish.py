@@ -76,9 +76,27 @@ def card_metrics(ckpt: Checkpoint, parity: ParityResult, checkpoint: Path) -> di
         metrics[key] = value
     metrics.setdefault("accuracy", None)
     metrics.setdefault("tta_accuracy", None)
+    cost = training_cost(checkpoint.parent)
+    if cost:
+        metrics["training"] = cost
     metrics["export_check"] = {**asdict(parity), "runtime": "onnxruntime CPUExecutionProvider",
                                "checkpoint": str(checkpoint), "arch": ckpt.arch}
     return metrics
+
+
+TRAINING_COST_KEYS = ("wall_seconds", "cpu_seconds", "images_per_s", "load_average", "machine")
+
+
+def training_cost(run_dir: Path) -> dict[str, Any]:
+    """What training cost and where it ran, from the run folder's metrics.json (written by
+    ``training fit``): wall and CPU seconds, training images/s, load average, machine."""
+    path = run_dir / "metrics.json"
+    try:
+        recorded = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        log.warning("%s is not readable JSON; model.json gets no training cost", path)
+        return {}
+    return {k: recorded[k] for k in TRAINING_COST_KEYS if k in recorded}
 
 
 def jsonable(obj: Any) -> Any:

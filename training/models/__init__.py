@@ -20,7 +20,13 @@ from torch import nn
 from training.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from training.errors import ConfigError
 from training.models import hub_weights
-from training.models.classifier import Classifier, Normalize, init_linear, make_head
+from training.models.classifier import (
+    Classifier,
+    Normalize,
+    add_logit_scale,
+    init_linear,
+    make_head,
+)
 from training.models.small_photo_nets import (
     SMALL_PHOTO_CONFIGS,
     build_small_photo_net,
@@ -68,6 +74,7 @@ def build_model(
     std: Sequence[float] = IMAGENET_STD,
     pretrained: str | Path | None = None,
     dropout: float = 0.0,
+    logit_scale: float = 1.0,
 ) -> Classifier:
     """A Classifier for ``arch`` with an ``n_classes`` head.
 
@@ -80,6 +87,7 @@ def build_model(
         ConfigError. The given mean/std win over the weights' (pass the ones they were trained
         with: hub_weights.weights_stats for the published ones).
     dropout: probability of a Dropout before the final Linear (0 = none, fastai's xresnet).
+    logit_scale: multiply the head's input (so the logits' weight part) by this (airbench: 1/9).
     """
     if n_classes < 1:
         raise ConfigError(f"n_classes must be >= 1, got {n_classes}")
@@ -117,7 +125,7 @@ def build_model(
                 f"torchvision-format weights only fit torchvision archs, not {arch!r}"
             )
         _load_matching(model, state, f"head.{len(model.head) - 1}", pretrained, arch)
-    return model
+    return add_logit_scale(model, logit_scale)
 
 
 def _torchvision_classifier(arch: str, n_classes: int, normalize: Normalize, dropout: float,
