@@ -160,6 +160,8 @@ class CoreStats:
             for (name, reason), n in self._dropped.items():
                 if model is None or name == model:
                     out[reason] += n
+            return out
+
     def record_answers(self, model: str, answers: Sequence[Any]) -> None:
         """Answers given (``service.core.prediction.Prediction``s): by the TTA mode asked, the
         path taken ("plain" or "tta": with mode "auto", both happen) and whether unsure."""
