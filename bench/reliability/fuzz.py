@@ -50,7 +50,7 @@ def _http(method: str, path: str, **kwargs: Any) -> Callable[[ServeProcess], tup
 
         built = {k: v() if callable(v) else v for k, v in kwargs.items()}
         r = httpx.request(method, server.http_url + path, timeout=60, **built)
-        return r.status_code, r.text[:500]
+        return r.status_code, r.text[:2000]
 
     return send
 

@@ -133,7 +133,10 @@ class DynamicBatcher:
         queued or on its way besides it, and its pass is expected to take at most
         ``INLINE_MAX_S`` (a pass already measured here; a slow model never blocks the loop)."""
         cost = self._row_s
+        # Batching off (max_batch_size 1: benchmarks, the overload tests) keeps every pass on
+        # the worker, so a request's blocks queue there as the queue's bounds expect.
         return (cost is not None and cost * rows <= INLINE_MAX_S and not self._closed
+                and self.max_batch_size > 1
                 and self._in_flight is not None and self._in_flight() <= images
                 and self._queue.empty())
 

@@ -193,6 +193,9 @@ def predict_handler(service: Callable[[], Any],
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         request: PredictRequest = scope[PARSED_SCOPE_KEY]
+        # Take the (replayed) body as any route would: the receive chain then knows the request
+        # is in, and RequestDeadline starts watching for a client that leaves (it cancels us).
+        await receive()
         instance = service()
         options = request.options
         tta = options.get("tta")  # unset: the model's default mode, as the generic route
