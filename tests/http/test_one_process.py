@@ -28,7 +28,9 @@ from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service._proto.tta_serve.v1 import classifier_pb2_grpc as pb_grpc
 
 PER_WIRE = 8  # requests per wire per round
-ROUNDS = 10  # at most (a lone request runs inline: a loaded box needs more tries); a round whose passes all stayed within one wire's count is repeated
+# At most; a round whose passes all stayed within one wire's count is repeated (a lone request
+# runs inline, so on a loaded box the first requests may finish alone: more tries).
+ROUNDS = 10
 
 
 class Served:
