@@ -71,8 +71,9 @@ def test_a_timm_model_fine_tunes_on_digits_exports_and_serves_with_parity(
                  "--set", "stages.1.epochs=0", "--no-tta"]) == 0
     model, ckpt = load_model(out / "best.pt", torch.device("cpu"))
     assert ckpt.arch == ARCH and ckpt.metrics["accuracy"] >= 0.85  # chance is 0.10
+    # --no-calibrate: this checks the served graph against torch (calibration is tested apart)
     assert main(["export", str(out / "best.pt"), "--name", "digits_timm", "--models-dir",
-                 str(models)]) == 0
+                 str(models), "--no-calibrate"]) == 0
 
     split = load_items(digits_dir, valid_pct=0.2, seed=42)
     picked = list(range(0, len(split.valid.paths), 30))
