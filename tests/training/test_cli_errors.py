@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from training.cli import build_parser, main
-from training.config import Recipe, load_recipe, recipe_from_dict
+from training.config import BOUNDS, Recipe, load_recipe, recipe_from_dict
 from training.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]
@@ -139,6 +139,9 @@ def test_every_numeric_key_is_range_checked(key, tp):
     """A new numeric recipe key without bounds fails here: add it to config.BOUNDS."""
     section, name = key.split(".")
     bad = -1 if tp is int else (-1.0 if key not in NEGATIVE_ALLOWED else 2.0)
+    low = BOUNDS.get(key, (None,))[0]
+    if low is not None and bad >= low:  # -1 is allowed ("every epoch"): one below the bound
+        bad = low - 1
     d = {"stages": [{"size": 16, "batch_size": 8, "epochs": 1, "lr": 1e-3}],
          section: {name: bad}}
     with pytest.raises(ConfigError, match=re.escape(key.split(".")[1])):
