@@ -2,7 +2,8 @@
 
 The peer's model class runs in KServe's own venv (bench/peers/kserve_setup.sh); its image path
 (``classify``, ``image_bytes``) needs no kserve, so CI checks it here against our core on the
-bundled cifar10 model and real held-out photos.
+bundled cifar10 model (the version our core serves by default) and real held-out photos, each
+side answering plain (no TTA) with the card's plain temperature.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.peers.kserve_model import classify, image_bytes
+from bench.peers.kserve_model import classify, image_bytes, plain_temperature
 from service.core import CoreConfig, InferenceCore
 from service.imaging import EvalSpec, TTASpec, decode_side
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "cifar10" / "1"
+MODEL_DIR = max((d for d in (ROOT / "models" / "cifar10").iterdir() if d.name.isdigit()),
+               key=lambda d: int(d.name))
 PHOTOS = sorted((ROOT / "tests" / "data" / "cifar10_heldout").glob("*/*.jpg"))[::10]
 
 
@@ -31,17 +33,18 @@ def test_the_peer_answers_what_our_core_answers_on_real_photos():
     session = ort.InferenceSession(str(MODEL_DIR / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     images = [p.read_bytes() for p in PHOTOS]
-    peer = classify(session, spec, side, images)
+    peer = classify(session, spec, side, images, plain_temperature(card))
 
     async def ours() -> list:
         core = InferenceCore.create(CoreConfig(models_dir=ROOT / "models", default_model="cifar10",
                                                device="cpu", poll_interval_s=0)).start()
         try:
-            return [await core.predict(image) for image in images]
+            return [await core.predict(image, tta="off") for image in images]
         finally:
             core.stop()
 
     predictions = asyncio.run(ours())
+    assert {p.version for p in predictions} == {int(MODEL_DIR.name)}
     assert len(images) == 10
     ours_probs = np.stack([p.probabilities for p in predictions])
     np.testing.assert_allclose(peer, ours_probs, atol=1e-5)

@@ -7,14 +7,15 @@ the same model file and the same evaluation transform as ours (service.imaging, 
 the checkout: it is torch-free), ONNX Runtime's default session options. Output
 ``probabilities``: FP32 [N, classes]. Over REST the images are base64 strings (see
 ``image_bytes``). No dynamic batching (KServe's batcher is a separate
-sidecar), no TTA. ``predict`` is synchronous, as in KServe's examples: the model server runs it
+sidecar), no TTA; the model card's plain calibration temperature is applied, as our core
+does for a ``tta=off`` answer (``service.calibration``). ``predict`` is synchronous, as in KServe's examples: the model server runs it
 on its event loop.
 
 Runs in KServe's own venv (``bash bench/peers/kserve_setup.sh``; the registry's ``kserve``
 conflicts with our pins)::
 
     PYTHONPATH=. .cache/kserve-venv/bin/python bench/peers/kserve_model.py \
-        --model_dir models/cifar10/1 --model_name cifar10 --http_port 8080 --grpc_port 8081
+        --model_dir models/cifar10/2 --model_name cifar10 --http_port 8080 --grpc_port 8081
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.calibration import Calibration, apply_temperature
 from service.imaging import (
     EvalSpec,
     TTASpec,
@@ -41,10 +43,17 @@ OUTPUT = "probabilities"
 
 
 def classify(session: ort.InferenceSession, spec: EvalSpec, side: int,
-             images: list[bytes]) -> np.ndarray:
-    """Encoded images -> (N, classes) probabilities, through our evaluation transform."""
+             images: list[bytes], temperature: float = 1.0) -> np.ndarray:
+    """Encoded images -> (N, classes) probabilities, through our evaluation transform and the
+    card's plain temperature (1: the graph's probabilities as they are)."""
     views = np.stack([eval_view(decode_image(data, min_side=side), spec) for data in images])
-    return session.run([OUTPUT], {"pixels": to_model_input(views)})[0]
+    probs = session.run([OUTPUT], {"pixels": to_model_input(views)})[0]
+    return apply_temperature(probs, temperature) if temperature != 1.0 else probs
+
+
+def plain_temperature(card: dict[str, Any]) -> float:
+    """The temperature our core applies to a plain (tta=off) answer of this model card."""
+    return Calibration.from_dict(card.get("calibration")).temperature_for(False)
 
 
 def image_bytes(tensor: np.ndarray) -> list[bytes]:
@@ -71,6 +80,7 @@ def build_model(model_dir: Path, name: str) -> Any:
             card = json.loads((model_dir / "model.json").read_text())
             self.spec = EvalSpec.from_dict(card["eval_transform"])
             self.side = decode_side(self.spec, TTASpec.from_dict(card["tta"]))
+            self.temperature = plain_temperature(card)
             self.session = ort.InferenceSession(str(model_dir / "model.onnx"),
                                                 providers=["CPUExecutionProvider"])
             self.ready = True
@@ -78,7 +88,7 @@ def build_model(model_dir: Path, name: str) -> Any:
 
         def predict(self, payload: InferRequest, headers: dict | None = None) -> InferResponse:
             images = image_bytes(payload.inputs[0].as_numpy())
-            probs = classify(self.session, self.spec, self.side, images)
+            probs = classify(self.session, self.spec, self.side, images, self.temperature)
             output = InferOutput(name=OUTPUT, shape=list(probs.shape), datatype="FP32")
             output.set_data_from_numpy(probs, binary_data=True)
             return InferResponse(response_id=payload.id or "", model_name=self.name,
