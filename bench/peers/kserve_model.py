@@ -8,8 +8,8 @@ the checkout: it is torch-free), ONNX Runtime's default session options. Output
 ``probabilities``: FP32 [N, classes]. Over REST the images are base64 strings (see
 ``image_bytes``). No dynamic batching (KServe's batcher is a separate
 sidecar), no TTA; the model card's plain calibration temperature is applied, as our core
-does for a ``tta=off`` answer (``service.calibration``). ``predict`` is synchronous, as in KServe's examples: the model server runs it
-on its event loop.
+does for a ``tta=off`` answer (``service.calibration``). ``predict`` is synchronous, as in
+KServe's examples: the model server runs it on its event loop.
 
 Runs in KServe's own venv (``bash bench/peers/kserve_setup.sh``; the registry's ``kserve``
 conflicts with our pins)::
