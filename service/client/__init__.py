@@ -6,44 +6,6 @@ loads the inference core: the client needs only ``service.core.errors`` (the sta
 the shared modules.
 """
 
-from service.client.client import (
-    ClassScore,
-    Client,
-    ClientError,
-    Credentials,
-    Evaluation,
-    ExecutionProvider,
-    InvalidArgument,
-    ModelInfo,
-    NotFound,
-    PermissionDenied,
-    Prediction,
-    ServiceError,
-    TooLarge,
-    Unauthenticated,
-    Unavailable,
-    UnreadableImage,
-    image_files,
-    labelled_files,
-)
-
-__all__ = [
-    "ClassScore",
-    "Client",
-    "ClientError",
-    "Credentials",
-    "Evaluation",
-    "ExecutionProvider",
-    "InvalidArgument",
-    "ModelInfo",
-    "NotFound",
-    "PermissionDenied",
-    "Prediction",
-    "ServiceError",
-    "TooLarge",
-    "Unauthenticated",
-    "Unavailable",
-    "UnreadableImage",
-    "image_files",
-    "labelled_files",
-]
+# client.py's ``__all__`` is the public API (README shows it); one list, re-exported here.
+from service.client.client import *  # noqa: F403
+from service.client.client import __all__  # noqa: F401
