@@ -56,20 +56,22 @@ async def _grpc_sender(target: str, tta: bool,
     return send, channel.close
 
 
-def _oip_grpc_request(model: str, image: bytes, tta: bool) -> Any:
+def _oip_grpc_request(model: str, image: bytes, tta: bool, tta_mode: str = "") -> Any:
     from service._proto.inference import grpc_predict_v2_pb2 as oip
 
     request = oip.ModelInferRequest(
         model_name=model, inputs=[oip.ModelInferRequest.InferInputTensor(
             name="image", datatype="BYTES", shape=[1])],
         raw_input_contents=[struct.pack("<I", len(image)) + image])
-    if tta:
+    if tta_mode:
+        request.parameters["tta"].string_param = tta_mode
+    elif tta:
         request.parameters["tta"].bool_param = True
     return request
 
 
-async def _oip_grpc_sender(target: str, model: str,
-                           tta: bool) -> tuple[Send, Callable[[], Awaitable[None]]]:
+async def _oip_grpc_sender(target: str, model: str, tta: bool,
+                           tta_mode: str = "") -> tuple[Send, Callable[[], Awaitable[None]]]:
     """Open Inference Protocol over gRPC: ModelInfer, one BYTES element in raw_input_contents
     (what tritonclient.grpc sends); the same message for every server that speaks it."""
     import grpc
@@ -81,15 +83,16 @@ async def _oip_grpc_sender(target: str, model: str,
     stub = oip_grpc.GRPCInferenceServiceStub(channel)
 
     async def send(image: bytes) -> None:
-        response = await stub.ModelInfer(_oip_grpc_request(model, image, tta), timeout=60)
+        response = await stub.ModelInfer(_oip_grpc_request(model, image, tta, tta_mode),
+                                        timeout=60)
         if not response.outputs:
             raise RuntimeError("empty response")
 
     return send, channel.close
 
 
-async def _oip_http_sender(url: str, tta: bool, encoding: str,
-                           concurrency: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
+async def _oip_http_sender(url: str, tta: bool, encoding: str, concurrency: int,
+                           tta_mode: str = "") -> tuple[Send, Callable[[], Awaitable[None]]]:
     """Open Inference Protocol over HTTP: POST .../infer with one BYTES element, in Triton's
     binary tensor extension (``binary``: the raw file after the JSON header) or as a base64
     string in the JSON body (``base64``: how KServe's REST decoder takes an image, since it
@@ -99,7 +102,7 @@ async def _oip_http_sender(url: str, tta: bool, encoding: str,
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency, force_close=False),
         timeout=aiohttp.ClientTimeout(total=60))
-    parameters = {"tta": True} if tta else {}
+    parameters: dict[str, Any] = {"tta": tta_mode} if tta_mode else {"tta": True} if tta else {}
 
     async def send(image: bytes) -> None:
         tensor: dict[str, Any] = {"name": "image", "shape": [1], "datatype": "BYTES"}
@@ -121,14 +124,14 @@ async def _oip_http_sender(url: str, tta: bool, encoding: str,
     return send, session.close
 
 
-async def _http_sender(url: str, tta: bool, body: str, field: str,
-                       concurrency: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
+async def _http_sender(url: str, tta: bool, body: str, field: str, concurrency: int,
+                       tta_mode: str = "") -> tuple[Send, Callable[[], Awaitable[None]]]:
     import aiohttp
 
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency, force_close=False),
         timeout=aiohttp.ClientTimeout(total=60))
-    params = {"tta": "true"} if tta else {}
+    params = {"tta": tta_mode} if tta_mode else {"tta": "true"} if tta else {}
 
     async def send(image: bytes) -> None:
         if body == "raw":
@@ -137,8 +140,8 @@ async def _http_sender(url: str, tta: bool, body: str, field: str,
         else:
             form = aiohttp.FormData()
             form.add_field(field, image, filename="image", content_type="application/octet-stream")
-            if tta:
-                form.add_field("tta", "true")
+            for name, value in params.items():
+                form.add_field(name, value)
             request = session.post(url, data=form)
         async with request as response:
             payload = await response.read()
@@ -197,13 +200,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if args.protocol == "grpc":
         send, close = await _grpc_sender(args.target, args.tta, args.tta_mode)
     elif args.protocol == "oip-grpc":
-        send, close = await _oip_grpc_sender(args.target, args.oip_model, args.tta)
+        send, close = await _oip_grpc_sender(args.target, args.oip_model, args.tta,
+                                             args.tta_mode)
     elif args.protocol == "oip-http":
         send, close = await _oip_http_sender(args.target, args.tta, args.oip_http_bytes,
-                                             args.concurrency)
+                                             args.concurrency, args.tta_mode)
     else:
         send, close = await _http_sender(args.target, args.tta, args.http_body, args.http_field,
-                                         args.concurrency)
+                                         args.concurrency, args.tta_mode)
     try:
         return await run_load(send, images, concurrency=args.concurrency,
                               duration_s=args.duration, warmup_s=args.warmup)
@@ -228,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--tta-mode", choices=["off", "on", "auto"], default="",
-                        help="grpc: PredictRequest.tta_mode (default unset: the model's default)")
+                        help="ask this mode on any wire (gRPC tta_mode, HTTP field/parameter "
+                             "tta, OIP parameter tta); default unset: the model's default "
+                             "(tta=auto for a calibrated model), or on with --tta")
     parser.add_argument("--http-body", choices=["multipart", "raw"], default="multipart")
     parser.add_argument("--http-field", default="image", help="multipart field of the image")
     args = parser.parse_args(argv)
