@@ -14,6 +14,11 @@ Every library run is its own subprocess (from scratch, no shared state; peak RSS
 process's ``ru_maxrss``; the process tree is also sampled), and the order alternates across
 seeds (seed 1: ours then fastai; seed 2: fastai then ours; ...).
 
+``--ours-recipe techniques`` keeps fastai on that chapter-7 recipe and trains ours with the
+airbench94 techniques of recipes/cifar10.toml v2 instead, on airbench_small by default, with
+``--ours-epochs`` / ``--ours-batch-size`` of its own (bench/vs_fastai/ours_recipe.py says what is
+taken from the file and why): the CIFAR case only (issue 23).
+
 Two cases: (a) a CIFAR-10 subset (``--per-class`` photos per class, ``--holdout`` held out);
 (b) a folder of phone-sized photos the script makes itself (``--photos-per-class`` CIFAR photos
 per class upscaled to ``--photo-size`` with sensor noise, JPEG quality 90, cached under
@@ -26,6 +31,8 @@ from PyPI) and checks that ``from fastai.vision.all import *`` works.
 
     .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train   # both cases, ~8 min on 2 cores
     .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train --case cifar --threads 2
+    .venv/bin/python -m bench.recipe_vs_fastai data/cifar10/train --case cifar --threads 2 \
+        --ours-recipe techniques
 
 Figures: docs/benchmarks.md; every run and an honest reading: docs/benchmarks-history.md,
 "Recipe vs fastai, side by side".
@@ -51,6 +58,7 @@ from typing import Any
 
 from bench.vs_fastai import CACHE, FASTAI_VERSION, LIBRARIES, ROOT, VENV, say
 from bench.vs_fastai.data import dataset_stats, list_class_files, make_photos, pick, split_items
+from bench.vs_fastai.ours_recipe import add_ours_recipe_args, ours_overrides
 from bench.vs_fastai.report import plot, summarise, table
 from bench.vs_fastai.venv import ensure_fastai_venv
 from bench.vs_fastai.workers import worker_main
@@ -125,18 +133,18 @@ def run_one(library: str, spec: dict[str, Any], fastai_python: Path) -> dict[str
     return out
 
 
-def run_case(name: str, items: list[tuple[Path, str]], stage_sizes: list[int],
-             stage_epochs: list[int], presize: int, args: argparse.Namespace,
-             fastai_python: Path, holdout: int) -> dict[str, Any]:
-    split = split_items(items, holdout, args.split_seed)
-    mean, std = dataset_stats(split, presize)
+def case_spec(name: str, split: dict[str, Any], stats: tuple[list[float], list[float]],
+              stage_sizes: list[int], stage_epochs: list[int], presize: int,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """The spec both workers get (fastai's chapter-7 recipe), and under "ours" what our worker's
+    spec changes (bench/vs_fastai/ours_recipe.py: nothing, or the techniques)."""
     stages = [{"size": s, "batch_size": args.batch_size, "epochs": e, "lr": args.lr}
               for s, e in zip(stage_sizes, stage_epochs, strict=True)]
     tta_views = [v.strip() for v in args.tta_views.split(",")]
-    spec = {
+    return {
         "case": name, "arch": args.arch, "classes": split["classes"], "rows": split["rows"],
         "n_train": split["n_train"], "n_valid": split["n_valid"], "split_seed": args.split_seed,
-        "mean": mean, "std": std, "presize": presize, "stages": stages,
+        "mean": stats[0], "std": stats[1], "presize": presize, "stages": stages,
         "threads": args.threads, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "mixup": args.mixup,
         "pct_start": args.pct_start, "channels_last": args.channels_last,
@@ -145,16 +153,30 @@ def run_case(name: str, items: list[tuple[Path, str]], stage_sizes: list[int],
                     "max_warp": 0.2, "max_lighting": 0.2, "p_affine": 0.75,
                     "p_lighting": 0.75},
         "tta_views": tta_views, "tta_n": len(tta_views) - 1, "tta_beta": args.tta_beta,
+        "ours": ours_overrides(args, stage_sizes, stage_epochs),
     }
+
+
+def library_spec(spec: dict[str, Any], library: str, seed: int) -> dict[str, Any]:
+    """One worker's spec: the shared one, with our side's changes for ours."""
+    return {**spec, **(spec["ours"] if library == "ours" else {}), "seed": seed}
+
+
+def run_case(name: str, items: list[tuple[Path, str]], stage_sizes: list[int],
+             stage_epochs: list[int], presize: int, args: argparse.Namespace,
+             fastai_python: Path, holdout: int) -> dict[str, Any]:
+    split = split_items(items, holdout, args.split_seed)
+    spec = case_spec(name, split, dataset_stats(split, presize), stage_sizes, stage_epochs,
+                     presize, args)
     say(f"{name}: {split['n_train']} train / {split['n_valid']} valid photos, "
         f"{len(split['classes'])} classes; sizes {stage_sizes} x epochs {stage_epochs}, presize "
         f"{presize}, batch {args.batch_size}, lr {args.lr}, seeds {args.seeds}, "
-        f"{args.threads} threads")
+        f"{args.threads} threads; ours: {spec['ours']}")
     runs = []
     for i, seed in enumerate(args.seeds):
         order = LIBRARIES if i % 2 == 0 else LIBRARIES[::-1]
         for lib in order:
-            runs.append(run_one(lib, {**spec, "seed": seed}, fastai_python))
+            runs.append(run_one(lib, library_spec(spec, lib, seed), fastai_python))
     rows = summarise(runs)
     md = table(rows)
     print(f"\n### {name}\n\n{md}\n", flush=True)
@@ -206,6 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--photo-presize", type=int, default=160)
     p.add_argument("--photo-seeds", type=int, nargs="+", default=[1, 2],
                    help="seeds of the photo case")
+    add_ours_recipe_args(p)
     p.add_argument("--no-save", action="store_true", help="write no results file")
     return p.parse_args(argv)
 
@@ -214,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if len(args.sizes) != len(args.epochs) or len(args.photo_sizes) != len(args.photo_epochs):
         raise SystemExit("--sizes/--epochs (and --photo-sizes/--photo-epochs) pair up")
+    if args.ours_recipe == "techniques" and args.case != "cifar":
+        raise SystemExit("--ours-recipe techniques is the CIFAR-10 v2 recipe: use --case cifar")
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is not a folder (CIFAR-10: tar xzf "
                          "cifar10-train.tar.gz -C data/cifar10)")

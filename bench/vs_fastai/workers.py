@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.vs_fastai.ours_recipe import ours_recipe_dict
+
 
 def _rss_mb() -> dict[str, float]:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -39,24 +41,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
         w.writerow(["path", "label", "is_valid"])
         for r in spec["rows"]:
             w.writerow([r["path"], r["label"], "1" if r["is_valid"] else "0"])
-    aug = spec["augment"]
-    recipe = recipe_from_dict({
-        "data": {"path": str(work), "csv": str(csv_path), "seed": spec["split_seed"],
-                 "presize": spec["presize"], "normalize": "dataset", "cache": "auto"},
-        "model": {"arch": spec["arch"]},
-        "augment": {"min_scale": aug["min_scale"], "max_aspect": 1.0,  # fastai: ratio=(1, 1)
-                    "flip": True, "max_rotate": aug["max_rotate"], "max_zoom": aug["max_zoom"],
-                    "max_warp": aug["max_warp"], "max_lighting": aug["max_lighting"],
-                    "p_affine": aug["p_affine"], "p_lighting": aug["p_lighting"],
-                    "max_translate": 0.0},
-        "train": {"seed": spec["seed"], "output": str(work / "run"), "device": "cpu",
-                  "threads": spec["threads"], "weight_decay": spec["weight_decay"],
-                  "label_smoothing": spec["label_smoothing"], "mixup": spec["mixup"],
-                  "channels_last": spec["channels_last"], "pct_start": spec["pct_start"],
-                  "select": "last"},
-        "stages": [dict(s) for s in spec["stages"]],
-        "tta": {"views": spec["tta_views"], "combine": "mean", "beta": spec["tta_beta"]},
-    })
+    recipe = recipe_from_dict(ours_recipe_dict(spec, work, csv_path))
     epochs: list[dict[str, Any]] = []
 
     class Log(Callback):
