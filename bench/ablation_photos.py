@@ -33,8 +33,9 @@ from PIL import Image
 
 from bench.cifar_subsets import CIFAR_TRAIN, cifar_subset
 from bench.common import RESULTS, ROOT, describe_machine, machine, write_results
-from training.config import Recipe, load_recipe, tta_spec
+from training.config import Recipe, apply_override, load_recipe, recipe_from_dict, tta_spec
 from training.machine import process_cpu_seconds
+from training.photo_recipe import photo_recipe_dict
 
 RECIPE = ROOT / "recipes" / "imagenette.toml"
 WORK = ROOT / ".cache" / "ablation_photos"
@@ -59,6 +60,9 @@ ROWS: list[tuple[str, list[str]]] = [
     ("+ lookahead", ["train.lookahead_every=5"]),
 ]
 TTA_ROW = "+ translate TTA views (the models above)"
+# the default photo recipe for a folder (training/photo_recipe.py), from scratch here
+DEFAULT_ROW = "default photo recipe (fine_tune; from scratch)"
+DEFAULT_TTA_ROW = "+ translate TTA views instead of its crops"
 
 
 def translate_views(shift: int) -> list[str]:
@@ -152,24 +156,48 @@ def evaluate_views(checkpoint: Path, recipe: Recipe) -> tuple[float, float]:
     return float(preds.tta_accuracy or 0.0), process_cpu_seconds() - c0
 
 
-def run_row(index: int, seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
-    """Train row ``index`` with ``seed``; its plain, chapter-7 TTA and translate TTA accuracy."""
+def train_and_evaluate(name: str, seed: int, recipe: Recipe, shifted: Recipe) -> dict:
+    """Train ``recipe``; its plain and TTA accuracy, and the translate TTA of ``shifted``."""
     from training.run import fit_and_report
 
-    recipe = row_recipe(index, seed, data, out, args)
     c0 = process_cpu_seconds()
     summary = fit_and_report(recipe, tta=True, progress=False)
     cpu = process_cpu_seconds() - c0
-    shifted = row_recipe(index, seed, data, out, args, tuple(translate_overrides(args.shift)))
     translate, eval_cpu = evaluate_views(Path(summary["checkpoint"]), shifted)
-    return {"row": ROWS[index][0], "seed": seed, "accuracy": summary["accuracy"],
+    return {"row": name, "seed": seed, "accuracy": summary["accuracy"],
             "tta_accuracy": summary["tta_accuracy"], "translate_tta_accuracy": translate,
             "cpu_seconds": cpu, "translate_eval_cpu_seconds": eval_cpu}
 
 
-def tta_row(result: dict[str, Any]) -> dict[str, Any]:
-    """The translate-TTA row from the last trained row's run: same model, other views."""
-    return {**result, "row": TTA_ROW, "tta_accuracy": result["translate_tta_accuracy"],
+def run_row(index: int, seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Train row ``index`` with ``seed``; its plain, chapter-7 TTA and translate TTA accuracy."""
+    shifts = tuple(translate_overrides(args.shift))
+    return train_and_evaluate(ROWS[index][0], seed, row_recipe(index, seed, data, out, args),
+                              row_recipe(index, seed, data, out, args, shifts))
+
+
+def default_recipe(seed: int, data: Path, out: Path, args: argparse.Namespace,
+                   extra: tuple[str, ...] = ()) -> Recipe:
+    """The default photo recipe (``training fit --data``; its CPU plan's 1 frozen + 2 epochs)
+    at the second stage's size, from scratch: there are no ImageNet weights here."""
+    raw = photo_recipe_dict(data, arch=args.default_arch, device="cpu")
+    for item in ['model.pretrained=""', f"data.presize={args.presize}", "data.num_workers=0",
+                 f"data.cache_dir={args.work / 'presized'}", f"train.output={out}",
+                 f"train.seed={seed}", f"train.threads={args.threads}",
+                 f"stages.0.size={args.sizes[1]}", *extra]:
+        apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
+def run_default(seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
+    shifts = tuple(translate_overrides(args.shift))
+    return train_and_evaluate(DEFAULT_ROW, seed, default_recipe(seed, data, out, args),
+                              default_recipe(seed, data, out, args, shifts))
+
+
+def tta_row(result: dict[str, Any], name: str = TTA_ROW) -> dict[str, Any]:
+    """A translate-TTA row from a trained row's run: the same model, other views."""
+    return {**result, "row": name, "tta_accuracy": result["translate_tta_accuracy"],
             "cpu_seconds": result["cpu_seconds"] + result["translate_eval_cpu_seconds"]}
 
 
@@ -177,7 +205,7 @@ def tta_row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def row_names() -> list[str]:
-    return [name for name, _ in ROWS] + [TTA_ROW]
+    return [name for name, _ in ROWS] + [TTA_ROW, DEFAULT_ROW, DEFAULT_TTA_ROW]
 
 
 def table(results: list[dict[str, Any]], seeds: list[int]) -> str:
@@ -242,32 +270,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, nargs="*", help="row indices (default: all)")
+    ap.add_argument("--default-recipe", action="store_true",
+                    help="also the default photo recipe for a folder, and with translate TTA")
+    ap.add_argument("--default-arch", default="resnet18")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--name", default="ablation_photos", help="results file name")
     ap.add_argument("--table", type=Path, default=RESULTS / "ablation_photos.md")
     return ap.parse_args(argv)
 
 
+def say(r: dict[str, Any]) -> None:
+    print(f"{r['row']:<48} seed {r['seed']}: {r['accuracy']:.4f} plain, {r['tta_accuracy']:.4f}"
+          f" TTA, {r['translate_tta_accuracy']:.4f} translate TTA, {r['cpu_seconds']:.0f} CPU s",
+          flush=True)
+
+
+def run_seed(seed: int, data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One seed's rows (and the default recipe's with --default-recipe), printed as they end."""
+    out: list[dict[str, Any]] = []
+    for i in args.rows if args.rows else range(len(ROWS)):
+        r = run_row(i, seed, data, args.work / "runs" / f"{args.name}-{seed}-{i}", args)
+        out += [r, tta_row(r)] if i == len(ROWS) - 1 else [r]
+        say(r)
+    if args.default_recipe:
+        r = run_default(seed, data, args.work / "runs" / f"{args.name}-{seed}-default", args)
+        out += [r, tta_row(r, DEFAULT_TTA_ROW)]
+        say(r)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = machine()
     data = build_photos(args.work, args.train_per_class, args.val_per_class, args.side)
-    rows = args.rows if args.rows else list(range(len(ROWS)))
     results: list[dict[str, Any]] = []
     for seed in args.seeds:
-        for i in rows:
-            r = run_row(i, seed, data, args.work / "runs" / f"{args.name}-{seed}-{i}", args)
-            results.append(r)
-            if i == len(ROWS) - 1:
-                results.append(tta_row(r))
-            print(f"{r['row']:<48} seed {seed}: {r['accuracy']:.4f} plain, {r['tta_accuracy']:.4f}"
-                  f" TTA, {r['translate_tta_accuracy']:.4f} translate TTA, "
-                  f"{r['cpu_seconds']:.0f} CPU s", flush=True)
-            args.table.write_text(table(results, args.seeds))  # progress survives a cut
+        results += run_seed(seed, data, args)
+        args.table.write_text(table(results, args.seeds))  # progress survives a cut
     print(f"\n{describe_machine(info)}\n\n{table(results, args.seeds)}")
     path = write_results(args.name, {"machine": info, "args": vars(args), "data": str(data),
-                                     "results": results, "load_avg_end": machine()[
-                                         "load_avg_1_5_15"]})
+                                     "results": results,
+                                     "load_avg_end": machine()["load_avg_1_5_15"]})
     png = RESULTS / f"{args.name}-latest.png"
     plot(results, png, f"{args.name}: {describe_machine(info)[:110]}")
     print(f"wrote {path}, {args.table} and {png}")

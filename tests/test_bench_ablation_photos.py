@@ -14,6 +14,7 @@ from bench.ablation_photos import (
     ROWS,
     TTA_ROW,
     build_photos,
+    default_recipe,
     parse_args,
     row_recipe,
     table,
@@ -21,6 +22,7 @@ from bench.ablation_photos import (
 )
 from service.imaging import check_views_fit
 from training.config import Recipe, eval_spec, tta_spec
+from training.photo_recipe import CPU_PLAN
 
 
 def flat(recipe: Recipe) -> dict[str, Any]:
@@ -118,3 +120,15 @@ def test_table_gives_mean_spread_and_the_translate_row():
     text = table(results, [1, 2])
     assert f"| {ROWS[0][0]} | 52.0 | 56.0 | 54.0 | 4.0 | 52.0 | 100 |" in text
     assert f"| {TTA_ROW} | 60.0 | - | 60.0 | 0.0 | 50.0 | 100 |" in text
+
+
+def test_default_recipe_row_is_the_folder_default_from_scratch(tmp_path):
+    args = parse_args(["--work", str(tmp_path)])
+    plain = default_recipe(1, tmp_path / "photos", tmp_path / "run", args)
+    assert plain.model.arch == "resnet18" and plain.model.pretrained == ""  # no weights here
+    assert (plain.train.freeze_epochs, plain.train.lr_mult, plain.train.optimizer) == (1, 100.0,
+                                                                                      "adamw")
+    assert [(s.size, s.epochs) for s in plain.stages] == [(96, CPU_PLAN.epochs)]
+    shifted = default_recipe(1, tmp_path / "photos", tmp_path / "run", args,
+                             tuple(translate_overrides(3)))
+    assert changed(plain, shifted) == {"tta.views", "tta.beta"}
