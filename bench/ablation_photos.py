@@ -262,7 +262,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--side", type=int, default=128, help="the built photos' side, px")
     ap.add_argument("--presize", type=int, default=112)
     ap.add_argument("--sizes", type=int, nargs=2, default=[64, 96], help="the two stages, px")
-    ap.add_argument("--epochs", type=int, nargs=2, default=[3, 3])
+    ap.add_argument("--epochs", type=int, nargs=2, default=[3, 2])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--arch", default="xresnet18")
     ap.add_argument("--sgd-lr", type=float, default=11.5, help="airbench units (its own: 11.5)")

@@ -53,7 +53,7 @@ def test_baseline_is_chapter_7_at_bench_scale(tmp_path):
     t = base.train
     assert (t.optimizer, t.schedule, t.lookahead_every) == ("adamw", "stage", 0)
     assert (t.weight_decay, t.label_smoothing, t.mixup) == (0.01, 0.1, 0.4)
-    assert [(s.size, s.epochs, s.lr) for s in base.stages] == [(64, 3, 3e-3), (96, 3, 1e-3)]
+    assert [(s.size, s.epochs, s.lr) for s in base.stages] == [(64, 3, 3e-3), (96, 2, 1e-3)]
     assert base.model.arch == "xresnet18" and base.data.presize == 112
     assert tta_spec(base).views == ("center", "hflip", "top_left", "top_right",
                                     "bottom_left", "bottom_right")
