@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--default-arch", default="resnet18")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--name", default="ablation_photos", help="results file name")
-    ap.add_argument("--table", type=Path, default=RESULTS / "ablation_photos.md")
+    ap.add_argument("--table", type=Path, default=WORK / "table.md", help="the table so far")
     return ap.parse_args(argv)
 
 
