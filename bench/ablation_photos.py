@@ -255,6 +255,13 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_title(args: argparse.Namespace, info: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:g}" for x in info["load_avg_1_5_15"])
+    return (f"{args.arch}, {args.epochs[0]} epochs at {args.sizes[0]} px + {args.epochs[1]} at "
+            f"{args.sizes[1]} px, {args.train_per_class}/{args.val_per_class} photos a class "
+            f"(upscaled CIFAR-10)\n{info['cores']} cores, {info['date'][:16]}, load {load}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-per-class", type=int, default=200)
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                                      "results": results,
                                      "load_avg_end": machine()["load_avg_1_5_15"]})
     png = RESULTS / f"{args.name}-latest.png"
-    plot(results, png, f"{args.name}: {describe_machine(info)[:110]}")
+    plot(results, png, plot_title(args, info))
     print(f"wrote {path}, {args.table} and {png}")
 
 
