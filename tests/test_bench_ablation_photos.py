@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from bench.ablation_photos import (
+    RECIPE,
     ROWS,
     TTA_ROW,
     build_photos,
@@ -21,7 +22,7 @@ from bench.ablation_photos import (
     translate_overrides,
 )
 from service.imaging import check_views_fit
-from training.config import Recipe, eval_spec, tta_spec
+from training.config import Recipe, eval_spec, load_recipe, tta_spec
 from training.photo_recipe import CPU_PLAN
 
 
@@ -132,3 +133,18 @@ def test_default_recipe_row_is_the_folder_default_from_scratch(tmp_path):
     shifted = default_recipe(1, tmp_path / "photos", tmp_path / "run", args,
                              tuple(translate_overrides(3)))
     assert changed(plain, shifted) == {"tta.views", "tta.beta"}
+
+
+def test_the_photo_recipe_trains_the_ablations_best_row(tmp_path):
+    """recipes/imagenette.toml's defaults were set by this bench (docs/ablation.md, "Photo
+    folders"): every option a row switched on is the recipe's own; TTA stays chapter 7's crops."""
+    rows = recipes(tmp_path)
+    best = flat(rows[-1])
+    own = flat(load_recipe(RECIPE))
+    assert {k: own[k] for k in changed(rows[0], rows[-1])} == {
+        "train.optimizer": "sgd", "train.weight_decay": 0.0153, "train.schedule": "triangular",
+        "train.pct_start": 0.23, "train.lookahead_every": 5, "stages.0.lr": 11.5,
+        "stages.1.lr": 11.5}
+    assert all(own[k] == best[k] for k in changed(rows[0], rows[-1]) if not k.startswith("stages"))
+    assert own["train.momentum"] == best["train.momentum"]
+    assert own["tta.views"] == best["tta.views"] and own["tta.beta"] == 0.25
