@@ -9,7 +9,9 @@ A ``/predict`` request needs an image's bytes and four small options.
 
 How: ``install(app)`` puts ``HotRoutes`` into the service app's middleware list right after
 BentoML's request metrics (so ``bentoml_service_request_duration_seconds`` still counts every
-request). A hot request then runs through the same middlewares as any other, minus
+request), and ``LoadShedding`` in front of it (``service.http.shedding``: an inference request
+the core would refuse is answered before its body is read). A hot request then runs through the
+same middlewares as any other, minus
 OpenTelemetry, BentoML's request context and its traffic timeout (the core bounds its own
 work: ``max_pending``, the batcher): the access log, ``FormLimits`` (413), ``HttpDrain`` (503
 while draining, ``Connection: close``) and CORS when enabled stay, in their order.
@@ -51,6 +53,7 @@ from service.http.hot_predict import (
     read_body,
     replaying,
 )
+from service.http.shedding import LoadShedding
 
 log = logging.getLogger(__name__)
 
@@ -131,4 +134,6 @@ def install(app: object, service: Callable[[], Any], oip_app: ASGIApp, server_na
     stack.insert(start, Middleware(HotRoutes, hot=hot, is_oip=oip_matcher(oip_app),
                                    body_bound=lambda: body_bound(
                                        service().core.config.max_image_bytes)))
+    # Refusals before POST /predict's body is read (HotRoutes reads it first).
+    stack.insert(start, Middleware(LoadShedding, core=lambda: service().core))
     return True
