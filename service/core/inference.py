@@ -21,8 +21,8 @@ are combined by the recorded rule. ``tta="auto"`` runs the other views, as a sec
 for an image whose calibrated plain top-1 is under the model's threshold (``service.core.
 answering`` calibrates and marks unsure). FP32 pixels (``predict_pixels``) skip decoding. At
 most ``max_pending`` requests are admitted, ``max_queue`` per model; beyond, Overloaded
-(``service.core.admission``). Past its deadline (``service.core.deadlines``) or cancelled, a
-request is dropped uncomputed wherever it waits.
+(``service.core.admission``; ``arriving``: the same answer before a front end reads a body).
+Past its deadline (``service.core.deadlines``) or cancelled, a request is dropped uncomputed.
 
 The async methods may be awaited from any event loop (no loop is captured); start/stop/reload
 block and should run before serving or via ``asyncio.to_thread``.
@@ -41,7 +41,7 @@ from typing import TypeVar
 import numpy as np
 
 from service.core import deadlines
-from service.core.admission import Admission, admitted
+from service.core.admission import Admission, admitted, arriving
 from service.core.answering import (
     AnswerOptions,
     answer_options,
@@ -233,6 +233,16 @@ class InferenceCore:
 
     # ---- inference
 
+    def arriving(self, model: str | None = None,
+                 timeout_s: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """A request whose body is still on its way, for ``model`` (None: named in its body):
+        Overloaded or DeadlineExceeded now when the core would refuse it anyway (admission)."""
+        default, registry = self.config.default_model, self._registry
+        names = [model] if model else [default] + sorted(
+            {m.name for m in registry.served()} - {default} if registry else ())
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return arriving(self._admission, self.stats, names, deadline)
+
     @contextlib.contextmanager
     def pin(self, model: str | None = None, version: int | None = None) -> Iterator[PinnedModel]:
         """Hold one version for several calls (an evaluation), even across a hot reload."""
@@ -260,9 +270,7 @@ class InferenceCore:
                             top_k: int | None = None, min_confidence: float | None = None,
                             ) -> list[Prediction | CoreError]:
         """Classify several images on one version; a bad image's CoreError takes its place.
-
-        Request-level problems (unknown model, bad top_k) raise instead.
-        """
+        Request-level problems (unknown model, bad top_k) raise instead."""
         with self.pin(model, version) as pinned:
             return await pinned.predict_batch(images, tta=tta, top_k=top_k,
                                               min_confidence=min_confidence)
@@ -270,26 +278,18 @@ class InferenceCore:
     async def predict_pixels(self, pixels: np.ndarray, *, model: str | None = None,
                              version: int | None = None, top_k: int | None = None,
                              min_confidence: float | None = None) -> list[Prediction]:
-        """Classify already-preprocessed images, one Prediction per row (tta=False).
-
+        """Classify already-preprocessed images, one Prediction per row (tta=False):
         ``pixels``: float32 (N, 3, S, S), NCHW RGB in [0, 1] -- the model's input contract, as
         ``service.imaging.stack_views(images, spec, None)`` makes it; S = the model's input size.
         One request for back-pressure and stats however large N is; InvalidRequest names the
-        expected shape.
-        """
+        expected shape."""
         with self.pin(model, version) as pinned:
             return await pinned.predict_pixels(pixels, top_k=top_k,
                                                min_confidence=min_confidence)
 
-    async def evaluate(
-        self,
-        items: LabelledItems,
-        *,
-        model: str | None = None,
-        version: int | None = None,
-        tta: bool | str | None = False,
-        min_confused: int = 1,
-    ) -> EvaluationResult:
+    async def evaluate(self, items: LabelledItems, *, model: str | None = None,
+                       version: int | None = None, tta: bool | str | None = False,
+                       min_confused: int = 1) -> EvaluationResult:
         """Evaluate (image bytes, label) pairs on one version -> report (accuracy, ECE, which
         path each answer took) + confusion PNG. tta as in predict()."""
         window = max(1, min(32, self.config.max_pending // 4,

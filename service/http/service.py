@@ -83,6 +83,7 @@ from service.http.schema import (
     several_images,
     tta_label,
 )
+from service.http.shedding import LoadShedding
 from service.http.web import web_routes
 from service.oip.http_routes import build_app as build_oip_app
 from service.process.serve_env import LOG_LEVEL_ENV, core_config_from_env
@@ -315,4 +316,5 @@ class Classifier:
 Classifier.add_asgi_middleware(FormLimits)
 Classifier.add_asgi_middleware(HttpDrain)  # SIGTERM: drain first (service.http.drain)
 Classifier.add_asgi_middleware(BearerAuth)  # bearer tokens and scopes (service.security)
+Classifier.add_asgi_middleware(LoadShedding)  # refusals before the body (http.shedding)
 Classifier.add_asgi_middleware(RequestDeadline)  # deadlines, departed clients (http.deadlines)

@@ -13,10 +13,13 @@ backlog -- took longer than its deadline: also a drop, also no row.)
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -186,3 +189,72 @@ def test_full_queue_answers_at_once_with_retry_after(served, channel, images):
     grew = backlog.finish(served)
     assert waiting.result().classes  # the queued one is still answered
     assert grew["rows"] == BACKLOG + 1
+
+
+BOUNDARY = "tta-serve-test"
+
+
+def multipart(image: bytes) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"d.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + image + (
+            f"\r\n--{BOUNDARY}--\r\n").encode()
+
+
+def headers_only(server: ServeProcess, path: str, length: int, *extra: tuple[str, str]
+                 ) -> http.client.HTTPConnection:
+    """A POST whose headers announce a ``length``-byte body, sent without it (yet)."""
+    url = urlsplit(server.http_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.putrequest("POST", path)
+    kind = "application/json" if path.startswith("/v2") else \
+        f"multipart/form-data; boundary={BOUNDARY}"
+    for name, value in (("Content-Type", kind), ("Content-Length", str(length)), *extra):
+        connection.putheader(name, value)
+    connection.endheaders()
+    return connection
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/v2/models/digits/infer"])
+def test_over_bound_http_request_is_refused_before_its_body(served, channel, images, path):
+    backlog = Backlog(served, channel)
+    waiting = pb_grpc.ClassifierStub(channel).Predict.future(
+        pb.PredictRequest(image=images[7]), timeout=120)
+    time.sleep(0.3)  # the model's queue (--max-queue 2) is full
+    connection = headers_only(served, path, 100_000)  # and its body never comes
+    started = time.monotonic()
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 503 and response.getheader("Retry-After") == "1", body
+    assert body["kind"] == "overloaded" and "--max-queue" in body["error"]
+    assert time.monotonic() - started < 5 and not backlog.future.done()
+    assert waiting.result().classes
+    assert backlog.finish(served)["rows"] == BACKLOG + 1
+
+
+def test_http_request_that_cannot_meet_its_timeout_is_refused_before_its_body(
+        served, channel, images):
+    Backlog(served, channel).finish(served)  # the model's recent answers took seconds
+    backlog = Backlog(served, channel)
+    connection = headers_only(served, "/predict", 100_000, ("X-Request-Timeout", "0.2"))
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 504 and body["kind"] == "deadline_exceeded", body
+    assert not backlog.future.done()
+    grew = backlog.finish(served)
+    assert grew["rows"] == BACKLOG and grew["deadline"] == 1
+
+
+def test_http_request_under_the_bound_is_answered_whenever_its_body_comes(
+        served, channel, images):
+    backlog = Backlog(served, channel)  # one of the two places taken
+    payload = multipart(images[8])
+    connection = headers_only(served, "/predict", len(payload))
+    time.sleep(0.3)  # a slow client: its body comes later
+    connection.send(payload)
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 200 and body["label"], body
+    assert backlog.finish(served)["rows"] > BACKLOG  # computed

@@ -4,6 +4,7 @@ with real clients: httpx, ``tta-serve predict --url grpcs://|https://``, NVIDIA'
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -136,6 +138,20 @@ def test_http_routes_and_their_scopes(served: Served, digits_model: FixtureModel
     log = served.process.log
     assert "refused POST /predict from 127.0.0.1" in log
     assert "bogus-token" not in log and INFER_TOKEN not in log
+
+
+def test_a_caller_without_a_token_is_refused_before_its_body(served: Served):
+    url = urlsplit(served.http_url)
+    connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=10,
+                                             context=served.context())
+    connection.putrequest("POST", "/predict")  # the hot route, which reads bodies itself
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", "100000")
+    connection.endheaders()  # and the body never comes
+    response = connection.getresponse()
+    assert response.status == 401
+    assert json.loads(response.read())["kind"] == "unauthenticated"
+    connection.close()
 
 
 def test_the_container_healthcheck_probes_over_mutual_tls(served: Served, pki: Pki):
