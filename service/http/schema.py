@@ -33,6 +33,7 @@ from service.core import (
 )
 from service.core.evaluation import EvaluationResult
 from service.image_suffixes import IMAGE_SUFFIXES
+from service.model_repository import variants_to_dict
 
 RETRY_AFTER_S = 1  # Retry-After on 503: the queue drains in well under a second when healthy
 
@@ -350,7 +351,7 @@ def model_info_body(info: ModelInfo) -> ModelInfoResponse:
         created_at=info.created_at,
         provider=provider_body(info.provider),
         variant=info.variant,
-        variants=info.variants,
+        variants=variants_to_dict(info.variants),
         tta_weights=None if tta.weights is None else list(tta.weights),
         calibration={"calibrated": info.calibration.calibrated,
                      **info.calibration.to_dict()},
