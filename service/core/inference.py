@@ -245,7 +245,7 @@ class InferenceCore:
                       min_confidence: float | None = None) -> Prediction:
         """Classify one encoded image.
 
-        model/version: None = the default model / the served version. tta: False/"off",
+        model/version: None ("", 0) = the default model / its served version. tta: False/"off",
         True/"on", "auto", None = the model's default. top_k: None or 0 = the configured
         default (5); more than the class count returns every class. min_confidence: None = the
         model's default, 0 = never unsure (service.core.answering).

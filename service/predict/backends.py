@@ -93,7 +93,7 @@ class LocalBackend:
         from service.grpc.messages import model_info_to_proto
 
         try:
-            return model_info_from_proto(model_info_to_proto(self.core.get_model(name or None)))
+            return model_info_from_proto(model_info_to_proto(self.core.get_model(name)))
         except CoreError as e:
             raise _core_error(e) from None
 
@@ -101,7 +101,7 @@ class LocalBackend:
                        min_confidence: float | None) -> Prediction | ClientError:
         try:
             return _local_prediction(await self.core.predict(
-                data, model=model or None, tta=tta, top_k=top_k, min_confidence=min_confidence))
+                data, model=model, tta=tta, top_k=top_k, min_confidence=min_confidence))
         except CoreError as e:
             return _core_error(e)
 
@@ -129,7 +129,7 @@ class LocalBackend:
         items = ((read_image(path), label) for path, label in labelled_files(folder))
         try:
             result = asyncio.run_coroutine_threadsafe(
-                self.core.evaluate(items, model=model or None, tta=tta,
+                self.core.evaluate(items, model=model, tta=tta,
                                    min_confused=min_confused), self.loop).result()
         except CoreError as e:
             raise _core_error(e) from None

@@ -95,6 +95,18 @@ def test_unknown_model_and_version(core: InferenceCore, digits_model: FixtureMod
         asyncio.run(core.predict(image, version=9))
 
 
+def test_empty_name_and_version_zero_mean_the_default(core: InferenceCore,
+                                                      digits_model: FixtureModel):
+    # the protobuf/form defaults reach the core as they come: it alone reads them as "unset"
+    image = digits_model.samples[0][0]
+    default = core.get_model()
+    assert core.get_model("", 0) == default
+    answer = asyncio.run(core.predict(image, model="", version=0))
+    assert (answer.model, answer.version) == (default.name, default.version)
+    with core.pin("", 0) as pinned:
+        assert (pinned.name, pinned.version) == (default.name, default.version)
+
+
 def test_overloaded_when_the_queue_is_full(digits_model: FixtureModel):
     with InferenceCore.create(core_config(digits_model.repo_root, max_pending=1)) as core:
         images = [b for b, _ in digits_model.samples[:3]]
