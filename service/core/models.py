@@ -53,7 +53,12 @@ class VersionState:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a client may know about one served model version."""
+    """What a client may know about one served model version.
+
+    The server's typed view (EvalSpec, TTASpec, Calibration, variant records, the folder); each
+    front end flattens it for its wire, and the client reads that into its own
+    ``service.client.ModelInfo`` (same name, the wire's fields: a client installs no core).
+    """
 
     name: str
     version: int

@@ -47,9 +47,9 @@ def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.Pred
     return pb.PredictResponse(
         request_id=request_id,
         classes=[pb.ClassScore(label=s.label, index=s.index, probability=s.probability)
-                 for s in prediction.top],
+                 for s in prediction.classes],
         model=prediction.model,
-        model_version=prediction.version,
+        model_version=prediction.model_version,
         tta=prediction.tta,
         tta_views=prediction.tta_views,
         calibrated=prediction.calibrated,

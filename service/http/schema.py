@@ -193,6 +193,9 @@ def labelled_items(images: list[Path] | None, images_base64: list[str] | None,
 
 
 class ClassScore(BaseModel):
+    """``service.class_score.ClassScore`` as the HTTP body's pydantic model: BentoML builds
+    the OpenAPI document (and validates the response) from pydantic models, not dataclasses."""
+
     label: str
     index: int = Field(description="index of the class in the model's class list")
     probability: float
@@ -309,10 +312,10 @@ class EvaluationResponse(BaseModel):
 def prediction_body(prediction: Prediction) -> PredictResponse:
     return PredictResponse(
         classes=[ClassScore(label=s.label, index=s.index, probability=s.probability)
-                 for s in prediction.top],
+                 for s in prediction.classes],
         label=prediction.label,
         model=prediction.model,
-        model_version=prediction.version,
+        model_version=prediction.model_version,
         tta=prediction.tta,
         tta_views=prediction.tta_views,
         calibrated=prediction.calibrated,

@@ -81,7 +81,7 @@ def classification_strings(prediction: Prediction, k: int) -> list[bytes]:
     The score is printed as C's %f (Triton's std::to_string), so clients parsing Triton's
     strings parse ours.
     """
-    return [f"{s.probability:f}:{s.index}:{s.label}".encode() for s in prediction.top[:k]]
+    return [f"{s.probability:f}:{s.index}:{s.label}".encode() for s in prediction.classes[:k]]
 
 
 def _server_version() -> str:

@@ -31,7 +31,6 @@ from service.client.errors import (
 )
 from service.client.files import labelled_files, read_image
 from service.client.results import (
-    ClassScore,
     Evaluation,
     ModelInfo,
     Prediction,
@@ -69,8 +68,8 @@ def _core_error(error: CoreError) -> ClientError:
 
 
 def _local_prediction(p: Any) -> Prediction:
-    return Prediction(classes=tuple(ClassScore(s.label, s.index, s.probability) for s in p.top),
-                      model=p.model, model_version=p.version, tta=p.tta, tta_views=p.tta_views,
+    return Prediction(classes=tuple(p.classes), model=p.model, model_version=p.model_version,
+                      tta=p.tta, tta_views=p.tta_views,
                       calibrated=p.calibrated, unsure=p.unsure, path=p.path,
                       views_used=tuple(p.views_used), tta_mode=p.tta_mode,
                       min_confidence=p.min_confidence)
