@@ -68,8 +68,8 @@ def run_row(index: int, seed: int, data: Path, out: Path, args: argparse.Namespa
         *row_overrides(index)])
     c0 = process_cpu_seconds()
     summary = fit_and_report(recipe, tta=True, progress=False)
-    return {"row": ROWS[index][0], "seed": seed, "accuracy": summary["accuracy"],
-            "tta_accuracy": summary["tta_accuracy"], "cpu_seconds": process_cpu_seconds() - c0}
+    return {"row": ROWS[index][0], "seed": seed, "accuracy": summary.accuracy,
+            "tta_accuracy": summary.tta_accuracy, "cpu_seconds": process_cpu_seconds() - c0}
 
 
 def table(results: list[dict[str, Any]], seeds: list[int]) -> str:

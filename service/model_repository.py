@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,45 @@ class InvalidModelError(ModelRepositoryError):
 
 
 @dataclass(frozen=True)
+class VariantRecord:
+    """One reduced-precision variant in model.json ``variants`` (``training export --int8``):
+    its file, and what export measured against model.onnx on the same check images.
+
+    ``to_dict()`` writes every key, as export does; a hand-written record with only ``file``
+    still loads (the rest None), and keys this version does not know are kept in ``extra``. A
+    record without a file loads too ("" here): the server then treats the variant as absent.
+    """
+
+    file: str = ""
+    sha256: str | None = None  # checked at load when present
+    bytes: int | None = None
+    accuracy: float | None = None  # None: exported with random inputs only
+    delta_accuracy: float | None = None  # accuracy - model.onnx's on the same images
+    max_abs_diff_vs_fp32: float | None = None
+    top1_agreement_vs_fp32: float | None = None
+    n_images: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        known = {name: getattr(self, name) for name in _VARIANT_KEYS}
+        return {**known, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VariantRecord:
+        return cls(**{k: v for k, v in d.items() if k in _VARIANT_KEYS},
+                   extra={k: v for k, v in d.items() if k not in _VARIANT_KEYS})
+
+
+_VARIANT_KEYS = ("file", "sha256", "bytes", "accuracy", "delta_accuracy", "max_abs_diff_vs_fp32",
+                 "top1_agreement_vs_fp32", "n_images")
+
+
+def variants_to_dict(variants: Mapping[str, VariantRecord]) -> dict[str, dict[str, Any]]:
+    """model.json's ``variants`` object (and the wires' ``variants``): kind -> record."""
+    return {kind: record.to_dict() for kind, record in variants.items()}
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything the service needs about a model, and nothing it must guess (model.json)."""
 
@@ -60,12 +100,17 @@ class ModelCard:
     metrics: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None
     created_at: str = ""
-    variants: dict[str, Any] | None = None
+    # model.json "variants": kind ("int8", "fp16") -> its record; {} when export made none
+    variants: Mapping[str, VariantRecord] = field(default_factory=dict)
     # model.json "calibration" (temperatures, TTA mode, abstention; service.calibration); a card
     # without one -- every model exported before it existed -- serves uncalibrated (T = 1).
     calibration: Calibration = field(default_factory=Calibration.uncalibrated)
 
     def __post_init__(self) -> None:
+        # records given as JSON objects (a caller holding model.json's dicts) are typed here
+        object.__setattr__(self, "variants", {
+            kind: v if isinstance(v, VariantRecord) else VariantRecord.from_dict(v)
+            for kind, v in (self.variants or {}).items()})
         check_views_fit(self.eval_spec, self.tta)  # a shift view must fit the input size
         if self.calibration.default_tta == "auto" and "center" not in self.tta.views:
             raise ValueError("calibration default_tta 'auto' answers from the 'center' view "
@@ -104,7 +149,7 @@ class ModelCard:
             "tta": self.tta.to_dict(),
             "metrics": self.metrics or {},
             "recipe": self.recipe or {},
-            "variants": self.variants or {},
+            "variants": variants_to_dict(self.variants),
             **({"calibration": self.calibration.to_dict()} if self.calibration.calibrated
                else {}),
         }
@@ -130,7 +175,10 @@ class ModelCard:
                 metrics=d.get("metrics") or {},
                 recipe=d.get("recipe") or {},
                 created_at=d.get("created_at", ""),
-                variants=d.get("variants") or {},
+                # a kind whose value is no object never named a servable file: left out
+                variants={kind: VariantRecord.from_dict(v)
+                          for kind, v in (d.get("variants") or {}).items()
+                          if isinstance(v, Mapping)},
                 calibration=Calibration.from_dict(d.get("calibration")),
             )
         except KeyError as e:

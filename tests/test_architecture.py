@@ -179,7 +179,7 @@ FOLDERS = ("core", "grpc", "http", "oip", "client", "predict", "process", "secur
 # Shared by every folder (and by training): they import no folder but core.
 SHARED = frozenset({"service", "service.imaging", "service.model_repository",
                     "service.evaluation_report", "service.image_suffixes",
-                    "service.calibration"})
+                    "service.calibration", "service.class_score"})
 
 
 def _folder(module: str) -> str | None:

@@ -20,6 +20,7 @@ from service.model_repository import (
     ModelCard,
     ModelNotFoundError,
     ModelRepository,
+    VariantRecord,
     sha256_file,
     validate_version_dir,
 )
@@ -65,6 +66,27 @@ def test_card_round_trip() -> None:
     explicit = ModelCard(**{**card.__dict__, "variants": {"int8": {"file": "model.int8.onnx"}}})
     assert ModelCard.from_dict(explicit.to_dict()) == explicit
     assert again.input_size == 4 and again.tta == TTASpec()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("models/*/*/model.json")),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
+def test_the_committed_model_json_files_round_trip_exactly(path: Path) -> None:
+    # the typed card (variants as VariantRecord) writes back the very JSON it read
+    written = json.loads(path.read_text())
+    card = ModelCard.from_dict(written)
+    assert card.to_dict() == written
+    assert all(isinstance(v, VariantRecord) and v.file for v in card.variants.values())
+
+
+def test_an_old_partial_variant_record_still_loads() -> None:
+    d = make_card("pets", 1, "00").to_dict()
+    d["variants"] = {"int8": {"file": "model.int8.onnx", "note": "hand-written"},
+                     "fp16": None}  # not an object: names no file, left out
+    card = ModelCard.from_dict(d)
+    assert set(card.variants) == {"int8"}
+    record = card.variants["int8"]
+    assert (record.file, record.sha256, record.accuracy) == ("model.int8.onnx", None, None)
+    assert card.to_dict()["variants"]["int8"]["note"] == "hand-written"  # unknown keys kept
 
 
 def test_card_rejects_other_format_and_missing_keys() -> None:

@@ -73,5 +73,5 @@ def test_core_feeds_onnx_exactly_the_training_eval_tensor(digits, fed_to_onnx, t
         expected = combine_tta(probs[None], card.tta)[0] if tta else probs[0]
         # served calibrated: the temperature model.json records for the path (1 before it)
         expected = apply_temperature(expected, card.calibration.temperature_for(tta))
-        assert answer.top[0].index == int(expected.argmax())
+        assert answer.classes[0].index == int(expected.argmax())
         np.testing.assert_allclose(answer.probabilities, expected, atol=1e-5)

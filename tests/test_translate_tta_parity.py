@@ -94,7 +94,7 @@ def test_training_tta_accuracy_equals_the_services(models_dir, photos):
     assert all(a.tta and a.tta_views == len(TRANSLATE_VIEWS) for a in answers)
     # Equal, not approximately: the same count of right answers, and the same class each time.
     assert served.report.accuracy == training.tta_accuracy
-    assert [a.top[0].index for a in answers] == training.tta_probs.argmax(1).tolist()
+    assert [a.classes[0].index for a in answers] == training.tta_probs.argmax(1).tolist()
     served_probs = np.stack([a.probabilities for a in answers])
     np.testing.assert_allclose(served_probs, training.tta_probs, atol=1e-5, rtol=0)
     # The views matter: with them the photos score differently than the plain view alone.

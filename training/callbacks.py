@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.checkpoint import Checkpoint, save_checkpoint
+from training.checkpoint import Checkpoint, RunFields, save_checkpoint
 from training.learner import Callback, Learner
 from training.machine import process_cpu_seconds
 from training.models.classifier import BN_TYPES
@@ -124,7 +124,7 @@ class CheckpointCallback(Callback):
 
     order = 60
 
-    def __init__(self, out_dir: Path, metric: str, describe: Callable[[Learner], dict[str, Any]],
+    def __init__(self, out_dir: Path, metric: str, describe: Callable[[Learner], RunFields],
                  best: float | None = None, enabled: bool = True,
                  select: str = "best") -> None:
         self.out_dir, self.metric, self.describe = Path(out_dir), metric, describe
@@ -146,16 +146,16 @@ class CheckpointCallback(Callback):
             self.best = value
         if not self.enabled:
             return
-        meta = {**self.describe(learn), "best_metric": self.best,
-                "metrics": dict(learn.state.metrics)}
+        fields = self.describe(learn)
+        meta = {"best_metric": self.best, "metrics": dict(learn.state.metrics)}
         if is_best:
             weights = {k: v.detach().to("cpu", copy=True)
                        for k, v in learn.eval_model.state_dict().items()}
-            self.saved_best = Checkpoint(**meta, model=weights)
+            self.saved_best = fields.checkpoint(**meta, model=weights)
             save_checkpoint(self.saved_best, self.out_dir / "best.pt")
             log.info("%s %s %.4f: saved %s", "last epoch" if self.select == "last" else "best",
                      self.metric, value, self.out_dir / "best.pt")
-        save_checkpoint(Checkpoint(**meta, **learn.state_dict()), self.out_dir / "last.pt")
+        save_checkpoint(fields.checkpoint(**meta, **learn.state_dict()), self.out_dir / "last.pt")
 
 
 def write_json(obj: Any, path: Path) -> None:

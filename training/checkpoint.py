@@ -98,6 +98,29 @@ class Checkpoint:
         return int(progress["phase"]), int(progress["epoch"])
 
 
+@dataclass(frozen=True)
+class RunFields:
+    """The run-level part of a checkpoint at the end of an epoch: what the runner knows (model,
+    classes, specs, recipe, where the run is). The checkpoint callback adds the weights and the
+    metrics (``checkpoint()``), so it never needs to know which keys the runner owns."""
+
+    arch: str
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    eval_spec: dict[str, Any]  # service.imaging.EvalSpec.to_dict()
+    tta: dict[str, Any]  # service.imaging.TTASpec.to_dict()
+    recipe: dict[str, Any]
+    progress: dict[str, int]  # {"phase": index, "epoch": epochs done in it}
+    history: list[dict[str, Any]]
+    world_size: int
+
+    def checkpoint(self, **rest: Any) -> Checkpoint:
+        """A Checkpoint of these fields and ``rest`` (model, metrics, best_metric, ...)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # shallow
+        return Checkpoint(**own, **rest)
+
+
 def from_dict(raw: Any, path: Path, error: type[TrainingError] = ConfigError) -> Checkpoint:
     """Check a loaded object and type it; ``error`` names what is wrong (format, keys)."""
     if not isinstance(raw, dict) or "arch" not in raw or "model" not in raw:

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -15,19 +14,20 @@ from service.evaluation_report import build_report, confusion_png, save_report
 from service.imaging import EvalSpec, decode_image, eval_view
 from training.data import Items
 from training.evaluate import Predictions
+from training.evaluation_summary import EvaluationSummary
 
 log = logging.getLogger(__name__)
 
 
 def write_interpretation(preds: Predictions, items: Items, classes: list[str], out_dir: Path, *,
                          eval_spec: EvalSpec, min_confused: int = 1,
-                         top_k: int = 16) -> dict[str, Any]:
-    """Reports for the plain (and TTA) predictions and a top-losses PNG; returns the summary."""
+                         top_k: int = 16) -> EvaluationSummary:
+    """Reports for the plain (and TTA) predictions and a top-losses PNG; returns the summary
+    (also written as summary.json)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plain = build_report(preds.targets, preds.probs.argmax(1), classes, min_confused=min_confused)
     save_report(plain, out_dir)
-    summary: dict[str, Any] = {"n": plain.n, "accuracy": plain.accuracy,
-                               "most_confused": plain.most_confused[:10]}
+    tta_accuracy = None
     if preds.tta_probs is not None:
         tta = build_report(preds.targets, preds.tta_probs.argmax(1), classes,
                            min_confused=min_confused)
@@ -38,10 +38,12 @@ def write_interpretation(preds: Predictions, items: Items, classes: list[str], o
             title = (f"Confusion matrix with TTA ({kind}) - accuracy {tta.accuracy:.3f}, "
                      f"n={tta.n}")
             (out_dir / name).write_bytes(confusion_png(tta, normalize=normalize, title=title))
-        summary["tta_accuracy"] = tta.accuracy
+        tta_accuracy = tta.accuracy
+    summary = EvaluationSummary(n=plain.n, accuracy=plain.accuracy, tta_accuracy=tta_accuracy,
+                                most_confused=tuple(map(tuple, plain.most_confused[:10])))
     plot_top_losses(preds, items, classes, out_dir / "top_losses.png", eval_spec=eval_spec, k=top_k)
     write_valid_items(items, classes, out_dir / "valid_items.json")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
 

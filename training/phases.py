@@ -29,7 +29,7 @@ from training.callbacks import (
     RunClock,
     write_json,
 )
-from training.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
+from training.checkpoint import Checkpoint, RunFields, load_checkpoint
 from training.config import Recipe, eval_spec, save_recipe, tta_spec
 from training.data import (
     IMAGENET_MEAN,
@@ -261,15 +261,24 @@ class Run:
     def world_size(self) -> int:
         return self.dist.world_size if self.dist is not None else 1
 
-    def describe(self, phase_index: int, size: int, epochs_done: int) -> dict[str, Any]:
+    def describe(self, position: PhasePosition, epochs_done: int) -> RunFields:
         """The run-level checkpoint fields at the end of an epoch (the callback adds weights)."""
         recipe = self.recipe
-        return {"format": CHECKPOINT_FORMAT, "arch": recipe.model.arch,
-                "classes": self.split.classes, "mean": list(self.mean), "std": list(self.std),
-                "eval_spec": eval_spec(recipe, size).to_dict(),
-                "tta": tta_spec(recipe).to_dict(), "recipe": recipe.to_dict(),
-                "progress": {"phase": phase_index, "epoch": epochs_done},
-                "history": self.history, "world_size": self.world_size}
+        return RunFields(
+            arch=recipe.model.arch, classes=self.split.classes, mean=list(self.mean),
+            std=list(self.std), eval_spec=eval_spec(recipe, position.size).to_dict(),
+            tta=tta_spec(recipe).to_dict(), recipe=recipe.to_dict(),
+            progress={"phase": position.index, "epoch": epochs_done}, history=self.history,
+            world_size=self.world_size)
+
+
+@dataclass
+class PhasePosition:
+    """Where train_phases is: the phase's index in plan_phases and its stage's image size.
+    It moves it at each phase's start; the checkpoints read it at each epoch's end."""
+
+    index: int = 0
+    size: int = 0
 
 
 def prepare_run(recipe: Recipe, dist: DistContext | None, progress: bool) -> Run:
@@ -355,7 +364,7 @@ def phase_offsets(run: Run, phases: list[Phase]) -> list[int]:
 
 
 def train_phases(run: Run, state: Checkpoint | None, callbacks: list[Callback],
-                 current: dict[str, int], clock: RunClock) -> None:
+                 current: PhasePosition, clock: RunClock) -> None:
     """Every phase from the resume point on; ``current`` tells the checkpoints where we are."""
     start_index, start_epoch = state.resume_position(run.out / "last.pt") if state else (0, 0)
     learn: Learner | None = None
@@ -369,7 +378,7 @@ def train_phases(run: Run, state: Checkpoint | None, callbacks: list[Callback],
         if phase.stage != loaded_stage:
             learn = enter_stage(run, learn, phase.stage, callbacks)
             loaded_stage = phase.stage
-        current.update(index=index, size=run.recipe.stages[phase.stage].size)
+        current.index, current.size = index, run.recipe.stages[phase.stage].size
         clock.step = offsets[index]
         start_phase(learn, run.model, phase, run.recipe, clock)
         clock.step += first_epoch * steps_per_epoch(run, phase.stage)
@@ -396,10 +405,9 @@ def fit(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     main = is_main(dist)
     if main:
         save_recipe(recipe, run.out / "recipe.toml")
-    current: dict[str, int] = {}
+    current = PhasePosition()
     checkpoints = CheckpointCallback(
-        run.out, recipe.train.metric,
-        lambda learn: run.describe(current["index"], current["size"], learn.state.epoch + 1),
+        run.out, recipe.train.metric, lambda learn: run.describe(current, learn.state.epoch + 1),
         best=state.best_metric if state else None, enabled=main, select=recipe.train.select)
     clock = RunClock(phase_offsets(run, plan_phases(recipe))[-1], lambda: len(run.history))
     builtin = [BnFreeze(), ProgressCallback(progress and main), HistoryCallback(run.history),

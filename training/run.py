@@ -18,6 +18,7 @@ from training.device import select_device
 from training.distributed import DistContext, is_main, require_single_process
 from training.errors import DataError
 from training.evaluate import predict
+from training.evaluation_summary import EvaluationSummary
 from training.interpret import write_interpretation
 from training.lr_find import DEFAULT_SUGGESTION, LRFindResult, lr_find, plot_lr_find
 from training.phases import FitResult, build_classifier, build_data, build_learner, fit, plan_phases
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
-                   progress: bool = True, dist: DistContext | None = None) -> dict[str, Any]:
-    """Train, then evaluate the best checkpoint (plain + TTA) and record it in the checkpoint.
+                   progress: bool = True, dist: DistContext | None = None,
+                   ) -> EvaluationSummary:
+    """Train, then evaluate the best checkpoint (plain + TTA) and record it in the checkpoint;
+    the summary's ``checkpoint`` is that best.pt.
 
     Under torchrun (``dist``) every rank trains and evaluates its shard; rank 0 writes.
     """
@@ -57,7 +60,7 @@ def fit_and_report(recipe: Recipe, *, resume: bool = False, tta: bool = True,
     finally:
         for tracker in trackers:
             tracker.close(status)
-    return {**summary, "checkpoint": str(result.best_checkpoint)}
+    return summary
 
 
 def epoch_offsets(recipe: Recipe) -> dict[str, int]:
@@ -69,14 +72,14 @@ def epoch_offsets(recipe: Recipe) -> dict[str, int]:
     return offsets
 
 
-def record_final_metrics(result: FitResult, summary: dict[str, Any]) -> None:
+def record_final_metrics(result: FitResult, summary: EvaluationSummary) -> None:
     """The best checkpoint's evaluation (plain + TTA) into it and into metrics.json."""
     best = result.best
     if best is None:
         raise DataError(f"no epoch was trained: {result.best_checkpoint} was not written")
     history = result.history
-    metrics = {**best.metrics, "accuracy": summary["accuracy"],
-               "tta_accuracy": summary.get("tta_accuracy"), "n_valid": summary["n"],
+    metrics = {**best.metrics, "accuracy": summary.accuracy,
+               "tta_accuracy": summary.tta_accuracy, "n_valid": summary.n,
                "valid_set": result.split.source,
                # honest numbers: was this epoch picked on the split it is reported on?
                "epoch_selected_on_valid_set": best.recipe.get("train", {}).get("select",
@@ -127,11 +130,12 @@ def evaluation_items(data: str | Path | None, classes: list[str], split: DataSpl
 def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Path | None = None,
                         tta: bool = False, batch_size: int = 64, min_confused: int = 1,
                         device_name: str = "auto", split: DataSplit | None = None,
-                        progress: bool = True, dist: DistContext | None = None) -> dict[str, Any]:
+                        progress: bool = True, dist: DistContext | None = None,
+                        ) -> EvaluationSummary:
     """Evaluate on the run's validation set (or a labeled folder) and write the reports.
 
     With ``dist`` the ranks share the predicting; rank 0 writes the reports, and every rank
-    returns the summary.
+    returns the summary (the others without most_confused).
     """
     device = dist.device if dist is not None else select_device(device_name)
     model, ckpt = load_model(checkpoint, device)
@@ -142,10 +146,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, output: Path, data: str | Pat
                     device=device, batch_size=batch_size, progress=progress and is_main(dist),
                     dist=dist, min_side=decode_side(spec, ckpt.tta_spec))
     if not is_main(dist):
-        return {"n": len(preds.targets), "accuracy": preds.accuracy,
-                **({"tta_accuracy": preds.tta_accuracy} if tta else {})}
+        return EvaluationSummary(n=len(preds.targets), accuracy=preds.accuracy,
+                                 tta_accuracy=preds.tta_accuracy, checkpoint=Path(checkpoint))
     summary = write_interpretation(preds, items, classes, Path(output), eval_spec=spec,
                                    min_confused=min_confused)
-    log.info("evaluated %d images: accuracy %.4f%s", summary["n"], summary["accuracy"],
-             f", TTA {summary['tta_accuracy']:.4f}" if "tta_accuracy" in summary else "")
-    return summary
+    log.info("evaluated %d images: accuracy %.4f%s", summary.n, summary.accuracy,
+             "" if summary.tta_accuracy is None else f", TTA {summary.tta_accuracy:.4f}")
+    return dataclasses.replace(summary, checkpoint=Path(checkpoint))

@@ -10,19 +10,17 @@ import numpy as np
 from google.protobuf import json_format
 
 from service._proto.tta_serve.v1 import classifier_pb2 as pb
+from service.class_score import ClassScore
 from service.evaluation_report import ClassMetrics, EvaluationReport, classification_text
 
 
 @dataclass(frozen=True)
-class ClassScore:
-    label: str
-    index: int  # in the model's class list
-    probability: float
-
-
-@dataclass(frozen=True)
 class Prediction:
-    """One image's answer: top-k classes (most probable first) and which model gave it."""
+    """One image's answer: top-k classes (most probable first) and which model gave it.
+
+    What the wire carries, under the wire's names; the core's ``service.core.Prediction`` has
+    the same names and adds what no wire sends (the whole probability vector, the temperature).
+    """
 
     classes: tuple[ClassScore, ...]
     model: str
@@ -54,7 +52,12 @@ class ExecutionProvider:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served model version, as ListModels / GetModel describe it."""
+    """A served model version, as ListModels / GetModel describe it.
+
+    The wire's flat view of the core's ``service.core.ModelInfo``: TTA as views/combine/beta
+    rather than a TTASpec, the calibration as plain numbers, no server path; a client neither
+    imports the core nor needs the server's types to read it.
+    """
 
     name: str
     version: int

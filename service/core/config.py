@@ -7,7 +7,9 @@ which is why error messages name the flags.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,36 @@ class VersionPolicy:
 
     def __str__(self) -> str:
         return "latest" if self.pinned is None else f"pinned:{self.pinned}"
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """``--variant`` parsed: "" (model.onnx everywhere), "KIND" (every model that has one; the
+    others serve model.onnx) or "NAME=KIND,..." (those models; a version without it is refused)."""
+
+    every: str | None = None
+    named: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> VariantChoice:
+        """The small language: "" | "KIND" | "NAME=KIND,..." (a bare KIND or "=KIND": every)."""
+        out: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, kind = part.rpartition("=")
+            name = name.strip() or "*"
+            if kind.strip() not in VARIANT_KINDS:
+                raise ValueError(f"variant {part!r}: the kind must be one of "
+                                 f"{list(VARIANT_KINDS)} (--variant int8, or --variant "
+                                 "NAME=KIND,...)")
+            out[name] = kind.strip()
+        every = out.pop("*", None)
+        return cls(every=every, named=out)
+
+    def for_model(self, model: str) -> tuple[str | None, bool]:
+        """(kind, required) for ``model``: required when the model was named explicitly."""
+        if model in self.named:
+            return self.named[model], True
+        return self.every, False
 
 
 def default_threads() -> int:
@@ -117,8 +149,8 @@ class CoreConfig:
         for name in ("max_wait_ms", "poll_interval_s", "max_queue"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        try:  # parsed once, here: variant_for runs on every model load
-            object.__setattr__(self, "_variants", _parse_variants(self.variant))
+        try:  # parsed once, here (cached): variant_for runs on every model load
+            self.variant_choice  # noqa: B018 -- the parse, for its ValueError
         except ValueError as e:
             problems.append(str(e))
         if problems:
@@ -128,30 +160,20 @@ class CoreConfig:
     def batching(self) -> bool:
         return self.max_batch_size > 1
 
+    @functools.cached_property
+    def variant_choice(self) -> VariantChoice:
+        """``variant`` parsed, once (at construction, which reports a bad one). Not a field:
+        the flags, the environment and ``replace`` carry ``variant``, the text."""
+        return VariantChoice.parse(self.variant)
+
     def variants(self) -> dict[str, str]:
-        """``variant`` parsed (once, at construction): model name (or "*" for every model) ->
-        kind."""
-        return dict(self._variants)
+        """``variant`` as a mapping: model name (or "*" for every model) -> kind."""
+        choice = self.variant_choice
+        return {**choice.named, **({"*": choice.every} if choice.every else {})}
 
     def variant_for(self, model: str) -> tuple[str | None, bool]:
         """(kind, required) for ``model``: required when the model was named explicitly."""
-        variants = self._variants
-        if model in variants:
-            return variants[model], True
-        return variants.get("*"), False
-
-
-def _parse_variants(variant: str) -> dict[str, str]:
-    """``--variant``'s small language: "" | "KIND" | "NAME=KIND,..." -> {name or "*": kind}."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in variant.split(","))):
-        name, _, kind = part.rpartition("=")
-        name = name.strip() or "*"
-        if kind.strip() not in VARIANT_KINDS:
-            raise ValueError(f"variant {part!r}: the kind must be one of {list(VARIANT_KINDS)} "
-                             "(--variant int8, or --variant NAME=KIND,...)")
-        out[name] = kind.strip()
-    return out
+        return self.variant_choice.for_model(model)
 
 
 def resolve_default_model(config: CoreConfig, repository: ModelRepository) -> CoreConfig:

@@ -109,9 +109,9 @@ async def evaluate_pinned(
     y_true, answers = await _predict_all(pinned, items, tta=tta, window=window)
     if not y_true:
         raise InvalidRequest("no labelled images were sent; an evaluation needs at least one")
-    y_pred = [a.top[0].index for a in answers]
+    y_pred = [a.classes[0].index for a in answers]
     report = build_report(y_true, y_pred, pinned.classes, min_confused=min_confused)
-    confidence = np.array([a.top[0].probability for a in answers])
+    confidence = np.array([a.classes[0].probability for a in answers])
     ece = reliability(confidence, np.asarray(y_pred) == np.asarray(y_true)).ece
     mode = answers[0].tta_mode
     title = (f"{pinned.name} v{pinned.version}{'' if mode == 'off' else f' + TTA {mode}'}: "

@@ -6,7 +6,7 @@ format into these calls and map ``service.core.errors`` to status codes::
     core = InferenceCore.create(CoreConfig(models_dir="models"))
     core.start()                       # blocking: loads models; DeviceUnavailable/ModelNotFound
     pred = await core.predict(png_bytes, tta="auto", top_k=3, min_confidence=0.9)
-    pred.label, pred.top[0].probability, pred.model, pred.version, pred.probabilities
+    pred.label, pred.classes[0].probability, pred.model, pred.model_version, pred.probabilities
     pred.path, pred.views_used, pred.calibrated, pred.unsure   # service.core.answering
     results = await core.predict_batch([a, b, c])      # Prediction | CoreError per image
     preds = await core.predict_pixels(x)  # x: float32 (N, 3, S, S) in [0, 1], preprocessed
@@ -255,7 +255,7 @@ class InferenceCore:
                       min_confidence: float | None = None) -> Prediction:
         """Classify one encoded image.
 
-        model/version: None = the default model / the served version. tta: False/"off",
+        model/version: None ("", 0) = the default model / its served version. tta: False/"off",
         True/"on", "auto", None = the model's default. top_k: None or 0 = the configured
         default (5); more than the class count returns every class. min_confidence: None = the
         model's default, 0 = never unsure (service.core.answering).

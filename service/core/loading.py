@@ -103,9 +103,9 @@ def _variant(config: CoreConfig, name: str, version: int, folder: Path,
     kind, required = config.variant_for(name)
     if kind is None:
         return None, folder / MODEL_FILE
-    recorded = (card.variants or {}).get(kind)
-    if not recorded or not recorded.get("file"):
-        have = sorted(card.variants or {}) or "none"
+    recorded = card.variants.get(kind)
+    if recorded is None or not recorded.file:
+        have = sorted(card.variants) or "none"
         if required:
             raise ModelLoadError(f"{name} v{version} has no {kind} variant (model.json "
                                  f"variants: {have}); export one with training export "
@@ -113,14 +113,14 @@ def _variant(config: CoreConfig, name: str, version: int, folder: Path,
         log.warning("%s v%d has no %s variant (variants: %s); serving %s", name, version,
                     kind, have, MODEL_FILE)
         return None, folder / MODEL_FILE
-    path = folder / recorded["file"]
+    path = folder / recorded.file
     if not path.is_file():
         raise ModelLoadError(f"{path}: the {kind} variant model.json records is missing")
-    if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
+    if recorded.sha256 and sha256_file(path) != recorded.sha256:
         raise ModelLoadError(f"{path}: sha256 differs from model.json variants.{kind}.sha256;"
                              " the file was changed after export")
     log.info("%s v%d: serving the %s variant %s (accuracy %s at export)", name, version,
-             kind, recorded["file"], recorded.get("accuracy"))
+             kind, recorded.file, recorded.accuracy)
     return kind, path
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from service.model_repository import (
     MODEL_FILE,
     ModelCard,
     ModelRepository,
+    VariantRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ class VersionState:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a client may know about one served model version."""
+    """What a client may know about one served model version.
+
+    The server's typed view (EvalSpec, TTASpec, Calibration, variant records, the folder); each
+    front end flattens it for its wire, and the client reads that into its own
+    ``service.client.ModelInfo`` (same name, the wire's fields: a client installs no core).
+    """
 
     name: str
     version: int
@@ -67,7 +73,8 @@ class ModelInfo:
     is_default: bool
     path: Path
     variant: str | None = None  # the reduced-precision variant served (--variant), None = fp32
-    variants: dict[str, Any] = field(default_factory=dict)  # model.json "variants", as measured
+    # model.json "variants" (kind -> what export measured); the wires send variants_to_dict()
+    variants: Mapping[str, VariantRecord] = field(default_factory=dict)
     # model.json "calibration": temperatures, default TTA mode, auto threshold, abstention;
     # calibration.calibrated is False for a model exported before it (served with T = 1)
     calibration: Calibration = field(default_factory=Calibration.uncalibrated)
@@ -174,7 +181,12 @@ class ModelRegistry:
     # ---- leases
 
     def acquire(self, name: str | None = None, version: int | None = None) -> LoadedModel:
-        """The served version of ``name`` (default model when None), leased; release() it."""
+        """The served version of ``name``, leased; release() it.
+
+        The one place that reads "unset": ``name`` None or "" is the default model, ``version``
+        None or 0 the served one -- the protobuf, form and CLI defaults, which the front ends
+        therefore pass on as they come.
+        """
         name = name or self.config.default_model
         with self._lock:
             model = self._served.get(name)
@@ -220,7 +232,7 @@ class ModelRegistry:
             metrics=dict(card.metrics or {}), created_at=card.created_at,
             repository_versions=tuple(self.repository.versions(model.name)),
             provider=model.provider, is_default=model.name == self.config.default_model,
-            path=model.path, variant=model.variant, variants=dict(card.variants or {}),
+            path=model.path, variant=model.variant, variants=dict(card.variants),
             calibration=card.calibration,
         )
 

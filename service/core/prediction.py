@@ -7,12 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    index: int
-    probability: float
+from service.class_score import ClassScore
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,13 +20,18 @@ class Prediction:
     calibrated: the probabilities went through the model's fitted temperature (False: a model
     exported before calibration, served with temperature 1).
     unsure: the top-1 probability is below ``min_confidence``; the top-k are still given.
+
+    The fields carry the wire's names (``classes``, ``model_version``), as the client's
+    ``service.client.Prediction`` does; ``top`` and ``version`` are their older names here.
+    The two types stay apart: this one holds the whole probability vector and the temperature,
+    which no wire carries, and the client may not import the core.
     """
 
     model: str
-    version: int
+    model_version: int
     tta: bool  # the answer combines TTA views (path == "tta")
     tta_views: int  # views combined (1 without TTA)
-    top: tuple[ClassScore, ...]  # most probable first
+    classes: tuple[ClassScore, ...]  # the top-k, most probable first
     probabilities: np.ndarray  # float32 (n_classes,), in the model's class order
     tta_mode: str = "off"  # what was asked (or the model's default): "off", "on", "auto"
     views_used: tuple[str, ...] = ("center",)
@@ -42,7 +42,17 @@ class Prediction:
 
     @property
     def label(self) -> str:
-        return self.top[0].label
+        return self.classes[0].label
+
+    @property
+    def top(self) -> tuple[ClassScore, ...]:
+        """The older name of ``classes``."""
+        return self.classes
+
+    @property
+    def version(self) -> int:
+        """The older name of ``model_version``."""
+        return self.model_version
 
     @property
     def path(self) -> str:
@@ -50,7 +60,7 @@ class Prediction:
 
     @property
     def confidence(self) -> float:
-        return self.top[0].probability
+        return self.classes[0].probability
 
 
 def make_prediction(model: str, version: int, classes: tuple[str, ...], probs: np.ndarray, *,
@@ -60,5 +70,5 @@ def make_prediction(model: str, version: int, classes: tuple[str, ...], probs: n
     k = min(top_k, len(classes))
     order = np.argsort(-probs, kind="stable")[:k]
     top = tuple(ClassScore(classes[i], int(i), float(probs[i])) for i in order)
-    return Prediction(model=model, version=version, tta=tta, tta_views=views, top=top,
+    return Prediction(model=model, model_version=version, tta=tta, tta_views=views, classes=top,
                       probabilities=np.asarray(probs, dtype=np.float32), **answer)

@@ -15,6 +15,7 @@ from service._proto.tta_serve.v1 import classifier_pb2 as pb
 from service.core import CoreError, ModelInfo, Prediction, ProviderInfo
 from service.core.errors import Status, retry_after_s
 from service.core.evaluation import EvaluationResult
+from service.model_repository import variants_to_dict
 
 
 def status_code(error: CoreError) -> grpc.StatusCode:
@@ -46,9 +47,9 @@ def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.Pred
     return pb.PredictResponse(
         request_id=request_id,
         classes=[pb.ClassScore(label=s.label, index=s.index, probability=s.probability)
-                 for s in prediction.top],
+                 for s in prediction.classes],
         model=prediction.model,
-        model_version=prediction.version,
+        model_version=prediction.model_version,
         tta=prediction.tta,
         tta_views=prediction.tta_views,
         calibrated=prediction.calibrated,
@@ -101,7 +102,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         created_at=info.created_at,
         provider=provider_to_proto(info.provider),
         variant=info.variant or "",
-        variants=_struct(info.variants),
+        variants=_struct(variants_to_dict(info.variants)),
     )
     if info.tta.beta is not None and info.tta.combine == "mean":
         message.tta_beta = info.tta.beta

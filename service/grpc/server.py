@@ -105,7 +105,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
         prediction = await self.core.predict(
-            request.image, model=request.model or None, version=request.version or None,
+            request.image, model=request.model, version=request.version,
             tta=requested_tta(request.tta_mode, request.tta), top_k=request.top_k,
             min_confidence=requested_min_confidence(request))
         return prediction_to_proto(prediction, request.request_id)
@@ -175,7 +175,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                 yield request.image, request.label
 
         result = await self.core.evaluate(
-            items(), model=options.model or None, version=options.version or None,
+            items(), model=options.model, version=options.version,
             tta=requested_tta(options.tta_mode, options.tta, unset="off"),
             min_confused=options.min_confused or 1)
         return evaluation_to_proto(result)
@@ -192,7 +192,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     @_maps_core_errors
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
         return model_info_to_proto(
-            self.core.get_model(request.name or None, request.version or None))
+            self.core.get_model(request.name, request.version))
 
 
 # ---- the server

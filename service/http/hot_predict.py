@@ -204,8 +204,8 @@ def predict_handler(service: Callable[[], Any],
             image = request.image if request.image is not None else decode_base64_image(
                 request.image_base64 or "", "image_base64")
             prediction = await instance.core.predict(
-                image, model=options.get("model") or None,
-                version=options.get("version") or None, tta=tta,
+                image, model=options.get("model"),
+                version=options.get("version"), tta=tta,
                 top_k=options.get("top_k", 0), min_confidence=options.get("min_confidence"))
         except CoreError as e:
             instance.requests.labels("predict", label, e.kind).inc()

@@ -33,6 +33,7 @@ from service.core import (
 )
 from service.core.evaluation import EvaluationResult
 from service.image_suffixes import IMAGE_SUFFIXES
+from service.model_repository import variants_to_dict
 
 RETRY_AFTER_S = 1  # Retry-After on 503: the queue drains in well under a second when healthy
 
@@ -192,6 +193,9 @@ def labelled_items(images: list[Path] | None, images_base64: list[str] | None,
 
 
 class ClassScore(BaseModel):
+    """``service.class_score.ClassScore`` as the HTTP body's pydantic model: BentoML builds
+    the OpenAPI document (and validates the response) from pydantic models, not dataclasses."""
+
     label: str
     index: int = Field(description="index of the class in the model's class list")
     probability: float
@@ -308,10 +312,10 @@ class EvaluationResponse(BaseModel):
 def prediction_body(prediction: Prediction) -> PredictResponse:
     return PredictResponse(
         classes=[ClassScore(label=s.label, index=s.index, probability=s.probability)
-                 for s in prediction.top],
+                 for s in prediction.classes],
         label=prediction.label,
         model=prediction.model,
-        model_version=prediction.version,
+        model_version=prediction.model_version,
         tta=prediction.tta,
         tta_views=prediction.tta_views,
         calibrated=prediction.calibrated,
@@ -350,7 +354,7 @@ def model_info_body(info: ModelInfo) -> ModelInfoResponse:
         created_at=info.created_at,
         provider=provider_body(info.provider),
         variant=info.variant,
-        variants=info.variants,
+        variants=variants_to_dict(info.variants),
         tta_weights=None if tta.weights is None else list(tta.weights),
         calibration={"calibrated": info.calibration.calibrated,
                      **info.calibration.to_dict()},

@@ -231,7 +231,7 @@ class Classifier:
         the default model and its served version.
         """
         prediction = await self.core.predict(one_image(image, image_base64),
-                                             model=model or None, version=version or None,
+                                             model=model, version=version,
                                              tta=tta, top_k=top_k, min_confidence=min_confidence)
         return prediction_body(prediction)
 
@@ -248,8 +248,8 @@ class Classifier:
         """
         data = several_images(images, images_base64)
         good = [d for d in data if isinstance(d, bytes)]
-        answers = iter(await self.core.predict_batch(good, model=model or None,
-                                                     version=version or None, tta=tta,
+        answers = iter(await self.core.predict_batch(good, model=model,
+                                                     version=version, tta=tta,
                                                      top_k=top_k,
                                                      min_confidence=min_confidence))
         results: list[Prediction | CoreError] = [
@@ -278,7 +278,7 @@ class Classifier:
             items = archive_items(archive, self.core.config.max_image_bytes)
         else:
             items = labelled_items(images, images_base64, labels)
-        result = await self.core.evaluate(items, model=model or None, version=version or None,
+        result = await self.core.evaluate(items, model=model, version=version,
                                           tta=tta, min_confused=min_confused)
         evaluation_id = uuid.uuid4().hex
         self.evaluations[evaluation_id] = result.png
@@ -302,7 +302,7 @@ class Classifier:
         """``?version=`` absent or 0 = the served version (as ``version`` 0 in POST /predict)."""
         if version is not None and not version.isdigit():
             raise InvalidRequest(f"version must be a whole number >= 0, got {version!r}")
-        info = self.core.get_model(name, int(version or 0) or None)
+        info = self.core.get_model(name, int(version or 0))
         return _json(model_info_body(info))
 
     def confusion_png(self, evaluation_id: str) -> Response:

@@ -81,7 +81,7 @@ def classification_strings(prediction: Prediction, k: int) -> list[bytes]:
     The score is printed as C's %f (Triton's std::to_string), so clients parsing Triton's
     strings parse ours.
     """
-    return [f"{s.probability:f}:{s.index}:{s.label}".encode() for s in prediction.top[:k]]
+    return [f"{s.probability:f}:{s.index}:{s.label}".encode() for s in prediction.classes[:k]]
 
 
 def _server_version() -> str:
@@ -122,7 +122,7 @@ class OipAdapter:
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         """Both accepted inputs and the probability output; NOT_FOUND for what is not served."""
         try:
-            with self.core.pin(name or None, parse_version(name, version)) as pinned:
+            with self.core.pin(name, parse_version(name, version)) as pinned:
                 return _metadata(pinned)
         except CoreError as e:
             raise from_core_error(e) from e
@@ -136,7 +136,7 @@ class OipAdapter:
 
         config = self.core.config
         try:
-            with self.core.pin(name or None, parse_version(name, version)) as pinned:
+            with self.core.pin(name, parse_version(name, version)) as pinned:
                 info = self.core.get_model(pinned.name, pinned.version)
                 return served_config(
                     pinned.name, pinned.card, image_input=IMAGE_INPUT,
@@ -228,7 +228,7 @@ class OipAdapter:
         (tensor,) = request.inputs
         try:
             with _within_timeout(request.parameters.get(TIMEOUT_PARAMETER)), \
-                    self.core.pin(request.model or None, version) as pinned:
+                    self.core.pin(request.model, version) as pinned:
                 outputs = _check_outputs(pinned, request.outputs)
                 top_k = max([o.classification for o in outputs] + [1])
                 if tensor.datatype == IMAGE_DATATYPE:

@@ -31,7 +31,6 @@ from service.client.errors import (
 )
 from service.client.files import labelled_files, read_image
 from service.client.results import (
-    ClassScore,
     Evaluation,
     ModelInfo,
     Prediction,
@@ -69,8 +68,8 @@ def _core_error(error: CoreError) -> ClientError:
 
 
 def _local_prediction(p: Any) -> Prediction:
-    return Prediction(classes=tuple(ClassScore(s.label, s.index, s.probability) for s in p.top),
-                      model=p.model, model_version=p.version, tta=p.tta, tta_views=p.tta_views,
+    return Prediction(classes=tuple(p.classes), model=p.model, model_version=p.model_version,
+                      tta=p.tta, tta_views=p.tta_views,
                       calibrated=p.calibrated, unsure=p.unsure, path=p.path,
                       views_used=tuple(p.views_used), tta_mode=p.tta_mode,
                       min_confidence=p.min_confidence)
@@ -93,7 +92,7 @@ class LocalBackend:
         from service.grpc.messages import model_info_to_proto
 
         try:
-            return model_info_from_proto(model_info_to_proto(self.core.get_model(name or None)))
+            return model_info_from_proto(model_info_to_proto(self.core.get_model(name)))
         except CoreError as e:
             raise _core_error(e) from None
 
@@ -101,7 +100,7 @@ class LocalBackend:
                        min_confidence: float | None) -> Prediction | ClientError:
         try:
             return _local_prediction(await self.core.predict(
-                data, model=model or None, tta=tta, top_k=top_k, min_confidence=min_confidence))
+                data, model=model, tta=tta, top_k=top_k, min_confidence=min_confidence))
         except CoreError as e:
             return _core_error(e)
 
@@ -129,7 +128,7 @@ class LocalBackend:
         items = ((read_image(path), label) for path, label in labelled_files(folder))
         try:
             result = asyncio.run_coroutine_threadsafe(
-                self.core.evaluate(items, model=model or None, tta=tta,
+                self.core.evaluate(items, model=model, tta=tta,
                                    min_confused=min_confused), self.loop).result()
         except CoreError as e:
             raise _core_error(e) from None

@@ -129,8 +129,8 @@ def test_unsure_answers_keep_their_top_k(calibrated) -> None:
             asyncio.run(core.predict(image, tta="maybe"))
     finally:
         core.stop()
-    assert not sure.unsure and unsure.unsure and len(unsure.top) == 3
-    assert unsure.top == sure.top and unsure.min_confidence == 1.0
+    assert not sure.unsure and unsure.unsure and len(unsure.classes) == 3
+    assert unsure.classes == sure.classes and unsure.min_confidence == 1.0
     assert default > 0 and by_default.min_confidence == default
     assert by_default.unsure == (by_default.confidence < default)
 

@@ -42,9 +42,10 @@ def test_predict_matches_the_offline_model(core: InferenceCore, digits_model: Fi
 
     predictions = asyncio.run(run())
     for pred, probs in zip(predictions, digits_model.valid_probs[:40], strict=True):
-        assert (pred.model, pred.version, pred.tta, pred.tta_views) == ("digits", 1, False, 1)
-        assert len(pred.top) == 3
-        assert pred.top[0].index == int(np.argmax(probs))
+        assert (pred.model, pred.model_version, pred.tta, pred.tta_views) == ("digits", 1, False, 1)
+        assert len(pred.classes) == 3
+        assert pred.classes[0].index == int(np.argmax(probs))
+        assert pred.top is pred.classes and pred.version == pred.model_version  # older names
         np.testing.assert_allclose(pred.probabilities, probs, atol=1e-5)
 
 
@@ -61,8 +62,8 @@ def test_tta_uses_recorded_views_in_one_forward_pass(digits_model: FixtureModel)
 
 def test_top_k_defaults_and_limits(core: InferenceCore, digits_model: FixtureModel):
     image = digits_model.samples[0][0]
-    assert len(asyncio.run(core.predict(image, top_k=0)).top) == 5
-    assert len(asyncio.run(core.predict(image, top_k=50)).top) == 10
+    assert len(asyncio.run(core.predict(image, top_k=0)).classes) == 5
+    assert len(asyncio.run(core.predict(image, top_k=50)).classes) == 10
     with pytest.raises(InvalidRequest, match="top_k must be >= 0"):
         asyncio.run(core.predict(image, top_k=-1))
 
@@ -82,7 +83,7 @@ def test_concurrent_requests_are_batched(core: InferenceCore, digits_model: Fixt
         return await asyncio.gather(*(core.predict(b) for b, _ in digits_model.valid[:64]))
 
     predictions = asyncio.run(run())
-    assert [p.top[0].index for p in predictions] == digits_model.valid_pred[:64].tolist()
+    assert [p.classes[0].index for p in predictions] == digits_model.valid_pred[:64].tolist()
     formed = core.stats.batch_sizes("digits") - before
     assert max(formed) > 1, f"no batch larger than one formed: {formed}"
 
@@ -93,6 +94,18 @@ def test_unknown_model_and_version(core: InferenceCore, digits_model: FixtureMod
         asyncio.run(core.predict(image, model="cats"))
     with pytest.raises(ModelNotFound, match="version 9 is not served"):
         asyncio.run(core.predict(image, version=9))
+
+
+def test_empty_name_and_version_zero_mean_the_default(core: InferenceCore,
+                                                      digits_model: FixtureModel):
+    # the protobuf/form defaults reach the core as they come: it alone reads them as "unset"
+    image = digits_model.samples[0][0]
+    default = core.get_model()
+    assert core.get_model("", 0) == default
+    answer = asyncio.run(core.predict(image, model="", version=0))
+    assert (answer.model, answer.model_version) == (default.name, default.version)
+    with core.pin("", 0) as pinned:
+        assert (pinned.name, pinned.version) == (default.name, default.version)
 
 
 def test_overloaded_when_the_queue_is_full(digits_model: FixtureModel):
@@ -121,7 +134,7 @@ def test_a_batch_is_one_request_however_many_images(digits_model: FixtureModel):
 
         results, refused = asyncio.run(batch_and_one())
         assert isinstance(refused, Overloaded)  # the batch holds the one slot
-        assert [r.top[0].index for r in results[:12]] == digits_model.valid_pred[:12].tolist()
+        assert [r.classes[0].index for r in results[:12]] == digits_model.valid_pred[:12].tolist()
         assert isinstance(results[12], InvalidImage)
         stats = core.stats.snapshot()
         assert stats["requests"] == {"digits/ok": 12, "digits/invalid_image": 1,
@@ -172,7 +185,7 @@ def test_pinned_version_survives_a_hot_reload(repo_copy: Path, digits_model: Fix
                 return await old.predict(image), new
 
         on_old, on_new = asyncio.run(run())
-        assert (on_old.version, on_new.version) == (1, 2)
+        assert (on_old.model_version, on_new.model_version) == (1, 2)
         assert core.get_model().version == 2
 
 
@@ -194,7 +207,7 @@ def test_broken_version_is_refused_and_old_keeps_serving(
         assert "refusing digits v3" in refusals[0] and "not a readable ONNX graph" in refusals[0]
         assert "refusing digits v2" in refusals[1] and "not probabilities" in refusals[1]
         assert all("still serving digits v1" in r for r in refusals)
-        assert asyncio.run(core.predict(digits_model.samples[2][0])).version == 1
+        assert asyncio.run(core.predict(digits_model.samples[2][0])).model_version == 1
 
 
 def test_pinned_policy_ignores_newer_versions(repo_copy: Path, digits_model: FixtureModel):
@@ -271,8 +284,9 @@ def test_predict_pixels_equals_predict_on_the_image(core: InferenceCore,
     assert len(from_pixels) == len(images)
     for pred, ref, probs in zip(from_pixels, from_images, digits_model.valid_probs[:12],
                                 strict=True):
-        assert (pred.model, pred.version, pred.tta, pred.tta_views) == ("digits", 1, False, 1)
-        assert [c.index for c in pred.top] == [c.index for c in ref.top] and len(pred.top) == 3
+        assert (pred.model, pred.model_version, pred.tta, pred.tta_views) == ("digits", 1, False, 1)
+        assert [c.index for c in pred.classes] == [c.index for c in ref.classes]
+        assert len(pred.classes) == 3
         np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-6)
         np.testing.assert_allclose(pred.probabilities, probs, atol=1e-5)
     with core.pin() as pinned:  # the same through a pinned version
@@ -293,7 +307,7 @@ def test_predict_pixels_is_one_request_in_blocks_of_max_batch_size(digits_model:
 
         predictions, refused = asyncio.run(run())
         assert isinstance(refused, Overloaded)
-        assert [p.top[0].index for p in predictions] == digits_model.valid_pred[:10].tolist()
+        assert [p.classes[0].index for p in predictions] == digits_model.valid_pred[:10].tolist()
         stats = core.stats.snapshot()
         assert stats["models"]["digits"]["batch_sizes"] == {4: 2, 2: 1}  # 10 rows, 4 + 4 + 2
         assert stats["models"]["digits"]["rows"] == 10

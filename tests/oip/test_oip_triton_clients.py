@@ -86,11 +86,11 @@ def test_classification_extension(triton: TritonClient, serving: RunningServers,
     assert strings.shape == (3, 2)
     predictions = serving.run(serving.core.predict_batch(images, top_k=2))
     for row, prediction in zip(strings, predictions, strict=True):
-        expected = [f"{c.probability:f}:{c.index}:{c.label}" for c in prediction.top]
+        expected = [f"{c.probability:f}:{c.index}:{c.label}" for c in prediction.classes]
         assert [s.decode() for s in row] == expected
         score, index, label = row[0].decode().split(":")
         assert CLASSES[int(index)] == label and float(score) == pytest.approx(
-            prediction.top[0].probability, abs=1e-6)
+            prediction.classes[0].probability, abs=1e-6)
 
 
 def test_classification_asks_for_more_classes_than_exist(triton: TritonClient,

@@ -423,17 +423,17 @@ def test_fp16_and_int8_variants_are_measured(tmp_path, trained, fast_export) -> 
     assert set(mv.card.variants) == {"fp16", "int8"}
     x = _pixels(trained.valid_paths[:7], mv.card.eval_spec)
     for kind, v in mv.card.variants.items():
-        path = mv.path / v["file"]
-        assert v["sha256"] == sha256_file(path)
-        assert v["n_images"] == len(trained.valid_labels)
-        assert v["delta_accuracy"] == pytest.approx(v["accuracy"] - fp32_acc)
-        assert abs(v["delta_accuracy"]) <= 0.05, (kind, v)
-        assert v["top1_agreement_vs_fp32"] >= 0.95
+        path = mv.path / v.file
+        assert v.sha256 == sha256_file(path)
+        assert v.n_images == len(trained.valid_labels)
+        assert v.delta_accuracy == pytest.approx(v.accuracy - fp32_acc)
+        assert abs(v.delta_accuracy) <= 0.05, (kind, v)
+        assert v.top1_agreement_vs_fp32 >= 0.95
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].type == "tensor(float)"  # clients do not change
         out = session.run(["probabilities"], {"pixels": x})[0]
         assert out.dtype == np.float32 and out.shape == (7, 10)
-    assert mv.card.variants["fp16"]["max_abs_diff_vs_fp32"] < 1e-2
+    assert mv.card.variants["fp16"].max_abs_diff_vs_fp32 < 1e-2
     assert ModelRepository(tmp_path).resolve("digits").card.variants == mv.card.variants
 
 

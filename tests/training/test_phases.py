@@ -47,11 +47,11 @@ def trained(digits_dir, tmp_path_factory):
 
 def test_digits_recipe_reaches_95_percent_on_cpu(trained):
     _, summary, out = trained
-    assert summary["accuracy"] >= 0.95, summary
-    assert summary["tta_accuracy"] is not None
+    assert summary.accuracy >= 0.95, summary
+    assert summary.tta_accuracy is not None
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt.metrics["accuracy"] == pytest.approx(summary["accuracy"])
-    assert ckpt.metrics["tta_accuracy"] == pytest.approx(summary["tta_accuracy"])
+    assert ckpt.metrics["accuracy"] == pytest.approx(summary.accuracy)
+    assert ckpt.metrics["tta_accuracy"] == pytest.approx(summary.tta_accuracy)
     assert (out / "recipe.toml").is_file() and (out / "last.pt").is_file()
     history = json.loads((out / "metrics.json").read_text())["history"]
     recipe = trained[0]
@@ -65,7 +65,11 @@ def test_report_files_are_real_and_totals_match(trained):
     report = out / "report"
     matrix = json.loads((report / "confusion_matrix.json").read_text())
     n_valid = load_checkpoint(out / "best.pt").metrics["n_valid"]
-    assert sum(map(sum, matrix["confusion"])) == n_valid == summary["n"]
+    assert sum(map(sum, matrix["confusion"])) == n_valid == summary.n
+    # summary.json keeps its keys: the TTA one only when TTA ran, the checkpoint not at all
+    written = json.loads((report / "summary.json").read_text())
+    assert written == summary.to_dict()
+    assert set(written) == {"n", "accuracy", "most_confused", "tta_accuracy"}
     per_class = json.loads((report / "classification_report.json").read_text())["per_class"]
     supports = {c["name"]: c["support"] for c in per_class}
     for i, name in enumerate(matrix["classes"]):
@@ -89,8 +93,8 @@ def test_tta_runs_all_views_in_batched_passes_and_reproduces_from_saved_spec(tra
     handle.remove()
     n, v = len(split.valid.paths), len(tta.views)
     assert batch_sizes == [min(64, n - i) * v for i in range(0, n, 64)]  # one pass per batch
-    assert preds.tta_accuracy == pytest.approx(summary["tta_accuracy"])
-    assert preds.accuracy == pytest.approx(summary["accuracy"])
+    assert preds.tta_accuracy == pytest.approx(summary.tta_accuracy)
+    assert preds.accuracy == pytest.approx(summary.accuracy)
 
 
 def test_evaluate_on_any_labeled_folder(trained, digits_dir, tmp_path):
@@ -102,7 +106,7 @@ def test_evaluate_on_any_labeled_folder(trained, digits_dir, tmp_path):
             (folder / cls / p.name).write_bytes(p.read_bytes())
     summary = evaluate_checkpoint(out / "best.pt", data=folder, output=tmp_path / "ev", tta=True,
                                   progress=False)
-    assert summary["n"] == 24
+    assert summary.n == 24
     matrix = json.loads((tmp_path / "ev" / "confusion_matrix.json").read_text())
     assert len(matrix["classes"]) == 10  # reported in the model's class space
     assert sum(map(sum, matrix["confusion"])) == 24

@@ -61,8 +61,8 @@ def test_evaluate_and_export_use_the_evaluated_weights_of_either_file(ema_run, t
         assert torch.equal(v, best.model[k]), k
     summaries = [evaluate_checkpoint(ema_run / name, output=tmp_path / name, progress=False)
                  for name in ("last.pt", "best.pt")]
-    assert summaries[0]["accuracy"] == summaries[1]["accuracy"]
-    assert summaries[0]["accuracy"] == pytest.approx(best.metrics["accuracy"], abs=1e-9)
+    assert summaries[0].accuracy == summaries[1].accuracy
+    assert summaries[0].accuracy == pytest.approx(best.metrics["accuracy"], abs=1e-9)
 
     mv = export_checkpoint(ema_run / "last.pt", name="ema", models_dir=tmp_path / "models",
                            max_images=64)

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             summary = fit_and_report(variant, tta=True, progress=False)
             cache[key] = (summary, time.perf_counter() - t0, cpu_seconds() - c0)
         summary, seconds, cpu = cache[key]
-        acc = summary["tta_accuracy"] if tta else summary["accuracy"]
+        acc = summary.tta_accuracy if tta else summary.accuracy
         rows.append((name, acc, seconds, cpu))
         print(f"{name:<24} accuracy {acc:.4f}  {seconds:.0f}s wall, {cpu:.0f}s CPU", flush=True)
     lines = ["| recipe | valid accuracy | error | wall time (s) | CPU time (s) |",

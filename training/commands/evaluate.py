@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_checkpoint(args.checkpoint, data=args.data, output=out, tta=args.tta,
                                   batch_size=args.batch_size, min_confused=args.min_confused,
                                   device_name=args.device)
-    print(f"images: {summary['n']}")
-    print(f"accuracy: {summary['accuracy']:.4f}")
-    if "tta_accuracy" in summary:
-        print(f"TTA accuracy: {summary['tta_accuracy']:.4f}")
-    for actual, predicted, count in summary["most_confused"][:5]:
+    print(f"images: {summary.n}")
+    print(f"accuracy: {summary.accuracy:.4f}")
+    if summary.tta_accuracy is not None:
+        print(f"TTA accuracy: {summary.tta_accuracy:.4f}")
+    for actual, predicted, count in summary.most_confused[:5]:
         print(f"  most confused: {actual} -> {predicted} ({count})")
     print(f"report: {out}")
     return 0

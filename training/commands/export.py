@@ -12,6 +12,7 @@ is one, else models/ in the current directory.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from service.process.serve_env import MODELS_DIR_ENV, default_models_dir
@@ -76,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
     if check.get("accuracy_onnx") is not None:
         print(f"  accuracy on the {check['n_images']} check images "
               f"({check.get('images_source')}): {check['accuracy_onnx']:.4f}")
-    for kind, v in (card.variants or {}).items():
-        acc = "n/a" if v.get("accuracy") is None else f"{v['accuracy']:.4f}"
-        delta = "" if v.get("delta_accuracy") is None else f" ({v['delta_accuracy']:+.4f})"
-        print(f"  {kind}: {v['file']} {v['bytes'] / 1e6:.2f} MB, accuracy {acc}{delta}, "
-              f"max |p - p_fp32| = {v['max_abs_diff_vs_fp32']:.2e}")
+    for kind, v in card.variants.items():
+        acc = "n/a" if v.accuracy is None else f"{v.accuracy:.4f}"
+        delta = "" if v.delta_accuracy is None else f" ({v.delta_accuracy:+.4f})"
+        diff = math.nan if v.max_abs_diff_vs_fp32 is None else v.max_abs_diff_vs_fp32
+        print(f"  {kind}: {v.file} {(v.bytes or 0) / 1e6:.2f} MB, accuracy {acc}{delta}, "
+              f"max |p - p_fp32| = {diff:.2e}")
     if card.calibration.calibrated:
         from training.commands.calibrate import print_summary
 

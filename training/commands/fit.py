@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
         return 130  # the shell's code for SIGINT
     if dist is not None and not dist.is_main:
         return 0
-    tta = summary.get("tta_accuracy")
-    print(f"best valid accuracy {summary['accuracy']:.4f}"
+    tta = summary.tta_accuracy
+    print(f"best valid accuracy {summary.accuracy:.4f}"
           + (f" (TTA {tta:.4f})" if tta is not None else "")
-          + f"; best checkpoint: {summary['checkpoint']}")
+          + f"; best checkpoint: {summary.checkpoint}")
     return 0
 
 

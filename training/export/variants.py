@@ -14,11 +14,10 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from service.model_repository import MODEL_FILE, sha256_file
+from service.model_repository import MODEL_FILE, VariantRecord, sha256_file
 from training.errors import ExportError
 from training.export.check_images import CheckImages
 from training.export.onnx_graph import run_onnx
@@ -69,7 +68,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
 
 
 def build_variant(kind: str, folder: Path, images: CheckImages | None, reference: np.ndarray,
-                  fp32_accuracy: float | None, size: int) -> dict[str, Any]:
+                  fp32_accuracy: float | None, size: int) -> VariantRecord:
     """Write one reduced-precision variant next to model.onnx and measure what it costs."""
     file, convert = VARIANTS[kind]
     try:
@@ -81,18 +80,18 @@ def build_variant(kind: str, folder: Path, images: CheckImages | None, reference
     accuracy = None
     if images is not None:
         accuracy = float((probs.argmax(1) == images.labels).mean())
-    record = {
-        "file": file,
-        "sha256": sha256_file(folder / file),
-        "bytes": (folder / file).stat().st_size,
-        "accuracy": accuracy,
-        "delta_accuracy": None if accuracy is None or fp32_accuracy is None
+    record = VariantRecord(
+        file=file,
+        sha256=sha256_file(folder / file),
+        bytes=(folder / file).stat().st_size,
+        accuracy=accuracy,
+        delta_accuracy=None if accuracy is None or fp32_accuracy is None
         else accuracy - fp32_accuracy,
-        "max_abs_diff_vs_fp32": float(np.abs(probs - reference).max()),
-        "top1_agreement_vs_fp32": float((probs.argmax(1) == reference.argmax(1)).mean()),
-        "n_images": 0 if images is None else len(images.labels),
-    }
-    log.info("%s variant: %s", kind, record)
+        max_abs_diff_vs_fp32=float(np.abs(probs - reference).max()),
+        top1_agreement_vs_fp32=float((probs.argmax(1) == reference.argmax(1)).mean()),
+        n_images=0 if images is None else len(images.labels),
+    )
+    log.info("%s variant: %s", kind, record.to_dict())
     return record
 
 
@@ -101,7 +100,7 @@ def random_pixels(size: int, n: int = 32) -> np.ndarray:
 
 
 def build_variants(folder: Path, kinds: list[str], images: CheckImages | None,
-                   parity: ParityResult, size: int) -> dict[str, Any]:
+                   parity: ParityResult, size: int) -> dict[str, VariantRecord]:
     """The requested reduced-precision variants, each measured against model.onnx."""
     if not kinds:
         return {}

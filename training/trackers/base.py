@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.evaluation_summary import EvaluationSummary
 from training.learner import Callback, EpochState, Learner
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Tracker(Callback):
     def log_scalars(self, values: Mapping[str, float], step: int) -> None:
         raise NotImplementedError
 
-    def log_report(self, report_dir: Path, summary: Mapping[str, Any]) -> None:
+    def log_report(self, report_dir: Path, summary: EvaluationSummary) -> None:
         """The run's report folder (PNGs, JSON) and its final metrics, once training ended."""
 
     def close(self, status: str = "FINISHED") -> None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.evaluation_summary import EvaluationSummary
 from training.trackers.base import Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,11 @@ class MLflowTracker(Tracker):
         super().after_epoch(learn)
         self.flush()
 
-    def log_report(self, report_dir: Path, summary: Mapping[str, Any]) -> None:
+    def log_report(self, report_dir: Path, summary: EvaluationSummary) -> None:
         if not self.started:
             return
-        self.log_scalars({f"final_{k}": summary[k] for k in ("accuracy", "tta_accuracy")
-                          if summary.get(k) is not None}, self.last_epoch)
+        self.log_scalars({f"final_{k}": v for k, v in summary.final_metrics().items()},
+                         self.last_epoch)
         self.flush()
         self.client.log_artifacts(self.run_id, str(report_dir), "report")
         for name in ("recipe.toml", "metrics.json"):

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tomli_w
 from PIL import Image
 
+from training.evaluation_summary import EvaluationSummary
 from training.trackers.base import Tracker
 
 
@@ -30,7 +30,7 @@ class TensorBoardTracker(Tracker):
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
 
-    def log_report(self, report_dir: Path, summary: Mapping[str, Any]) -> None:
+    def log_report(self, report_dir: Path, summary: EvaluationSummary) -> None:
         if not self.started:
             return
         for png in sorted(Path(report_dir).glob("*.png")):
@@ -38,8 +38,7 @@ class TensorBoardTracker(Tracker):
                 pixels = np.asarray(im.convert("RGB"))
             self.writer.add_image(f"report/{png.stem}", pixels, self.last_epoch,
                                   dataformats="HWC")
-        final = {f"final/{k}": summary[k] for k in ("accuracy", "tta_accuracy")
-                 if summary.get(k) is not None}
+        final = {f"final/{k}": v for k, v in summary.final_metrics().items()}
         self.log_scalars(final, self.last_epoch)
 
     def close(self, status: str = "FINISHED") -> None:
