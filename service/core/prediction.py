@@ -4,6 +4,7 @@ calibrated by the model's temperatures, and how the answer was reached (path, vi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,15 @@ class Prediction:
     @property
     def confidence(self) -> float:
         return self.classes[0].probability
+
+    def wire_fields(self) -> dict[str, Any]:
+        """The answer's fields that every wire carries under these names (gRPC's
+        PredictResponse, the HTTP body), besides ``classes``, which each wire spells in its own
+        type: one list, so a new field reaches both wires or neither."""
+        return {"model": self.model, "model_version": self.model_version, "tta": self.tta,
+                "tta_views": self.tta_views, "calibrated": self.calibrated,
+                "unsure": self.unsure, "path": self.path, "views_used": list(self.views_used),
+                "tta_mode": self.tta_mode, "min_confidence": self.min_confidence}
 
 
 def make_prediction(model: str, version: int, classes: tuple[str, ...], probs: np.ndarray, *,

@@ -48,16 +48,7 @@ def prediction_to_proto(prediction: Prediction, request_id: str = "") -> pb.Pred
         request_id=request_id,
         classes=[pb.ClassScore(label=s.label, index=s.index, probability=s.probability)
                  for s in prediction.classes],
-        model=prediction.model,
-        model_version=prediction.model_version,
-        tta=prediction.tta,
-        tta_views=prediction.tta_views,
-        calibrated=prediction.calibrated,
-        unsure=prediction.unsure,
-        path=prediction.path,
-        views_used=list(prediction.views_used),
-        tta_mode=prediction.tta_mode,
-        min_confidence=prediction.min_confidence,
+        **prediction.wire_fields(),
     )
 
 
