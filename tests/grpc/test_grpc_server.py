@@ -103,15 +103,20 @@ def test_stream_answers_each_item_by_id(server: RunningServer, digits_model: Fix
 def test_concurrent_requests_each_get_their_own_answer(
     server: RunningServer, digits_model: FixtureModel
 ):
-    before = server.core.stats.batch_sizes("digits")
     items = digits_model.valid[:96]
-    futures = [server.stub.Predict.future(pb.PredictRequest(image=image, top_k=1), timeout=60)
-               for image, _ in items]
-    got = [f.result().classes[0].index for f in futures]
-    assert got == digits_model.valid_pred[:96].tolist()
-    formed = server.core.stats.batch_sizes("digits") - before
-    assert sum(size * n for size, n in formed.items()) == len(items)
-    assert max(formed) > 1, f"no batch larger than one formed: {formed}"
+    # A lone request runs inline (no batch to join): on a loaded box the 96 calls can arrive
+    # one by one, so a batch is looked for over a few rounds; every round checks every answer.
+    for _ in range(5):
+        before = server.core.stats.batch_sizes("digits")
+        futures = [server.stub.Predict.future(pb.PredictRequest(image=image, top_k=1),
+                                              timeout=60) for image, _ in items]
+        got = [f.result().classes[0].index for f in futures]
+        assert got == digits_model.valid_pred[:96].tolist()
+        formed = server.core.stats.batch_sizes("digits") - before
+        assert sum(size * n for size, n in formed.items()) == len(items)
+        if max(formed) > 1:
+            break
+    assert max(formed) > 1, f"no batch larger than one formed in 5 rounds: {formed}"
 
 
 # ---- evaluation
