@@ -72,11 +72,14 @@ def run_row(index: int, seed: int, data: Path, out: Path, args: argparse.Namespa
             "tta_accuracy": summary.tta_accuracy, "cpu_seconds": process_cpu_seconds() - c0}
 
 
-def table(results: list[dict[str, Any]], seeds: list[int]) -> str:
+def table(results: list[dict[str, Any]], seeds: list[int],
+          names: list[str] | None = None) -> str:
+    """Markdown: per seed TTA, mean TTA, spread (max - min), mean plain, mean CPU s; one line
+    per row name (default: this ablation's ROWS), in that order."""
     lines = ["| recipe | " + " | ".join(f"seed {s} (TTA)" for s in seeds)
              + " | mean TTA | spread | mean plain | mean CPU s |",
              "|---|" + "---:|" * (len(seeds) + 4)]
-    for name, _ in ROWS:
+    for name in names if names is not None else [n for n, _ in ROWS]:
         mine = [r for r in results if r["row"] == name]
         if not mine:
             continue

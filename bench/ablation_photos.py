@@ -36,6 +36,7 @@ from typing import Any
 
 from PIL import Image
 
+from bench import ablation
 from bench.cifar_subsets import CIFAR_TRAIN, cifar_subset
 from bench.common import RESULTS, ROOT, describe_machine, machine, write_results
 from training.config import Recipe, apply_override, load_recipe, recipe_from_dict, tta_spec
@@ -215,22 +216,7 @@ def row_names() -> list[str]:
 
 def table(results: list[dict[str, Any]], seeds: list[int]) -> str:
     """Markdown: per seed TTA, mean TTA, spread (max - min), mean plain, mean CPU s."""
-    lines = ["| recipe | " + " | ".join(f"seed {s} (TTA)" for s in seeds)
-             + " | mean TTA | spread | mean plain | mean CPU s |",
-             "|---|" + "---:|" * (len(seeds) + 4)]
-    for name in row_names():
-        mine = [r for r in results if r["row"] == name]
-        if not mine:
-            continue
-        by_seed = {r["seed"]: r for r in mine}
-        tta = [r["tta_accuracy"] for r in mine]
-        cells = [f"{100 * by_seed[s]['tta_accuracy']:.1f}" if s in by_seed else "-"
-                 for s in seeds]
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {100 * statistics.mean(tta):.1f} | {100 * (max(tta) - min(tta)):.1f}"
-                     f" | {100 * statistics.mean(r['accuracy'] for r in mine):.1f}"
-                     f" | {statistics.mean(r['cpu_seconds'] for r in mine):.0f} |")
-    return "\n".join(lines) + "\n"
+    return ablation.table(results, seeds, row_names())
 
 
 def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, images_for
-from bench.serving import PY, RunningServer, ServerSpec, free_port
+from bench.serve_process import free_port
+from bench.serving.servers import RunningServer, ServerSpec
+from bench.serving.settings import PY
 
 CONFIGS = (("auto", "after", "auto"), ("always-TTA", "after", "on"),
            ("always-TTA before calibration", "before", "on"))

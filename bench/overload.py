@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,9 +43,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench.common import describe_machine, digit_pngs, machine, write_results
+from bench.serve_process import ServeProcess, http_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 240
@@ -54,63 +52,33 @@ LOADS = ("grpc", "http", "both")
 Send = Callable[[bytes, float], Awaitable[str]]  # (image, timeout_s) -> outcome ("ok", ...)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-class Server:
-    """The default command from ``checkout`` on ``models_dir``; flags appended as given."""
+class Server(ServeProcess):
+    """The default command from ``checkout`` (its ``service`` package, this interpreter) on
+    ``models_dir``, both wires on free ports, no repository polling; flags appended as given."""
 
     def __init__(self, checkout: Path, models_dir: Path, workdir: Path,
                  flags: list[str]) -> None:
-        self.grpc_port, self.http_port = _free_port(), _free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True",
-               "BENTOML_HOME": str(workdir / "bentoml"), "PYTHONPATH": str(checkout)}
-        self.log_path = workdir / "server.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--host", "127.0.0.1",
-                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-                 "--models-dir", str(models_dir), "--device", "cpu", "--poll-interval-s", "0",
-                 *flags],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=checkout,
-                start_new_session=True)
+        super().__init__("all", models_dir, workdir, flags=("--poll-interval-s", "0", *flags),
+                         grace_s=None, tuning=(), env={"PYTHONPATH": str(checkout)},
+                         cwd=checkout, name_kind=False)
 
     @property
     def rss_mb(self) -> float:
-        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+        return self.serving_rss_mb("http")
 
-    def wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log_path.read_text()[-3000:])
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}/readyz",
-                             timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"not ready after {START_TIMEOUT_S} s")
+    def ready(self) -> bool:
+        """HTTP /readyz answers 200 (every checkout compared has it)."""
+        return http_ready(self.http_url)
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
+        """SIGTERM and the exit code; -9 when it had to be killed."""
         try:
-            return self.process.wait(60)
+            return self.terminate(60)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)  # our own session only
-            self.process.wait()
             return -9
 
 

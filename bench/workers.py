@@ -30,8 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import tree_cpu_seconds
-from bench.one_process import RESULTS, ROOT, Server, _free_port
+from bench.common import RESULTS, ROOT, tree_cpu_seconds
+from bench.overload import Server
 
 PHASES = (("grpc", ("grpc",)), ("http", ("http",)), ("both", ("grpc", "http")))
 
@@ -40,19 +40,8 @@ class Served(Server):
     """``tta-serve`` with extra options; ready when every worker listens."""
 
     def __init__(self, models_dir: Path, workdir: Path, options: list[str], workers: int) -> None:
-        # Server's start, with options (Server.__init__ starts its fixed command at once).
         self.workers = workers
-        self.grpc_port, self.http_port = _free_port(), _free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True",
-               "BENTOML_HOME": str(workdir / "bentoml"), "PYTHONPATH": str(ROOT)}
-        self.log_path = workdir / "server.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "--host", "127.0.0.1",
-                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-                 "--models-dir", str(models_dir), *options],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                start_new_session=True)
+        super().__init__(ROOT, models_dir, workdir, options)
 
     def wait_ready(self) -> None:
         super().wait_ready()
