@@ -9,13 +9,14 @@ A ``/predict`` request needs an image's bytes and four small options.
 
 How: ``install(app)`` puts ``HotRoutes`` into the service app's middleware list right after
 BentoML's request metrics (so ``bentoml_service_request_duration_seconds`` still counts every
-request), and in front of it the token check (``service.security.asgi``) and ``LoadShedding``
-(``service.http.shedding``: an inference request the core would refuse is answered before its
-body is read), so that neither a caller without a token nor a refused request has its body
-read. A hot request then runs through the same middlewares as any other, minus OpenTelemetry,
-BentoML's request context and its traffic timeout (the core bounds its own work:
-``max_pending``, the batcher): the access log, ``FormLimits`` (413), ``HttpDrain`` (503
-while draining, ``Connection: close``) and CORS when enabled stay, in their order.
+request), and moves in front of it the token check (``service.security.asgi``) and
+``LoadShedding`` (``service.http.shedding``: an inference request the core would refuse is
+answered before its body is read), so that neither a caller without a token nor a refused
+request has its body read, and no request is checked twice. A hot request then runs through
+the same middlewares as any other, minus OpenTelemetry, BentoML's request context and its
+traffic timeout (the core bounds its own work: ``max_pending``, the batcher): the access log,
+``FormLimits`` (413), ``HttpDrain`` (503 while draining, ``Connection: close``) and CORS when
+enabled stay, in their order.
 
 - ``/v2/...`` goes straight to the OIP app (``service.oip.http_routes``), the very app BentoML
   mounts: same answers, same errors, only the generic layers skipped.
@@ -121,6 +122,9 @@ def install(app: object, service: Callable[[], Any], oip_app: ASGIApp, server_na
         return False
     names = [getattr(m.cls, "__name__", "") for m in stack]
     start = names.index(METRICS) + 1 if METRICS in names else 0
+    # The token check and the load shedding move in front of HotRoutes (below): taken out of
+    # the service's list here, so that no request is checked twice.
+    stack[start:] = [m for m in stack[start:] if m.cls not in (BearerAuth, LoadShedding)]
     kept = [m for m in stack[start:] if getattr(m.cls, "__name__", "") not in SKIPPED]
     predict = predict_handler(service, server_name)
 
@@ -136,9 +140,9 @@ def install(app: object, service: Callable[[], Any], oip_app: ASGIApp, server_na
     stack.insert(start, Middleware(HotRoutes, hot=hot, is_oip=oip_matcher(oip_app),
                                    body_bound=lambda: body_bound(
                                        service().core.config.max_image_bytes)))
-    # In front of HotRoutes, which reads POST /predict's body first: the token check, then an
-    # overloaded core's refusals (service.http.shedding), so that a caller without a token has
-    # no body read and holds no place among the requests arriving.
+    # In front of HotRoutes, which reads POST /predict's body first, for every request: the
+    # token check, then an overloaded core's refusals (service.http.shedding), so that a caller
+    # without a token has no body read and holds no place among the requests arriving.
     stack.insert(start, Middleware(LoadShedding, core=lambda: service().core))
     stack.insert(start, Middleware(BearerAuth))
     return True

@@ -20,10 +20,10 @@ uvicorn. Anything else -- another route, a request before the core is up, a time
 a number (``RequestDeadline`` answers that 400) -- goes on unchanged.
 
 Where: in the service's middleware list after the token check (a caller without a token gets
-401, not a hint about the load, and holds no place among the requests arriving), and under
-``tta-serve`` also in front of the hot routes (``service.http.hot_routes``), which read
-``POST /predict``'s body before the service's middlewares run, behind a token check of its own
-there; the inner one then sees the request already counted and lets it through.
+401, not a hint about the load, and holds no place among the requests arriving); under
+``tta-serve`` both move in front of the hot routes (``service.http.hot_routes``), which read
+``POST /predict``'s body before the service's middlewares run. An arrival nested in another
+(the same request) counts nothing more (``Admission.arrive``).
 """
 
 from __future__ import annotations
