@@ -166,11 +166,6 @@ class CoreConfig:
         the flags, the environment and ``replace`` carry ``variant``, the text."""
         return VariantChoice.parse(self.variant)
 
-    def variants(self) -> dict[str, str]:
-        """``variant`` as a mapping: model name (or "*" for every model) -> kind."""
-        choice = self.variant_choice
-        return {**choice.named, **({"*": choice.every} if choice.every else {})}
-
     def variant_for(self, model: str) -> tuple[str | None, bool]:
         """(kind, required) for ``model``: required when the model was named explicitly."""
         return self.variant_choice.for_model(model)
