@@ -68,11 +68,9 @@ def _core_error(error: CoreError) -> ClientError:
 
 
 def _local_prediction(p: Any) -> Prediction:
-    return Prediction(classes=tuple(p.classes), model=p.model, model_version=p.model_version,
-                      tta=p.tta, tta_views=p.tta_views,
-                      calibrated=p.calibrated, unsure=p.unsure, path=p.path,
-                      views_used=tuple(p.views_used), tta_mode=p.tta_mode,
-                      min_confidence=p.min_confidence)
+    fields = p.wire_fields()  # what a server would send, so the same as over a wire
+    return Prediction(classes=tuple(p.classes),
+                      **{**fields, "views_used": tuple(fields["views_used"])})
 
 
 class LocalBackend:
