@@ -169,9 +169,9 @@ def train_and_evaluate(name: str, seed: int, recipe: Recipe, shifted: Recipe) ->
     c0 = process_cpu_seconds()
     summary = fit_and_report(recipe, tta=True, progress=False)
     cpu = process_cpu_seconds() - c0
-    translate, eval_cpu = evaluate_views(Path(summary["checkpoint"]), shifted)
-    return {"row": name, "seed": seed, "accuracy": summary["accuracy"],
-            "tta_accuracy": summary["tta_accuracy"], "translate_tta_accuracy": translate,
+    translate, eval_cpu = evaluate_views(summary.checkpoint, shifted)
+    return {"row": name, "seed": seed, "accuracy": summary.accuracy,
+            "tta_accuracy": summary.tta_accuracy, "translate_tta_accuracy": translate,
             "cpu_seconds": cpu, "translate_eval_cpu_seconds": eval_cpu}
 
 

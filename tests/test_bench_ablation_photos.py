@@ -18,6 +18,7 @@ from bench.ablation_photos import (
     default_recipe,
     parse_args,
     row_recipe,
+    run_row,
     table,
     translate_overrides,
 )
@@ -148,3 +149,17 @@ def test_the_photo_recipe_trains_the_ablations_best_row(tmp_path):
     assert all(own[k] == best[k] for k in changed(rows[0], rows[-1]) if not k.startswith("stages"))
     assert own["train.momentum"] == best["train.momentum"]
     assert own["tta.views"] == best["tta.views"] and own["tta.beta"] == 0.25
+
+
+def test_a_row_trains_and_scores_both_tta_view_sets(tmp_path):
+    """One row end to end at toy scale: it reads what training returns (a typed summary)."""
+    data = build_photos(tmp_path / "work", n_train=4, n_val=2, side=32,
+                        source=write_cifar_like(tmp_path / "cifar", per_class=6))
+    args = parse_args(["--work", str(tmp_path / "work"), "--presize", "32", "--sizes", "16",
+                       "16", "--epochs", "1", "1", "--batch-size", "4",
+                       "--threads", "1", "--shift", "1"])
+    result = run_row(0, 1, data, tmp_path / "run", args)
+    assert result["row"] == ROWS[0][0] and result["seed"] == 1
+    for key in ("accuracy", "tta_accuracy", "translate_tta_accuracy"):
+        assert 0.0 <= result[key] <= 1.0, (key, result[key])
+    assert result["cpu_seconds"] > 0 and result["translate_eval_cpu_seconds"] > 0
