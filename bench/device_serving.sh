@@ -19,14 +19,7 @@
 # bench/results/models/xresnet50 carried from a machine that made it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-py=.venv/bin/python
-out="${OUT:-bench/results}"
-mkdir -p "$out"
-step() { echo "=== $* ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
-status=0
-
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || status=1
+source bench/device_common.sh  # py, out, step, status; the GPU banner
 "$py" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
 step "tests/gpu"

@@ -19,15 +19,8 @@
 # (tar xzf cifar10-train.tar.gz -C data/cifar10).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-py=.venv/bin/python
 data="${1:-data/cifar10/train}"
-out="${OUT:-bench/results}"
-mkdir -p "$out"
-step() { echo "=== $* ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
-status=0
-
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || status=1
+source bench/device_common.sh  # py, out, step, status; the GPU banner
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 for variant in eager compile; do
